@@ -1,0 +1,29 @@
+# Two commands for a fresh machine with Python 3.11+ and make:
+#   make demo   create .venv, install, run the pipeline on the bundled sample
+#   make test   create .venv, install with test extras, run the whole test suite
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cat setup.py | cksum | cut -d' ' -f1)
+
+.PHONY: demo test install bench clean
+
+$(STAMP):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(PY) -m beam_pipeline --runner DirectRunner
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) benchmarks/replay_throughput.py
+
+clean:
+	rm -rf $(VENV) output *.egg-info .pytest_cache

@@ -1,0 +1,11 @@
+"""``python -m beam_pipeline``: run the pipeline (see ``--help``)."""
+
+import sys
+
+from beam_pipeline import logs
+
+logs.setup()
+
+from beam_pipeline.cli import main  # noqa: E402  (logging first: Beam logs at import time)
+
+sys.exit(main())

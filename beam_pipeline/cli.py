@@ -1,0 +1,118 @@
+"""The command line: parse and check options, build the pipeline, run it, print a summary.
+
+Exit codes: 0 success; 1 the run failed or its counts do not balance; 2 bad usage (unknown
+flag, invalid value, missing or malformed input), reported in one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+import traceback
+from typing import Sequence
+
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+
+from beam_pipeline import options as options_module
+from beam_pipeline.options import QuoteOptions
+from beam_pipeline.pipeline import OUTPUTS, InputError, build_pipeline, bundled_sample, check_headers, expand_inputs
+from runners import RunnerError
+from schemas import SchemaError
+
+LOG = logging.getLogger("beam_pipeline")
+PROG = "beam_pipeline"
+
+
+class UsageError(ValueError):
+    """A flag is unknown or has an invalid value."""
+
+
+class _StrictParser(_BeamArgumentParser):
+    """Beam's argument parser, raising instead of printing Beam's whole usage and exiting."""
+
+    def error(self, message: str):
+        raise UsageError(message)
+
+
+def parse_options(argv: Sequence[str]) -> PipelineOptions:
+    """Beam options from ``argv``; unknown flags and bad values raise :class:`UsageError`.
+
+    Beam itself only warns about unknown flags and drops them, so a typo such as
+    ``--latency_treshold_ms 5`` would silently run with the default.
+    """
+    parser = _StrictParser(prog=PROG, allow_abbrev=False, add_help=False)
+    for cls in PipelineOptions.__subclasses__():
+        cls._add_argparse_args(parser)  # pylint: disable=protected-access
+    _, unknown = parser.parse_known_args(list(argv))
+    if unknown:
+        raise UsageError(f"unrecognized arguments: {' '.join(unknown)} (see --help)")
+    return PipelineOptions(list(argv))
+
+
+def help_text() -> str:
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {PROG}",
+        description="Replay historical quotes in arrival order and write mid prices (see README.md).",
+        epilog="Beam's own options work too, e.g. --runner DirectRunner (default) or PortableRunner, "
+        "--streaming, --direct_num_workers N.",
+    )
+    QuoteOptions._add_argparse_args(parser)  # pylint: disable=protected-access
+    return parser.format_help()
+
+
+def _summary(output_dir: str, metrics: dict) -> str:
+    names = {metric: name for name, metric in OUTPUTS.items()}
+    width = max(len(FileSystems.join(output_dir, name)) for name in [*OUTPUTS, "metrics.json"])
+
+    def row(name: str, text: str) -> str:
+        return f"  {FileSystems.join(output_dir, name):<{width}}  {text}"
+
+    parts = " + ".join(f"{metrics[m]:,}" for m in OUTPUTS.values())
+    balance = "balance" if metrics["balanced"] else "DO NOT BALANCE"
+    return "\n".join(
+        [
+            f"Replayed {metrics['records_in']:,} quotes from {len(metrics['inputs'])} file(s) "
+            f"in {metrics['run_seconds']:.1f} s",
+            row(names["mid_prices"], f"{metrics['mid_prices']:,} mid prices"),
+            row(names["latency_filtered"],
+                f"{metrics['latency_filtered']:,} quotes over the {metrics['latency_threshold_ms']} ms latency threshold"),
+            row(names["dead_lettered"], f"{metrics['dead_lettered']:,} rejected rows, each with its reason"),
+            row("metrics.json", f"counts {balance}: {metrics['records_in']:,} in = {parts}"),
+        ]
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        print(help_text())
+        return 0
+    started_at = time.time()
+    try:
+        options = parse_options(argv)
+        config = options.view_as(QuoteOptions)
+        problems = options_module.check(config)
+        if problems:
+            raise UsageError("; ".join(problems))
+        sources = expand_inputs(config.input or bundled_sample())
+        check_headers(sources)
+        pipeline = build_pipeline(options, sources, started_at=started_at)
+    except (UsageError, InputError, RunnerError, SchemaError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+
+    LOG.info("replaying %d file(s) into %s", len(sources), config.output_dir)
+    try:
+        pipeline.run().wait_until_finish()
+    except Exception as exc:  # the run itself failed: show why, with the trace for a bug report
+        traceback.print_exc()
+        print(f"{PROG}: run failed: {exc}", file=sys.stderr)
+        return 1
+    with FileSystems.open(FileSystems.join(config.output_dir, "metrics.json")) as stream:
+        metrics = json.load(stream)
+    print(_summary(config.output_dir, metrics))
+    return 0 if metrics["balanced"] else 1

@@ -1,0 +1,28 @@
+"""beam_pipeline: an Apache Beam (Python) pipeline for market quotes.
+
+Workers install this same package with ``--setup_file ./setup.py``.
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="beam_pipeline",
+    version="0.1.0",
+    description="Portable Apache Beam pipeline for market quotes: arrival-order replay, validation, mid prices.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["beam_pipeline*", "transforms*", "schemas*", "runners*"]),
+    package_data={"beam_pipeline": ["data/*.csv"], "schemas": ["*.avsc"]},
+    include_package_data=True,
+    install_requires=[
+        "apache-beam==2.77.*",
+        "fastavro>=1.9",
+        "grpcio>=1.60",
+        # The batch path moves Arrow record batches and formats columns with numpy/Arrow kernels;
+        # both come with apache-beam already, pinned here because the code uses them directly.
+        "pyarrow>=14",
+        "numpy>=1.26",
+    ],
+    extras_require={"test": ["pytest>=8", "hypothesis>=6.100"]},
+)

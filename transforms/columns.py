@@ -1,0 +1,233 @@
+"""The rules of :mod:`transforms.quotes`, a column at a time, on Arrow arrays.
+
+Each ``parse_*`` function converts a whole string column with one Arrow cast (tens of
+nanoseconds a value). A value the cast refuses, or one that breaks a domain check afterwards,
+is handed to the row-level function in :mod:`transforms.quotes`, which either accepts it (``" 1.5"``,
+``"2024-01-01T00:00:00+01:00"``) or says why it is rejected. When a cast fails on a column, a cheap
+regular expression first picks out the values the cast certainly takes, so a single bad row does
+not send the whole column down the slow path.
+
+Results are numpy arrays aligned with the input plus ``{row index: reason}`` for rejected rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from transforms import quotes
+from transforms.quotes import Rejected
+
+Rejects = dict[int, str]
+
+_TIMESTAMP_FAST = r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?$"
+_LATENCY_FAST = r"^\d{1,12}$"
+_SIZE_FAST = r"^(\d{1,15}(\.\d{0,15})?)?$"
+_CAST_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError)
+
+
+def _convert(
+    column: pa.Array,
+    fast: Callable[[pa.Array], tuple[np.ndarray, np.ndarray]],
+    slow: Callable[[str], Any],
+    dtype: Any,
+    fast_pattern: str | None,
+) -> tuple[np.ndarray, Rejects]:
+    """Run ``fast`` on the column, then ``slow`` on every value ``fast`` did not vouch for."""
+    values = np.zeros(len(column), dtype=dtype)
+    ok = np.zeros(len(column), dtype=bool)
+    try:
+        values[:], ok[:] = fast(column)
+    except _CAST_ERRORS:
+        if fast_pattern is not None:
+            plain = pc.fill_null(pc.match_substring_regex(column, fast_pattern), False)
+            picked = np.flatnonzero(plain.to_numpy(zero_copy_only=False))
+            try:
+                values[picked], ok[picked] = fast(column.take(picked))
+            except _CAST_ERRORS:
+                pass  # e.g. 2023-02-29 matches the pattern: every value goes row by row
+    rejects: Rejects = {}
+    for index in np.flatnonzero(~ok).tolist():
+        try:
+            values[index] = slow(column[index].as_py())
+        except Rejected as rejected:
+            rejects[index] = rejected.reason
+    return values, rejects
+
+
+def _as_int64(array: pa.Array) -> np.ndarray:
+    return array.cast(pa.int64()).to_numpy(zero_copy_only=False)
+
+
+def _slow_or_empty(parse: Callable[[str], Any], field: str) -> Callable[[str | None], Any]:
+    def slow(text: str | None) -> Any:
+        return parse("" if text is None else text)
+
+    slow.__name__ = f"parse_{field}"
+    return slow
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def parse_timestamps(column: pa.Array) -> tuple[np.ndarray, Rejects]:
+    """Event times in microseconds since the epoch (UTC) for a string column."""
+
+    def fast(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+        micros = _as_int64(pc.cast(values, pa.timestamp("us")))
+        return micros, np.ones(len(micros), dtype=bool)
+
+    return _convert(
+        column, fast, _slow_or_empty(quotes.parse_timestamp, "timestamp"), np.int64, _TIMESTAMP_FAST
+    )
+
+
+def parse_latencies(column: pa.Array) -> tuple[np.ndarray, Rejects]:
+    """Latencies in whole milliseconds for a string column."""
+
+    def fast(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+        latency = _as_int64(pc.cast(values, pa.int64()))
+        return latency, (latency >= 0) & (latency < quotes.MAX_LATENCY_MS)
+
+    return _convert(
+        column, fast, _slow_or_empty(quotes.parse_latency, "latency"), np.int64, _LATENCY_FAST
+    )
+
+
+def parse_prices(column: pa.Array, field: str, precision: int, scale: int) -> tuple[np.ndarray, Rejects]:
+    """Prices as integers scaled by ``10**scale`` (the schema's decimal), for a string column."""
+    decimal_type = pa.decimal128(precision, scale)
+
+    def fast(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+        decimals = pc.cast(values, decimal_type)
+        # A decimal128 is a little-endian 128-bit integer: the unscaled value. Every value that
+        # fits decimal(precision <= 18) has its low word as the value and a high word of 0 or -1.
+        words = np.frombuffer(decimals.buffers()[1], dtype=np.int64, count=2 * len(decimals))
+        low, high = words[0::2], words[1::2]
+        return low, (high == 0) & (low > 0)
+
+    def slow(text: str | None) -> int:
+        return quotes.parse_price("" if text is None else text, field, precision, scale)
+
+    pattern = rf"^\d{{1,{precision - scale}}}(\.\d{{1,{scale}}})?$" if scale else None
+    return _convert(column, fast, slow, np.int64, pattern)
+
+
+def parse_sizes(column: pa.Array, field: str) -> tuple[np.ndarray, Rejects]:
+    """Optional sizes as float64, NaN where the field is empty (unknown)."""
+
+    def fast(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+        empty = pc.equal(values, "")
+        sizes = pc.cast(pc.if_else(empty, None, values), pa.float64()).to_numpy(zero_copy_only=False)
+        known = ~np.isnan(sizes)
+        with np.errstate(invalid="ignore"):
+            ok = ~known | ((sizes >= 0) & np.isfinite(sizes))
+        return sizes, ok & (known | empty.to_numpy(zero_copy_only=False))
+
+    def slow(text: str | None) -> float:
+        size = quotes.parse_size(text, field)
+        return np.nan if size is None else size
+
+    return _convert(column, fast, slow, np.float64, _SIZE_FAST)
+
+
+def parse_symbols(column: pa.Array) -> tuple[pa.Array, Rejects]:
+    """Symbols with white space trimmed; an empty symbol is rejected."""
+    trimmed = pc.utf8_trim_whitespace(column)
+    empty = np.flatnonzero(pc.equal(pc.utf8_length(trimmed), 0).to_numpy(zero_copy_only=False))
+    rejects: Rejects = {}
+    for index in empty.tolist():
+        try:
+            quotes.parse_symbol(column[index].as_py())
+        except Rejected as rejected:
+            rejects[index] = rejected.reason
+    return trimmed, rejects
+
+
+def crossed_rejects(bid: np.ndarray, ask: np.ndarray, bid_text: pa.Array, ask_text: pa.Array) -> Rejects:
+    """Reasons for rows whose bid is above their ask."""
+    rejects: Rejects = {}
+    for index in np.flatnonzero(bid > ask).tolist():
+        try:
+            quotes.check_not_crossed(
+                int(bid[index]), int(ask[index]), bid_text[index].as_py(), ask_text[index].as_py()
+            )
+        except Rejected as rejected:
+            rejects[index] = rejected.reason
+    return rejects
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+_CANONICAL_SHAPE = np.frombuffer(b"dddd-dd-dd dd:dd:dd.ddd", dtype=np.uint8)
+_DIGIT_POSITIONS = _CANONICAL_SHAPE == ord("d")
+
+
+def _already_canonical(texts: pa.Array) -> bool:
+    """True if every value is ``YYYY-MM-DD HH:MM:SS.fff`` (the output form at millisecond precision)."""
+    if texts.null_count or len(texts) == 0:
+        return False
+    offsets = np.frombuffer(texts.buffers()[1], dtype=np.int32, count=len(texts) + 1, offset=texts.offset * 4)
+    width = len(_CANONICAL_SHAPE)
+    if offsets[-1] - offsets[0] != width * len(texts) or not np.all(np.diff(offsets) == width):
+        return False
+    data = np.frombuffer(texts.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]].reshape(-1, width)
+    separators_ok = np.all(data[:, ~_DIGIT_POSITIONS] == _CANONICAL_SHAPE[~_DIGIT_POSITIONS])
+    digits = data[:, _DIGIT_POSITIONS]
+    return bool(separators_ok and np.all((digits >= ord("0")) & (digits <= ord("9"))))
+
+
+def format_timestamps(event_us: np.ndarray, raw: pa.Array | None = None) -> pa.Array:
+    """Output timestamps (``YYYY-MM-DD HH:MM:SS.fff``, ``.ffffff`` if sub-millisecond), UTC.
+
+    When the raw input strings are all already in that form, they are returned as they are: a
+    string in exactly the output form that parsed to ``event_us`` can only be its rendering.
+    """
+    if raw is not None and _already_canonical(raw):
+        return raw
+    times = pa.array(event_us, type=pa.int64()).cast(pa.timestamp("us"))
+    millis = pc.cast(pc.cast(times, pa.timestamp("ms"), safe=False), pa.string())
+    sub_milli = event_us % 1000 != 0
+    if not sub_milli.any():
+        return millis
+    return pc.if_else(pa.array(sub_milli), pc.cast(times, pa.string()), millis)
+
+
+def decimal_texts(unscaled: np.ndarray, scale: int) -> pa.Array:
+    """:func:`transforms.quotes.decimal_text` for a column of non-negative unscaled integers."""
+    whole, fraction = np.divmod(unscaled, 10**scale)
+    return _decimal_join(whole, fraction, scale)
+
+
+def mid_texts(bid: np.ndarray, ask: np.ndarray, scale: int) -> pa.Array:
+    """:func:`transforms.quotes.mid_text` for columns of scaled prices.
+
+    ``(bid + ask) * 5`` at ``scale + 1`` could overflow int64, so the whole part and the
+    fraction are split off ``bid + ask`` first (``bid + ask < 2 * 10**18`` for decimal(18, s)).
+    """
+    whole, remainder = np.divmod(bid + ask, 2 * 10**scale)
+    return _decimal_join(whole, remainder * 5, scale + 1)
+
+
+def _decimal_join(whole: np.ndarray, fraction: np.ndarray, scale: int) -> pa.Array:
+    """``whole[.fraction]`` with the fraction's trailing zeros (and a bare point) removed."""
+    whole_text = pc.cast(pa.array(whole), pa.string())
+    has_fraction = fraction != 0
+    if not has_fraction.any():
+        return whole_text
+    fraction_text = pc.utf8_rtrim(pc.utf8_lpad(pc.cast(pa.array(fraction), pa.string()), scale, "0"), "0")
+    point = pc.if_else(pa.array(has_fraction), ".", "")
+    return pc.binary_join_element_wise(whole_text, point, fraction_text, "")
+
+
+def joined_lines(*parts: pa.Array | str) -> bytes:
+    """Concatenate string columns and constants element-wise, one ``\\n``-terminated line per row."""
+    lines = pc.binary_join_element_wise(*parts, "\n", "")
+    if len(lines) == 0:
+        return b""
+    offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32, count=len(lines) + 1, offset=lines.offset * 4)
+    return lines.buffers()[2].to_pybytes()[offsets[0] : offsets[-1]]

@@ -1,0 +1,102 @@
+"""mid-price: ``mid = 0.5 * (bid + ask)`` per quote, and the historical latency filter.
+
+``ComputeMidPrices`` turns valid quote blocks into two outputs of
+:class:`~transforms.blocks.TextChunk` s, in the blocks' (arrival) order:
+
+* ``mid_prices``: ``YYYY-MM-DD HH:MM:SS.fff, <mid>`` per quote, the mid exact and without
+  trailing zeros (bid 1.1, ask 1.2 -> ``1.15``);
+* ``errors`` (historical mode): ``No mid price at <timestamp> as latency <L>ms is bigger than
+  <T>ms`` instead of a mid for every quote whose latency is strictly greater than the threshold.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from apache_beam.metrics import Metrics
+
+from transforms import columns
+from transforms.blocks import QuoteBlock, TextChunk
+
+MODES = ("historical", "live")
+ERRORS = "errors"
+
+
+def split_by_latency(valid: pa.RecordBatch, threshold_ms: int | None) -> np.ndarray:
+    """Mask of quotes filtered out for latency (``latency > threshold``; no latency is never late)."""
+    if threshold_ms is None:
+        return np.zeros(valid.num_rows, dtype=bool)
+    late = pc.greater(valid.column("latency"), threshold_ms)
+    return pc.fill_null(late, False).to_numpy(zero_copy_only=False)
+
+
+def mid_price_text(valid: pa.RecordBatch, scale: int) -> bytes:
+    """``mid_prices.log`` lines for every row of a valid block."""
+    if valid.num_rows == 0:
+        return b""
+    times = columns.format_timestamps(valid.column("event_us").to_numpy(), valid.column("timestamp"))
+    mids = columns.mid_texts(valid.column("bid").to_numpy(), valid.column("ask").to_numpy(), scale)
+    return columns.joined_lines(times, ", ", mids)
+
+
+def latency_error_text(late: pa.RecordBatch, threshold_ms: int) -> bytes:
+    """``errors.log`` lines for every row of a block of too-late quotes."""
+    if late.num_rows == 0:
+        return b""
+    times = columns.format_timestamps(late.column("event_us").to_numpy(), late.column("timestamp"))
+    latency = pc.cast(late.column("latency"), pa.string())
+    return columns.joined_lines(
+        "No mid price at ", times, " as latency ", latency, f"ms is bigger than {threshold_ms}ms"
+    )
+
+
+class _MidPriceFn(beam.DoFn):
+    def __init__(self, threshold_ms: int | None, scale: int):
+        self._threshold_ms = threshold_ms
+        self._scale = scale
+        self._mids = Metrics.counter(self.__class__, "mid_prices")
+        self._filtered = Metrics.counter(self.__class__, "latency_filtered")
+
+    def process(self, block: QuoteBlock) -> Iterator[TextChunk | beam.pvalue.TaggedOutput]:
+        late = split_by_latency(block.batch, self._threshold_ms)
+        if late.any():
+            too_late = block.batch.filter(pa.array(late))
+            self._filtered.inc(too_late.num_rows)
+            text = latency_error_text(too_late, self._threshold_ms)
+            yield beam.pvalue.TaggedOutput(ERRORS, TextChunk(block.seq, text, too_late.num_rows))
+            on_time = block.batch.filter(pa.array(~late))
+        else:
+            on_time = block.batch
+        if on_time.num_rows:
+            self._mids.inc(on_time.num_rows)
+            yield TextChunk(block.seq, mid_price_text(on_time, self._scale), on_time.num_rows)
+
+
+class ComputeMidPrices(beam.PTransform):
+    """Valid quote blocks -> ``mid_prices`` and ``errors`` TextChunks.
+
+    Args:
+        latency_threshold_ms: in historical mode, quotes with a greater latency go to ``errors``.
+        mode: ``historical`` applies the latency filter; ``live`` does not.
+        scale: the prices' decimal scale (from the schema).
+    """
+
+    def __init__(self, latency_threshold_ms: int, mode: str = "historical", scale: int = 8):
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if latency_threshold_ms < 0:
+            raise ValueError(f"latency_threshold_ms must be >= 0, got {latency_threshold_ms}")
+        self._threshold_ms = latency_threshold_ms if mode == "historical" else None
+        self._scale = scale
+
+    def expand(self, valid_blocks):
+        return valid_blocks | "MidOrLatencyError" >> (
+            beam.ParDo(_MidPriceFn(self._threshold_ms, self._scale))
+            .with_output_types(TextChunk)
+            .with_outputs(ERRORS, main="mid_prices")
+        )

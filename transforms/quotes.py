@@ -1,0 +1,264 @@
+"""Quote rules, one value at a time: parsing, validation, mid price and output formats.
+
+This module is the definition of the contract. The columnar code in :mod:`transforms.columns`
+computes the same results for whole batches at once and falls back to these functions for any
+value its fast path does not accept; tests compare the two on generated data.
+
+Every function is pure. A value that breaks a rule raises :class:`Rejected`, whose ``reason`` is
+``"<code>: <explanation>"`` with a stable code from :data:`REJECT_CODES` (the code is what
+``metrics.json`` counts; the explanation is for a person reading ``dead_letter.jsonl``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal, InvalidOperation
+
+#: Every code a rejected record can carry, with what it means.
+REJECT_CODES = {
+    "bad_encoding": "the line is not valid UTF-8",
+    "bad_csv": "the line is not valid CSV (e.g. an unterminated quote)",
+    "wrong_field_count": "the line has more or fewer fields than the header",
+    "missing_timestamp": "the timestamp field is empty",
+    "bad_timestamp": "the timestamp is not a valid ISO 8601 date and time",
+    "missing_symbol": "the symbol field is empty",
+    "missing_price": "a price field is empty",
+    "bad_price": "a price is not a finite decimal number",
+    "non_positive_price": "a price is zero or negative",
+    "price_precision": "a price has more decimal places than the schema's scale",
+    "price_range": "a price has more digits than the schema's precision",
+    "crossed_quote": "the bid is above the ask",
+    "bad_size": "a size is not a finite, non-negative number",
+    "missing_latency": "the latency field is empty",
+    "bad_latency": "the latency is not a whole, non-negative number of milliseconds",
+    "out_of_order": "the row arrives before rows already replayed (input not sorted by timestamp)",
+}
+
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+ONE_MICROSECOND = timedelta(microseconds=1)
+#: Latencies at or above this (about 31 years) are rejected as nonsense rather than overflowing.
+MAX_LATENCY_MS = 10**12
+
+_ISO_SEPARATORS = "Tt "
+_FRACTION = re.compile(r"[.,](\d+)")
+
+
+class Rejected(ValueError):
+    """A value or record breaks a rule; ``reason`` says which and why."""
+
+    def __init__(self, code: str, detail: str):
+        if code not in REJECT_CODES:
+            raise KeyError(f"unknown reject code {code!r}")
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.reason = f"{code}: {detail}"
+
+
+def reject_code(reason: str) -> str:
+    """The code at the start of a reason string."""
+    return reason.split(":", 1)[0]
+
+
+# --------------------------------------------------------------------------- timestamps
+
+
+def parse_timestamp(text: str) -> int:
+    """Parse ``YYYY-MM-DD HH:MM:SS[.ffffff]`` or ISO 8601 into microseconds since the epoch, UTC.
+
+    A naive timestamp is UTC; ``Z`` and ``±HH:MM`` offsets are converted to UTC. The date and time
+    are separated by ``T`` or a space. Digits past the microsecond are not accepted (they would be
+    lost silently).
+    """
+    value = text.strip()
+    if not value:
+        raise Rejected("missing_timestamp", "timestamp is empty")
+    if len(value) > 10 and value[10] not in _ISO_SEPARATORS:
+        raise Rejected("bad_timestamp", f"timestamp {text!r}: date and time must be separated by 'T' or a space")
+    fraction = _FRACTION.search(value, 19)
+    if fraction and len(fraction.group(1)) > 6:
+        raise Rejected("bad_timestamp", f"timestamp {text!r} is more precise than a microsecond")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise Rejected(
+            "bad_timestamp", f"timestamp {text!r} is not YYYY-MM-DD HH:MM:SS[.ffffff] or ISO 8601"
+        ) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    try:
+        return (parsed - EPOCH) // ONE_MICROSECOND
+    except OverflowError:
+        raise Rejected("bad_timestamp", f"timestamp {text!r} is out of range") from None
+
+
+def format_timestamp(micros: int) -> str:
+    """``YYYY-MM-DD HH:MM:SS.fff`` in UTC, or ``.ffffff`` when the time has sub-millisecond digits."""
+    moment = EPOCH + timedelta(microseconds=micros)
+    text = (
+        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d} "
+        f"{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}.{moment.microsecond:06d}"
+    )
+    return text if micros % 1000 else text[:-3]
+
+
+# --------------------------------------------------------------------------- numbers
+
+
+def _decimal(text: str, field: str, missing: str, bad: str) -> Decimal:
+    value = text.strip()
+    if not value:
+        raise Rejected(missing, f"{field} is empty")
+    try:
+        number = Decimal(value)
+    except InvalidOperation:
+        raise Rejected(bad, f"{field} {text!r} is not a number") from None
+    if not number.is_finite():
+        raise Rejected(bad, f"{field} {text!r} is not a finite number")
+    return number
+
+
+def parse_price(text: str, field: str, precision: int, scale: int) -> int:
+    """Parse a positive decimal price into an integer scaled by ``10**scale``, exactly.
+
+    ``precision`` and ``scale`` are the schema's decimal parameters: a price needing more than
+    ``scale`` decimal places or more than ``precision`` digits in all is rejected, not rounded.
+    """
+    number = _decimal(text, field, "missing_price", "bad_price")
+    if number <= 0:
+        raise Rejected("non_positive_price", f"{field} {text!r} is not positive")
+    if number.adjusted() >= precision - scale:
+        raise Rejected("price_range", f"{field} {text!r} has more than {precision - scale} integer digits")
+    _sign, digits, exponent = number.as_tuple()
+    shift = exponent + scale
+    if -shift > len(digits):  # the last non-zero digit lies past the scale
+        raise Rejected("price_precision", f"{field} {text!r} has more than {scale} decimal places")
+    unscaled = int("".join(map(str, digits)))
+    if shift >= 0:
+        unscaled *= 10**shift
+    else:
+        unscaled, remainder = divmod(unscaled, 10**-shift)
+        if remainder:
+            raise Rejected("price_precision", f"{field} {text!r} has more than {scale} decimal places")
+    if unscaled >= 10**precision:
+        raise Rejected("price_range", f"{field} {text!r} does not fit decimal({precision}, {scale})")
+    return unscaled
+
+
+def parse_latency(text: str) -> int:
+    """Parse a latency in whole milliseconds (``12`` or ``12.0``; not ``12.5`` nor ``-1``)."""
+    number = _decimal(text, "latency_ms", "missing_latency", "bad_latency")
+    if number != number.to_integral_value():
+        raise Rejected("bad_latency", f"latency_ms {text!r} is not a whole number of milliseconds")
+    if number < 0:
+        raise Rejected("bad_latency", f"latency_ms {text!r} is negative")
+    if number >= MAX_LATENCY_MS:
+        raise Rejected("bad_latency", f"latency_ms {text!r} is out of range")
+    return int(number)
+
+
+def parse_size(text: str | None, field: str) -> float | None:
+    """Parse an optional size: empty means unknown (None); otherwise a finite number >= 0."""
+    if text is None or not text.strip():
+        return None
+    try:
+        size = float(text)
+    except ValueError:
+        raise Rejected("bad_size", f"{field} {text!r} is not a number") from None
+    if not (0.0 <= size < float("inf")):
+        raise Rejected("bad_size", f"{field} {text!r} is not a finite, non-negative number")
+    return size
+
+
+def parse_symbol(text: str) -> str:
+    """A symbol with surrounding white space removed; empty is rejected."""
+    symbol = text.strip()
+    if not symbol:
+        raise Rejected("missing_symbol", "symbol is empty")
+    return symbol
+
+
+def check_not_crossed(bid: int, ask: int, bid_text: str, ask_text: str) -> None:
+    """A quote whose bid is above its ask has no meaningful mid price."""
+    if bid > ask:
+        raise Rejected("crossed_quote", f"bid {bid_text.strip()} is above ask {ask_text.strip()}")
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def decimal_text(unscaled: int, scale: int) -> str:
+    """Render ``unscaled / 10**scale`` exactly, without trailing zeros or exponent (``200.5``, ``7``)."""
+    whole, fraction = divmod(unscaled, 10**scale)
+    if not fraction:
+        return str(whole)
+    return f"{whole}.{str(fraction).rjust(scale, '0').rstrip('0')}"
+
+
+def mid_text(bid: int, ask: int, scale: int) -> str:
+    """``0.5 * (bid + ask)`` for prices scaled by ``10**scale``, exact (one more decimal place)."""
+    return decimal_text((bid + ask) * 5, scale + 1)
+
+
+def mid_line(timestamp_text: str, mid: str) -> str:
+    """A ``mid_prices.log`` line (without newline)."""
+    return f"{timestamp_text}, {mid}"
+
+
+def latency_error_line(timestamp_text: str, latency_ms: int, threshold_ms: int) -> str:
+    """An ``errors.log`` line (without newline)."""
+    return f"No mid price at {timestamp_text} as latency {latency_ms}ms is bigger than {threshold_ms}ms"
+
+
+def arrival_micros(event_micros: int, latency_ms: int | None) -> int:
+    """Arrival time = timestamp + latency (a quote without latency arrives at its timestamp)."""
+    return event_micros + (latency_ms or 0) * 1000
+
+
+# --------------------------------------------------------------------------- whole records
+
+
+@dataclass(frozen=True)
+class Quote:
+    """A validated quote. Prices are integers scaled by ``10**scale`` of the schema's decimal."""
+
+    event_us: int
+    symbol: str
+    bid: int
+    ask: int
+    bid_size: float | None
+    ask_size: float | None
+    latency_ms: int | None
+
+    @property
+    def arrival_us(self) -> int:
+        return arrival_micros(self.event_us, self.latency_ms)
+
+
+@dataclass(frozen=True)
+class PriceRule:
+    """The decimal type prices must fit (the schema's ``bid_price``/``ask_price``)."""
+
+    precision: int
+    scale: int
+
+
+def parse_content(fields: dict[str, str | None], prices: PriceRule) -> tuple[str, int, int, float | None, float | None]:
+    """Validate everything but timestamp and latency, in schema field order, then the bid/ask rule.
+
+    Returns ``(symbol, bid, ask, bid_size, ask_size)`` with prices scaled by ``10**prices.scale``.
+    """
+    symbol = parse_symbol(fields.get("symbol") or "")
+    bid = parse_price(fields.get("bid_price") or "", "bid_price", prices.precision, prices.scale)
+    bid_size = parse_size(fields.get("bid_size"), "bid_size")
+    ask = parse_price(fields.get("ask_price") or "", "ask_price", prices.precision, prices.scale)
+    ask_size = parse_size(fields.get("ask_size"), "ask_size")
+    check_not_crossed(bid, ask, fields.get("bid_price") or "", fields.get("ask_price") or "")
+    return symbol, bid, ask, bid_size, ask_size
+
+
+def dead_letter_json(source: str, line: int, raw: str, reason: str) -> str:
+    """A ``dead_letter.jsonl`` line (without newline)."""
+    return json.dumps({"source": source, "line": line, "raw": raw.rstrip("\r\n"), "reason": reason})

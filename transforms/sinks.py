@@ -1,0 +1,207 @@
+"""sinks: ordered text files written atomically, and the run's balanced metrics.
+
+``WriteOrderedText`` takes one PCollection of :class:`~transforms.blocks.TextChunk` per output
+file. Each chunk is written to a part file inside the main stage (so the lines themselves never
+go through a shuffle); only ``(name, seq, path)`` records meet in one combine, after which the
+parts are concatenated in ``seq`` order into a staging file that is renamed over the final name.
+A crashed run leaves staging files and parts in a hidden ``.tmp-<run id>`` folder, never a
+half-written output under the real name. Every declared output is created, empty if need be.
+
+Files go through Beam's ``FileSystems``, so ``--output_dir`` may be any filesystem Beam knows.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
+
+import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from transforms.blocks import TextChunk
+
+LOG = logging.getLogger(__name__)
+_KEY_WIDTH = 20  # width of the sort key in keyed chunks (see TextChunk)
+
+
+@dataclass(frozen=True)
+class PartFile:
+    name: str
+    seq: int
+    path: str
+    lines: int
+    tally: tuple[tuple[str, int], ...]
+    keyed: bool
+
+
+def staging_dir(output_dir: str, run_id: str) -> str:
+    return FileSystems.join(output_dir, f".tmp-{run_id}")
+
+
+class _WritePartFn(beam.DoFn):
+    def __init__(self, tmp_dir: str, name: str):
+        self._tmp_dir = tmp_dir
+        self._name = name
+
+    def process(self, chunk: TextChunk) -> Iterator[PartFile]:
+        path = FileSystems.join(self._tmp_dir, f"{self._name}.{chunk.seq:012d}.part")
+        # A retried bundle rewrites the same path with the same bytes: writing is idempotent.
+        with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as part:
+            part.write(chunk.data)
+        yield PartFile(self._name, chunk.seq, path, chunk.lines, chunk.tally, chunk.keyed)
+
+
+def _open(path: str):
+    return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+
+
+def _copy_in_order(parts: Sequence[PartFile], target) -> None:
+    if parts and parts[0].keyed:
+        streams = [_open(p.path) for p in parts]
+        try:
+            for line in heapq.merge(*streams, key=lambda line: line[:_KEY_WIDTH]):
+                target.write(line[_KEY_WIDTH + 1 :])
+        finally:
+            for stream in streams:
+                stream.close()
+        return
+    for part in parts:
+        with _open(part.path) as source:
+            shutil.copyfileobj(source, target, 1 << 20)
+
+
+def publish(output_dir: str, tmp_dir: str, names: Iterable[str], parts: Iterable[PartFile]) -> dict[str, dict]:
+    """Concatenate each output's parts in ``seq`` order, then rename every output into place.
+
+    Returns ``{name: {"lines": n, "tally": {...}}}``.
+    """
+    by_name: dict[str, list[PartFile]] = {name: [] for name in names}
+    for part in parts:
+        by_name[part.name].append(part)
+    summary: dict[str, dict] = {}
+    staged: list[tuple[str, str]] = []
+    for name, group in by_name.items():
+        group.sort(key=lambda p: p.seq)
+        staging = FileSystems.join(tmp_dir, f"{name}.staging")
+        with FileSystems.create(staging, compression_type=CompressionTypes.UNCOMPRESSED) as target:
+            _copy_in_order(group, target)
+        tally: dict[str, int] = {}
+        for part in group:
+            for key, count in part.tally:
+                tally[key] = tally.get(key, 0) + count
+        summary[name] = {"lines": sum(p.lines for p in group), "tally": dict(sorted(tally.items()))}
+        staged.append((staging, FileSystems.join(output_dir, name)))
+    for staging, final in staged:
+        if FileSystems.exists(final):
+            FileSystems.delete([final])
+        FileSystems.rename([staging], [final])
+    FileSystems.delete([tmp_dir])
+    return summary
+
+
+class _PublishFn(beam.DoFn):
+    def __init__(self, output_dir: str, tmp_dir: str, names: Sequence[str]):
+        self._output_dir = output_dir
+        self._tmp_dir = tmp_dir
+        self._names = tuple(names)
+
+    def process(self, parts: list[PartFile]) -> Iterator[dict]:
+        if not FileSystems.exists(self._tmp_dir):
+            FileSystems.mkdirs(self._tmp_dir)
+        summary = publish(self._output_dir, self._tmp_dir, self._names, parts)
+        for name, info in summary.items():
+            LOG.info("wrote %s (%d lines)", FileSystems.join(self._output_dir, name), info["lines"])
+        yield summary
+
+
+class WriteOrderedText(beam.PTransform):
+    """``{file name: PCollection[TextChunk]}`` -> files in ``output_dir``, lines in ``seq`` order.
+
+    Outputs one element: ``{file name: {"lines": n, "tally": {key: count}}}``, once every file
+    is in place.
+    """
+
+    def __init__(self, output_dir: str, run_id: str):
+        super().__init__()
+        self._output_dir = output_dir
+        self._tmp_dir = staging_dir(output_dir, run_id)
+
+    def expand(self, chunks_by_name: Mapping[str, beam.PCollection]):
+        names = list(chunks_by_name)
+        parts = [
+            chunks | f"WriteParts[{name}]" >> beam.ParDo(_WritePartFn(self._tmp_dir, name))
+            for name, chunks in chunks_by_name.items()
+        ]
+        return (
+            parts
+            | "AllParts" >> beam.Flatten()
+            | "CollectParts" >> beam.combiners.ToList()
+            | "Publish" >> beam.ParDo(_PublishFn(self._output_dir, self._tmp_dir, names))
+        )
+
+
+def balance(counts: Mapping[str, int], outputs: Sequence[str]) -> bool:
+    """``records_in`` equals the sum of the given output counts."""
+    return counts.get("records_in", 0) == sum(counts.get(name, 0) for name in outputs)
+
+
+class _MetricsFn(beam.DoFn):
+    def __init__(self, path: str, metric_names: Mapping[str, str], extra: Mapping, started_at: float,
+                 clock: Callable[[], float]):
+        self._path = path
+        self._metric_names = dict(metric_names)
+        self._extra = dict(extra)
+        self._started_at = started_at
+        self._clock = clock
+
+    def process(self, summary: dict, read_counts: dict) -> Iterator[dict]:
+        metrics: dict = {"records_in": read_counts.get("records_in", 0)}
+        for file_name, metric in self._metric_names.items():
+            metrics[metric] = summary[file_name]["lines"]
+        metrics["balanced"] = balance(metrics, list(self._metric_names.values()))
+        for file_name, metric in self._metric_names.items():
+            if summary[file_name]["tally"]:
+                metrics[f"{metric}_by_reason"] = summary[file_name]["tally"]
+        metrics.update({k: v for k, v in read_counts.items() if k != "records_in"})
+        metrics.update(self._extra)
+        metrics["run_seconds"] = round(self._clock() - self._started_at, 3)
+        if not metrics["balanced"]:
+            LOG.error("counts do not balance: %s", metrics)
+        tmp = self._path + ".tmp"
+        with FileSystems.create(tmp, compression_type=CompressionTypes.UNCOMPRESSED) as out:
+            out.write((json.dumps(metrics, indent=2) + "\n").encode("utf-8"))
+        if FileSystems.exists(self._path):
+            FileSystems.delete([self._path])
+        FileSystems.rename([tmp], [self._path])
+        yield metrics
+
+
+class WriteRunMetrics(beam.PTransform):
+    """Write ``metrics.json`` from the published outputs and the reader's counts.
+
+    The input is the single summary element of :class:`WriteOrderedText`; ``read_counts`` is a
+    PCollection with one dict (``records_in`` and other reader counts). ``metric_names`` maps an
+    output file to the metric that counts its lines, e.g. ``{"errors.log": "latency_filtered"}``.
+    """
+
+    def __init__(self, output_dir: str, read_counts, metric_names: Mapping[str, str], extra: Mapping,
+                 started_at: float | None = None, clock: Callable[[], float] = time.time):
+        super().__init__()
+        self._path = FileSystems.join(output_dir, "metrics.json")
+        self._read_counts = read_counts
+        self._metric_names = metric_names
+        self._extra = extra
+        self._started_at = clock() if started_at is None else started_at
+        self._clock = clock
+
+    def expand(self, summary):
+        return summary | "WriteMetricsJson" >> beam.ParDo(
+            _MetricsFn(self._path, self._metric_names, self._extra, self._started_at, self._clock),
+            beam.pvalue.AsSingleton(self._read_counts),
+        )
