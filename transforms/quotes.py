@@ -16,6 +16,8 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
+from functools import lru_cache
+from typing import NamedTuple
 
 #: Every code a rejected record can carry, with what it means.
 REJECT_CODES = {
@@ -38,6 +40,7 @@ REJECT_CODES = {
 }
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+NAIVE_EPOCH = datetime(1970, 1, 1)
 ONE_MICROSECOND = timedelta(microseconds=1)
 #: Latencies at or above this (about 31 years) are rejected as nonsense rather than overflowing.
 MAX_LATENCY_MS = 10**12
@@ -77,31 +80,37 @@ def parse_timestamp(text: str) -> int:
         raise Rejected("missing_timestamp", "timestamp is empty")
     if len(value) > 10 and value[10] not in _ISO_SEPARATORS:
         raise Rejected("bad_timestamp", f"timestamp {text!r}: date and time must be separated by 'T' or a space")
-    fraction = _FRACTION.search(value, 19)
-    if fraction and len(fraction.group(1)) > 6:
-        raise Rejected("bad_timestamp", f"timestamp {text!r} is more precise than a microsecond")
+    if len(value) > 26:  # room for more than six fraction digits (or an offset)
+        fraction = _FRACTION.search(value, 19)
+        if fraction and len(fraction.group(1)) > 6:
+            raise Rejected("bad_timestamp", f"timestamp {text!r} is more precise than a microsecond")
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
         raise Rejected(
             "bad_timestamp", f"timestamp {text!r} is not YYYY-MM-DD HH:MM:SS[.ffffff] or ISO 8601"
         ) from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
     try:
-        return (parsed - EPOCH) // ONE_MICROSECOND
+        return (parsed - (NAIVE_EPOCH if parsed.tzinfo is None else EPOCH)) // ONE_MICROSECOND
     except OverflowError:
         raise Rejected("bad_timestamp", f"timestamp {text!r} is out of range") from None
 
 
+@lru_cache(maxsize=4096)
+def _second_text(seconds: int) -> str:
+    moment = NAIVE_EPOCH + timedelta(seconds=seconds)
+    return (
+        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d} "
+        f"{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}"
+    )
+
+
 def format_timestamp(micros: int) -> str:
     """``YYYY-MM-DD HH:MM:SS.fff`` in UTC, or ``.ffffff`` when the time has sub-millisecond digits."""
-    moment = EPOCH + timedelta(microseconds=micros)
-    text = (
-        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d} "
-        f"{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}.{moment.microsecond:06d}"
-    )
-    return text if micros % 1000 else text[:-3]
+    seconds, fraction = divmod(micros, 1_000_000)
+    if fraction % 1000:
+        return f"{_second_text(seconds)}.{fraction:06d}"
+    return f"{_second_text(seconds)}.{fraction // 1000:03d}"
 
 
 # --------------------------------------------------------------------------- numbers
@@ -126,6 +135,14 @@ def parse_price(text: str, field: str, precision: int, scale: int) -> int:
     ``precision`` and ``scale`` are the schema's decimal parameters: a price needing more than
     ``scale`` decimal places or more than ``precision`` digits in all is rejected, not rounded.
     """
+    whole, point, fraction = text.partition(".")
+    if (
+        whole.isascii() and whole.isdigit() and len(whole) <= precision - scale
+        and (not point or (fraction.isascii() and fraction.isdigit() and len(fraction) <= scale))
+    ):  # plain digits, the common case: no Decimal needed
+        unscaled = int(whole) * 10**scale + (int(fraction) * 10 ** (scale - len(fraction)) if fraction else 0)
+        if unscaled > 0:
+            return unscaled
     number = _decimal(text, field, "missing_price", "bad_price")
     if number <= 0:
         raise Rejected("non_positive_price", f"{field} {text!r} is not positive")
@@ -149,6 +166,10 @@ def parse_price(text: str, field: str, precision: int, scale: int) -> int:
 
 def parse_latency(text: str) -> int:
     """Parse a latency in whole milliseconds (``12`` or ``12.0``; not ``12.5`` nor ``-1``)."""
+    if text.isascii() and text.isdigit() and len(text) < 13:  # plain digits, the common case
+        latency = int(text)
+        if latency < MAX_LATENCY_MS:
+            return latency
     number = _decimal(text, "latency_ms", "missing_latency", "bad_latency")
     if number != number.to_integral_value():
         raise Rejected("bad_latency", f"latency_ms {text!r} is not a whole number of milliseconds")
@@ -220,8 +241,7 @@ def arrival_micros(event_micros: int, latency_ms: int | None) -> int:
 # --------------------------------------------------------------------------- whole records
 
 
-@dataclass(frozen=True)
-class Quote:
+class Quote(NamedTuple):
     """A validated quote. Prices are integers scaled by ``10**scale`` of the schema's decimal."""
 
     event_us: int

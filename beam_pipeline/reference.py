@@ -1,0 +1,144 @@
+"""The whole quotes contract in plain Python, one row at a time: no Beam, no Arrow.
+
+This is the baseline the benchmark measures the pipeline against, and the oracle the tests
+compare the pipeline's files with. It reads each file with the ``csv`` module, applies the
+row-level rules of :mod:`transforms.quotes`, orders rows with a heap (memory bounded by the
+largest latency, as in the pipeline), and writes the same three files.
+
+    python -m beam_pipeline.reference --input quotes.csv --output_dir out/
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import heapq
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+from transforms import quotes
+from transforms.arrival import ALL_READ, NOTHING_READ, RowArrivalHeap, out_of_order_reason
+from transforms.csv_blocks import read_header
+from transforms.quotes import PriceRule, Rejected
+
+PRICES = PriceRule(precision=18, scale=8)  # schemas/quote.v1.avsc; tests check they agree
+
+
+@dataclass
+class Counts:
+    records_in: int = 0
+    mid_prices: int = 0
+    latency_filtered: int = 0
+    dead_lettered: int = 0
+    blank_lines: int = 0
+    dead_letters: list[list[str]] = field(default_factory=list)
+
+
+def _records(path: str, index: int, default_symbol: str, counts: Counts) -> Iterator[tuple[int, dict, str]]:
+    """Yield ``(line, fields, raw)`` per well-formed record; dead-letter the others."""
+    dead = counts.dead_letters[index]
+    with open(path, "rb") as stream:
+        layout = read_header(stream, path)
+        positions = list(layout.positions.items())
+        for line, chunk in enumerate(stream, start=2):
+            chunk = chunk[:-1] if chunk.endswith(b"\n") else chunk
+            chunk = chunk.rstrip(b"\r")
+            try:
+                text = chunk.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                counts.records_in += 1
+                reason = Rejected("bad_encoding", f"not valid UTF-8 ({exc.reason} at byte {exc.start})").reason
+                dead.append(quotes.dead_letter_json(path, line, chunk.decode("utf-8", errors="replace"), reason))
+                continue
+            if not text:
+                counts.blank_lines += 1
+                continue
+            counts.records_in += 1
+            try:
+                row = next(csv.reader([text], strict=True))
+            except csv.Error as exc:
+                dead.append(quotes.dead_letter_json(path, line, text, Rejected("bad_csv", str(exc)).reason))
+                continue
+            if len(row) != layout.width:
+                reason = Rejected(
+                    "wrong_field_count", f"expected {layout.width} fields as in the header, got {len(row)}"
+                ).reason
+                dead.append(quotes.dead_letter_json(path, line, text, reason))
+                continue
+            fields = {name: row[position] for name, position in positions}
+            fields.setdefault("symbol", default_symbol)
+            yield line, fields, text
+
+
+def _arrival_ordered(path: str, index: int, default_symbol: str, counts: Counts) -> Iterator[tuple]:
+    """One file's valid quotes as ``(arrival, file, line, quote)``, in arrival order."""
+    dead = counts.dead_letters[index]
+    heap = RowArrivalHeap()
+    newest = NOTHING_READ
+    for line, fields, raw in _records(path, index, default_symbol, counts):
+        try:
+            event_us = quotes.parse_timestamp(fields["timestamp"])
+            latency = fields.get("latency_ms")
+            latency = None if latency is None else quotes.parse_latency(latency)
+            arrival = quotes.arrival_micros(event_us, latency)
+            if arrival < newest:
+                dead.append(quotes.dead_letter_json(path, line, raw, out_of_order_reason(arrival, newest)))
+                continue
+            newest = max(newest, event_us)
+            symbol, bid, ask, bid_size, ask_size = quotes.parse_content(fields, PRICES)
+        except Rejected as rejected:
+            dead.append(quotes.dead_letter_json(path, line, raw, rejected.reason))
+            continue
+        quote = quotes.Quote(event_us, symbol, bid, ask, bid_size, ask_size, latency)
+        heap.push(arrival, index, line, quote)
+        for ready in heap.pop_before(newest):
+            yield ready.arrival_us, index, 0, ready
+    for ready in heap.pop_before(ALL_READ):
+        yield ready.arrival_us, index, 0, ready
+
+
+def run_reference(
+    sources: Sequence[str], output_dir: str, latency_threshold_ms: int = 20, default_symbol: str = "UNKNOWN"
+) -> Counts:
+    """Write ``mid_prices.log``, ``errors.log`` and ``dead_letter.jsonl`` for ``sources``."""
+    os.makedirs(output_dir, exist_ok=True)
+    counts = Counts(dead_letters=[[] for _ in sources])
+    streams = [_arrival_ordered(path, i, default_symbol, counts) for i, path in enumerate(sources)]
+    with open(os.path.join(output_dir, "mid_prices.log"), "w", encoding="utf-8") as mids, open(
+        os.path.join(output_dir, "errors.log"), "w", encoding="utf-8"
+    ) as errors:
+        # Each file's stream is in (arrival, line) order; merging by (arrival, file) keeps ties in file order.
+        for _arrival, _file, _, quote in heapq.merge(*streams, key=lambda item: item[:2]):
+            stamp = quotes.format_timestamp(quote.event_us)
+            if quote.latency_ms is not None and quote.latency_ms > latency_threshold_ms:
+                errors.write(quotes.latency_error_line(stamp, quote.latency_ms, latency_threshold_ms) + "\n")
+                counts.latency_filtered += 1
+            else:
+                mids.write(quotes.mid_line(stamp, quotes.mid_text(quote.bid, quote.ask, PRICES.scale)) + "\n")
+                counts.mid_prices += 1
+    with open(os.path.join(output_dir, "dead_letter.jsonl"), "w", encoding="utf-8") as dead:
+        for per_file in counts.dead_letters:
+            dead.writelines(line + "\n" for line in per_file)
+            counts.dead_lettered += len(per_file)
+    return counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m beam_pipeline.reference", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--input", nargs="+", required=True, help="CSV files, in tie-break order")
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--latency_threshold_ms", type=int, default=20)
+    parser.add_argument("--symbol", default="UNKNOWN")
+    args = parser.parse_args(argv)
+    counts = run_reference(args.input, args.output_dir, args.latency_threshold_ms, args.symbol)
+    print(
+        f"records_in={counts.records_in} mid_prices={counts.mid_prices} "
+        f"latency_filtered={counts.latency_filtered} dead_lettered={counts.dead_lettered}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
