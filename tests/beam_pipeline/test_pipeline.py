@@ -1,0 +1,130 @@
+"""The quotes pipeline end to end on the FnApiRunner, against hand-checked lines and the reference."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+from apache_beam.metrics.metric import MetricsFilter
+
+from beam_pipeline.cli import parse_options
+from beam_pipeline.pipeline import OUTPUTS, build_pipeline, bundled_sample
+from beam_pipeline.reference import run_reference
+from beam_pipeline.samples import MALFORMED, generate
+from tests.conftest import WORKED_EXAMPLE
+
+#: The reason code each row of samples.MALFORMED must get, in the same order.
+MALFORMED_CODES = [
+    "bad_timestamp", "missing_timestamp", "missing_price", "bad_price", "bad_price", "non_positive_price",
+    "non_positive_price", "price_precision", "crossed_quote", "bad_size", "bad_latency", "bad_latency",
+    "wrong_field_count", "wrong_field_count", "missing_symbol", "out_of_order",
+]
+
+
+def reference_files(sources, out: Path, threshold: int = 20, symbol: str = "UNKNOWN") -> dict[str, str]:
+    run_reference([str(s) for s in sources], str(out), threshold, symbol)
+    return {name: (out / name).read_text() for name in OUTPUTS}
+
+
+class TestBundledSample:
+    @pytest.fixture(scope="class")
+    def outputs(self, tmp_path_factory):
+        out = tmp_path_factory.mktemp("sample")
+        build_pipeline(parse_options(["--output_dir", str(out), "--progress", "off"])).run().wait_until_finish()
+        files = {name: (out / name).read_text() for name in OUTPUTS}
+        return files, json.loads((out / "metrics.json").read_text()), out
+
+    def test_first_lines_match_the_hand_checked_rows(self, outputs):
+        files, _, _ = outputs
+        # Sample lines 2-5: .038 BTCUSD 60 ms and .063 AAPL 35 ms are over 20 ms; .091 BTCUSD
+        # 67799.98/67799.99 (17 ms, arrives .108) and .127 AAPL 194.48/194.52 (6 ms, arrives .133).
+        assert files["errors.log"].splitlines()[:2] == [
+            "No mid price at 2024-06-03 07:00:00.038 as latency 60ms is bigger than 20ms",
+            "No mid price at 2024-06-03 07:00:00.063 as latency 35ms is bigger than 20ms",
+        ]
+        assert files["mid_prices.log"].splitlines()[:2] == [
+            "2024-06-03 07:00:00.091, 67799.985",
+            "2024-06-03 07:00:00.127, 194.5",
+        ]
+
+    def test_every_deliberately_malformed_row_is_dead_lettered_with_its_reason(self, outputs):
+        files, metrics, _ = outputs
+        letters = [json.loads(line) for line in files["dead_letter.jsonl"].splitlines()]
+        assert [letter["reason"].split(":")[0] for letter in letters] == MALFORMED_CODES
+        assert [letter["line"] for letter in letters] == sorted(letter["line"] for letter in letters)
+        sample = Path(bundled_sample()).read_text().splitlines()
+        assert all(sample[letter["line"] - 1] == letter["raw"] for letter in letters)
+        assert metrics["dead_lettered"] == len(MALFORMED)
+
+    def test_counts_balance(self, outputs):
+        files, metrics, _ = outputs
+        assert metrics["records_in"] == 5000
+        assert metrics["mid_prices"] == files["mid_prices.log"].count("\n")
+        assert metrics["latency_filtered"] == files["errors.log"].count("\n")
+        assert metrics["records_in"] == metrics["mid_prices"] + metrics["latency_filtered"] + metrics["dead_lettered"]
+        assert metrics["balanced"] is True
+
+    def test_identical_to_the_plain_python_reference(self, outputs, tmp_path):
+        files, _, _ = outputs
+        assert files == reference_files([bundled_sample()], tmp_path)
+
+    def test_no_staging_files_are_left(self, outputs):
+        _, _, out = outputs
+        assert sorted(p.name for p in out.iterdir()) == sorted([*OUTPUTS, "metrics.json"])
+
+
+def test_worked_example(write_csv, run_quotes):
+    files = run_quotes(write_csv(WORKED_EXAMPLE), args=("--latency_threshold_ms", "20"))
+    assert files["mid_prices.log"] == "2024-01-01 00:00:00.200, 200.5\n2024-01-01 00:00:00.700, 100.25\n"
+    assert files["errors.log"] == "No mid price at 2024-01-01 00:00:00.000 as latency 120ms is bigger than 20ms\n"
+
+
+def test_threshold_equal_to_latency_keeps_the_quote(write_csv, run_quotes):
+    files = run_quotes(write_csv(WORKED_EXAMPLE), args=("--latency_threshold_ms", "120"))
+    assert files["errors.log"] == ""
+    assert files["mid_prices.log"].splitlines() == [
+        "2024-01-01 00:00:00.000, 1.15", "2024-01-01 00:00:00.200, 200.5", "2024-01-01 00:00:00.700, 100.25"]
+
+
+#: Rows the fast path refuses but the rules accept (same time as the row they replace: in order).
+ODD_BUT_VALID = [
+    "{date}T{time}Z,ODD,1.5,1,1.6,1,3",
+    "{date} {time}001,ODD,1.5,1,1.6,1,3",
+    "{date} {time}, ODD ,  1.5 ,1, 1.60 ,,+3",
+    "{date}T{time}+00:00,ODD,1.5e0,1e1,16E-1,0,3.0",
+    '"{date} {time}",ODD,"1.5",1,1.6,1,3',
+]
+
+
+def mixed_file(seed: int, rows: int) -> bytes:
+    """Generated quotes with malformed, odd-but-valid and blank lines spread through them."""
+    lines = generate(rows, seed).decode().splitlines()
+    rng = random.Random(seed)
+    for index in rng.sample(range(5, len(lines) - 1), 40):
+        stamp = lines[index].split(",", 1)[0]
+        date, time = stamp.split(" ")
+        template = rng.choice([*MALFORMED, *ODD_BUT_VALID, ""])
+        lines[index] = template.format(ts=stamp, date=date, time=time)
+    return ("\n".join(lines) + "\n").encode()
+
+
+@pytest.mark.parametrize("block_bytes", ["1024", "65536"])
+def test_identical_to_the_reference_on_messy_files_and_several_inputs(write_csv, run_quotes, tmp_path, block_bytes):
+    sources = [write_csv(mixed_file(seed, 3000), f"part{seed}.csv") for seed in (1, 2)]
+    files = run_quotes(*sources, args=("--block_bytes", block_bytes, "--latency_threshold_ms", "15"))
+    assert {k: v for k, v in files.items() if k != "metrics"} == reference_files(sources, tmp_path / "ref", 15)
+    assert files["metrics"]["balanced"] and files["metrics"]["records_in"] > 5900
+
+
+def test_beam_counters_agree_with_metrics_json(tmp_path):
+    out = tmp_path / "out"
+    result = build_pipeline(parse_options(["--output_dir", str(out), "--progress", "off"])).run()
+    result.wait_until_finish()
+    counters = {r.key.metric.name: r.committed for r in result.metrics().query(MetricsFilter())["counters"]}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert counters["records_in"] == metrics["records_in"]
+    assert counters["mid_prices"] == metrics["mid_prices"]
+    assert counters["latency_filtered"] == metrics["latency_filtered"]
+    assert counters["dead_lettered"] == metrics["dead_lettered"]

@@ -1,0 +1,47 @@
+"""Shared fixtures: small CSV files and in-process pipeline runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from beam_pipeline.cli import parse_options
+from beam_pipeline.pipeline import build_pipeline, expand_inputs
+
+WORKED_EXAMPLE = (
+    "timestamp,bid,ask,latency\n"
+    "2024-01-01 00:00:00,1.1,1.2,120\n"
+    "2024-01-01 00:00:00.200,200,201,1\n"
+    "2024-01-01 00:00:00.700,100,100.5,10\n"
+)
+
+
+@pytest.fixture
+def write_csv(tmp_path: Path) -> Callable[..., Path]:
+    """``write_csv(text, name="quotes.csv")`` writes a file under tmp_path and returns its path."""
+
+    def write(text: str | bytes, name: str = "quotes.csv") -> Path:
+        path = tmp_path / name
+        path.write_bytes(text.encode() if isinstance(text, str) else text)
+        return path
+
+    return write
+
+
+@pytest.fixture
+def run_quotes(tmp_path: Path) -> Callable[..., dict]:
+    """Run the quotes pipeline in-process; returns ``{file name: text}`` plus ``"metrics"``."""
+
+    def run(*inputs: Path | str, args: tuple[str, ...] = (), output_dir: Path | None = None) -> dict:
+        out = output_dir or tmp_path / "out"
+        argv = ["--output_dir", str(out), "--progress", "off", *args]
+        sources = [p for pattern in inputs for p in expand_inputs(str(pattern))]
+        build_pipeline(parse_options(argv), sources).run().wait_until_finish()
+        files = {name: (out / name).read_text() for name in ("mid_prices.log", "errors.log", "dead_letter.jsonl")}
+        files["metrics"] = json.loads((out / "metrics.json").read_text())
+        return files
+
+    return run

@@ -1,0 +1,60 @@
+"""ComputeMidPrices: the latency threshold and the exact output lines."""
+
+from __future__ import annotations
+
+import io
+
+import pyarrow as pa
+import pytest
+
+from tests.conftest import WORKED_EXAMPLE
+from transforms.midprice import ComputeMidPrices, latency_error_text, mid_price_text, split_by_latency
+from transforms.normalize import normalize_batch, price_rule
+from transforms.replay import HistoricalReplay
+from schemas import field_rules, load_schema
+
+PRICES = price_rule(field_rules(load_schema("quote")))
+
+
+def valid_rows(text: str) -> pa.RecordBatch:
+    batch = pa.concat_batches(list(HistoricalReplay(["f"], open_file=lambda _: io.BytesIO(text.encode()))))
+    return normalize_batch(batch, PRICES)[0]
+
+
+@pytest.mark.parametrize("threshold, late_lines", [(20, [2]), (119, [2]), (120, []), (0, [2, 3, 4])])
+def test_threshold_is_strictly_greater(threshold, late_lines):
+    valid = valid_rows(WORKED_EXAMPLE)
+    late = split_by_latency(valid, threshold)
+    assert valid.filter(pa.array(late)).column("line").to_pylist() == late_lines
+
+
+def test_live_mode_filters_nothing():
+    valid = valid_rows(WORKED_EXAMPLE)
+    assert not split_by_latency(valid, None).any()
+    assert ComputeMidPrices(20, mode="live")._threshold_ms is None
+
+
+def test_quotes_without_latency_are_never_filtered():
+    valid = valid_rows("timestamp,bid,ask\n2024-01-01 00:00:00,1,2\n")
+    assert not split_by_latency(valid, 0).any()
+
+
+def test_worked_example_lines():
+    valid = valid_rows(WORKED_EXAMPLE)
+    late = split_by_latency(valid, 20)
+    assert mid_price_text(valid.filter(pa.array(~late)), 8) == (
+        b"2024-01-01 00:00:00.200, 200.5\n2024-01-01 00:00:00.700, 100.25\n")
+    assert latency_error_text(valid.filter(pa.array(late)), 20) == (
+        b"No mid price at 2024-01-01 00:00:00.000 as latency 120ms is bigger than 20ms\n")
+
+
+def test_timestamps_print_milliseconds_or_microseconds_in_utc():
+    valid = valid_rows("timestamp,bid,ask\n2024-01-01T00:00:00.1Z,1.1,1.2\n2024-01-01 01:00:00.123456+01:00,200,201\n")
+    assert mid_price_text(valid, 8) == b"2024-01-01 00:00:00.100, 1.15\n2024-01-01 00:00:00.123456, 200.5\n"
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="mode"):
+        ComputeMidPrices(20, mode="sometimes")
+    with pytest.raises(ValueError, match="latency_threshold_ms"):
+        ComputeMidPrices(-1)
