@@ -49,7 +49,6 @@ class ReplayStats:
     blank_lines: int = 0
     bytes_read: int = 0
     files: int = 0
-    rejected: int = 0
     max_held_rows: int = 0
 
     def as_dict(self) -> dict[str, int]:
@@ -174,10 +173,7 @@ class HistoricalReplay:
             rejected_parts.append(
                 _unsplit_rows(cursor.index, split.rejected_lines, split.rejected_raw, split.rejected_reasons)
             )
-        rejected = pa.concat_batches(rejected_parts) if rejected_parts else None
-        if rejected is not None:
-            self.stats.rejected += rejected.num_rows
-        return accepted, rejected
+        return accepted, pa.concat_batches(rejected_parts) if rejected_parts else None
 
     @staticmethod
     def _newest_before(cursor: _Cursor, event_us: np.ndarray, ok: np.ndarray, index: int) -> int:
