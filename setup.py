@@ -12,8 +12,9 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=find_packages(include=["beam_pipeline*", "transforms*", "schemas*", "runners*"]),
-    package_data={"beam_pipeline": ["data/*.csv"], "schemas": ["*.avsc"]},
+    # beam_pipeline/data holds the bundled samples (no code): listed so setuptools ships it.
+    packages=find_packages(include=["beam_pipeline*", "transforms*", "schemas*", "runners*"]) + ["beam_pipeline.data"],
+    package_data={"beam_pipeline.data": ["*.csv"], "schemas": ["*.avsc"]},
     include_package_data=True,
     install_requires=[
         "apache-beam==2.77.*",
