@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from transforms.quotes import MAX_LATENCY_MS
 from transforms.replay import DEFAULT_BLOCK_BYTES
 
 SOURCES = ("historical",)
@@ -48,8 +49,10 @@ class QuoteOptions(PipelineOptions):
 def check(options: QuoteOptions) -> list[str]:
     """Problems with option values that argparse cannot see (empty list when all is well)."""
     problems = []
-    if options.latency_threshold_ms < 0:
-        problems.append(f"--latency_threshold_ms must be 0 or more, got {options.latency_threshold_ms}")
+    if not 0 <= options.latency_threshold_ms < MAX_LATENCY_MS:
+        problems.append(
+            f"--latency_threshold_ms must be from 0 to {MAX_LATENCY_MS - 1}, got {options.latency_threshold_ms}"
+        )
     if not options.symbol.strip():
         problems.append("--symbol must not be empty")
     if options.block_bytes < 1024:

@@ -18,7 +18,9 @@ from __future__ import annotations
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineRunner, create_runner
 
+#: Beam matches runner names without regard to case; so do we.
 DIRECT_NAMES = ("DirectRunner", "direct", "Direct", "directrunner")
+_DIRECT_LOWER = {name.lower() for name in DIRECT_NAMES}
 
 
 class RunnerError(ValueError):
@@ -44,9 +46,9 @@ def direct_runner(options: PipelineOptions) -> PipelineRunner:
 def make_runner(options: PipelineOptions) -> PipelineRunner:
     """The runner named by ``--runner`` (default ``DirectRunner``)."""
     name = options.view_as(StandardOptions).runner or "DirectRunner"
-    if name in DIRECT_NAMES:
+    if name.lower() in _DIRECT_LOWER:
         return direct_runner(options)
     try:
         return create_runner(name)
-    except (ValueError, ImportError) as exc:
+    except (ValueError, ImportError, AttributeError) as exc:
         raise RunnerError(f"--runner {name}: {exc}") from None

@@ -1,0 +1,249 @@
+"""The command line: exit codes, one-line usage errors, --help, and successful runs.
+
+Most cases call ``beam_pipeline.cli.main`` in-process; a few run ``python -m beam_pipeline`` as a
+real subprocess to check the process exit code and everything the process writes on stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from beam_pipeline import cli
+
+REPO = Path(__file__).resolve().parents[2]
+PREFIX = "beam_pipeline: error:"
+OUTPUT_FILES = ("mid_prices.log", "errors.log", "dead_letter.jsonl", "metrics.json")
+
+WORKED_EXAMPLE = (
+    "timestamp,bid,ask,latency\n"
+    "2024-01-01 00:00:00,1.1,1.2,120\n"
+    "2024-01-01 00:00:00.200,200,201,1\n"
+    "2024-01-01 00:00:00.700,100,100.5,10\n"
+)
+
+
+def _write(tmp_path: Path, text: str, name: str = "quotes.csv") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def _assert_one_line_usage_error(rc: int, err: str) -> str:
+    """The contract of a bad usage: exit 2, exactly one stderr line with the prefix, no traceback."""
+    assert rc == 2, err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(PREFIX), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def _run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "beam_pipeline", *args],
+        cwd=cwd, capture_output=True, text=True, timeout=120,
+    )
+
+
+# --- usage errors, in-process ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        pytest.param(["--latency_treshold_ms", "5"], ["unrecognized", "--latency_treshold_ms"], id="typo-flag"),
+        pytest.param(["--latency", "5"], ["unrecognized", "--latency"], id="abbreviated-flag"),
+        pytest.param(["stray"], ["unrecognized", "stray"], id="positional"),
+        pytest.param(["--latency_threshold_ms", "abc"], ["--latency_threshold_ms", "abc"], id="non-integer"),
+        pytest.param(["--latency_threshold_ms=5.5"], ["--latency_threshold_ms", "5.5"], id="non-integer-equals"),
+        pytest.param(["--latency_threshold_ms", "-1"], ["--latency_threshold_ms", "-1"], id="negative"),
+        pytest.param(["--symbol", ""], ["--symbol", "empty"], id="empty-symbol"),
+        pytest.param(["--symbol", "   "], ["--symbol", "empty"], id="blank-symbol"),
+        pytest.param(["--block_bytes", "10"], ["--block_bytes", "1024", "10"], id="small-block-bytes"),
+        pytest.param(["--source", "live"], ["--source", "live"], id="live-source"),
+        pytest.param(["--job", "other"], ["--job", "other"], id="unknown-job"),
+        pytest.param(["--progress", "on"], ["--progress", "on"], id="bad-progress"),
+        pytest.param(["--runner", "NoSuchRunner"], ["NoSuchRunner"], id="unknown-runner"),
+        pytest.param(["--runner", "nosuchmodule.Runner"], ["nosuchmodule.Runner"], id="unknown-dotted-runner"),
+        pytest.param(["--direct_num_workers", "abc"], ["--direct_num_workers", "abc"], id="bad-beam-option"),
+    ],
+)
+def test_bad_usage_exits_2_with_one_line(args, expected, tmp_path, capsys):
+    out_dir = tmp_path / "out"
+    rc = cli.main(["--output_dir", str(out_dir), "--progress", "off", *args])
+    captured = capsys.readouterr()
+    line = _assert_one_line_usage_error(rc, captured.err)
+    for text in expected:
+        assert text in line
+    assert captured.out == ""
+    assert not out_dir.exists(), "a usage error must not start the pipeline"
+
+
+def test_empty_output_dir_is_a_usage_error(capsys):
+    rc = cli.main(["--output_dir", "", "--progress", "off"])
+    line = _assert_one_line_usage_error(rc, capsys.readouterr().err)
+    assert "--output_dir" in line
+
+
+def test_several_problems_are_reported_on_one_line(tmp_path, capsys):
+    rc = cli.main(["--output_dir", str(tmp_path), "--latency_threshold_ms", "-1", "--symbol", ""])
+    line = _assert_one_line_usage_error(rc, capsys.readouterr().err)
+    assert "--latency_threshold_ms" in line and "--symbol" in line
+
+
+def test_input_matching_nothing(tmp_path, capsys):
+    pattern = str(tmp_path / "nothing-here-*.csv")
+    rc = cli.main(["--input", pattern, "--output_dir", str(tmp_path / "out")])
+    line = _assert_one_line_usage_error(rc, capsys.readouterr().err)
+    assert pattern in line
+
+
+def test_input_that_is_a_directory_matches_nothing(tmp_path, capsys):
+    rc = cli.main(["--input", str(tmp_path), "--output_dir", str(tmp_path / "out")])
+    line = _assert_one_line_usage_error(rc, capsys.readouterr().err)
+    assert str(tmp_path) in line
+
+
+@pytest.mark.parametrize(
+    "header, missing",
+    [
+        ("timestamp,bid,latency", "ask_price"),
+        ("timestamp,ask_price,latency_ms", "bid_price"),
+        ("time,bid,ask", "timestamp"),
+    ],
+)
+def test_header_lacking_a_required_column(header, missing, tmp_path, capsys):
+    path = _write(tmp_path, f"{header}\n2024-01-01 00:00:00,1,2\n")
+    rc = cli.main(["--input", str(path), "--output_dir", str(tmp_path / "out")])
+    line = _assert_one_line_usage_error(rc, capsys.readouterr().err)
+    assert missing in line
+    assert str(path) in line
+
+
+def test_one_bad_file_among_several_is_named(tmp_path, capsys):
+    _write(tmp_path, WORKED_EXAMPLE, "a.csv")
+    bad = _write(tmp_path, "timestamp,bid\n2024-01-01 00:00:00,1\n", "b.csv")
+    rc = cli.main(["--input", str(tmp_path / "*.csv"), "--output_dir", str(tmp_path / "out")])
+    line = _assert_one_line_usage_error(rc, capsys.readouterr().err)
+    assert str(bad) in line and "ask_price" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_empty_input_file(tmp_path, capsys):
+    path = _write(tmp_path, "")
+    rc = cli.main(["--input", str(path), "--output_dir", str(tmp_path / "out")])
+    line = _assert_one_line_usage_error(rc, capsys.readouterr().err)
+    assert str(path) in line
+
+
+# --- --help ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_lists_our_flags_not_beams(flag, capsys):
+    assert cli.main([flag]) == 0
+    captured = capsys.readouterr()
+    for name in ("--input", "--output_dir", "--latency_threshold_ms", "--symbol"):
+        assert name in captured.out
+    assert "--dataflow_endpoint" not in captured.out
+    assert "--temp_location" not in captured.out
+    assert captured.err == ""
+
+
+def test_help_wins_over_other_errors(capsys):
+    assert cli.main(["--latency_treshold_ms", "5", "--help"]) == 0
+    assert "--latency_threshold_ms" in capsys.readouterr().out
+
+
+# --- successful runs, in-process -------------------------------------------------------------
+
+
+def _run_worked_example(tmp_path: Path, threshold: str, capsys) -> tuple[Path, str]:
+    path = _write(tmp_path, WORKED_EXAMPLE)
+    out_dir = tmp_path / f"out-{threshold}"
+    rc = cli.main(
+        ["--input", str(path), "--output_dir", str(out_dir), "--progress", "off", "--latency_threshold_ms", threshold]
+    )
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    return out_dir, captured.out
+
+
+def test_worked_example(tmp_path, capsys, caplog):
+    caplog.set_level(logging.INFO)  # Beam logs its Prism attempt at INFO only
+    out_dir, summary = _run_worked_example(tmp_path, "20", capsys)
+    assert not [r for r in caplog.records if "prism" in r.getMessage().lower()], "DirectRunner tried Prism"
+    assert (out_dir / "mid_prices.log").read_text() == (
+        "2024-01-01 00:00:00.200, 200.5\n2024-01-01 00:00:00.700, 100.25\n"
+    )
+    assert (out_dir / "errors.log").read_text() == (
+        "No mid price at 2024-01-01 00:00:00.000 as latency 120ms is bigger than 20ms\n"
+    )
+    assert (out_dir / "dead_letter.jsonl").read_text() == ""
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    assert metrics["records_in"] == 3
+    assert (metrics["mid_prices"], metrics["latency_filtered"], metrics["dead_lettered"]) == (2, 1, 0)
+    assert metrics["balanced"] is True
+    assert metrics["latency_threshold_ms"] == 20
+    for name in OUTPUT_FILES:
+        assert str(out_dir / name) in summary
+    assert "balance" in summary and "DO NOT BALANCE" not in summary
+
+
+def test_latency_equal_to_threshold_is_kept(tmp_path, capsys):
+    out_dir, _ = _run_worked_example(tmp_path, "120", capsys)
+    assert (out_dir / "mid_prices.log").read_text() == (
+        "2024-01-01 00:00:00.000, 1.15\n2024-01-01 00:00:00.200, 200.5\n2024-01-01 00:00:00.700, 100.25\n"
+    )
+    assert (out_dir / "errors.log").read_text() == ""
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    assert (metrics["records_in"], metrics["mid_prices"], metrics["latency_filtered"]) == (3, 3, 0)
+    assert metrics["balanced"] is True
+
+
+def test_threshold_beyond_int64_is_a_usage_error(tmp_path, capsys):
+    path = _write(tmp_path, WORKED_EXAMPLE)
+    rc = cli.main(
+        ["--input", str(path), "--output_dir", str(tmp_path / "out"), "--progress", "off",
+         "--latency_threshold_ms", str(2**63)]
+    )
+    _assert_one_line_usage_error(rc, capsys.readouterr().err)
+
+
+# --- real subprocesses -----------------------------------------------------------------------
+
+
+def test_subprocess_default_run(tmp_path):
+    result = _run_cli("--output_dir", str(tmp_path), "--progress", "off")
+    assert result.returncode == 0, result.stderr
+    for name in OUTPUT_FILES:
+        assert (tmp_path / name).is_file(), name
+        assert str(tmp_path / name) in result.stdout
+    assert "balance" in result.stdout and "DO NOT BALANCE" not in result.stdout
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["balanced"] is True and metrics["records_in"] > 0
+    assert metrics["records_in"] == metrics["mid_prices"] + metrics["latency_filtered"] + metrics["dead_lettered"]
+    assert "apitools not found" not in result.stderr + result.stdout
+    assert "prism" not in (result.stderr + result.stdout).lower()
+    assert "Traceback" not in result.stderr
+
+
+def test_subprocess_typo_flag(tmp_path):
+    result = _run_cli("--output_dir", str(tmp_path / "out"), "--latency_treshold_ms", "5")
+    line = _assert_one_line_usage_error(result.returncode, result.stderr)
+    assert "--latency_treshold_ms" in line
+    assert result.stdout == ""
+    assert not (tmp_path / "out").exists()
+
+
+def test_subprocess_bad_header(tmp_path):
+    path = _write(tmp_path, "timestamp,bid\n2024-01-01 00:00:00,1\n")
+    result = _run_cli("--input", str(path), "--output_dir", str(tmp_path / "out"))
+    line = _assert_one_line_usage_error(result.returncode, result.stderr)
+    assert "ask_price" in line and str(path) in line
