@@ -27,6 +27,8 @@ _TIMESTAMP_FAST = r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?$"
 _LATENCY_FAST = r"^\d{1,12}$"
 _SIZE_FAST = r"^(\d{1,15}(\.\d{0,15})?)?$"
 _CAST_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError)
+_YEAR_1_US = -62_135_596_800_000_000  # 0001-01-01 00:00:00
+_YEAR_9999_END_US = 253_402_300_799_999_999  # 9999-12-31 23:59:59.999999
 
 
 def _convert(
@@ -58,6 +60,19 @@ def _convert(
     return values, rejects
 
 
+def _may_contain(values: pa.Array, characters: bytes) -> bool:
+    """True if any of the ASCII ``characters`` occurs in the string array's data buffer.
+
+    The buffer may hold bytes of neighbouring values when the array is a slice, so a True can be
+    a false alarm; that only costs speed (the exact path runs), never a wrong answer.
+    """
+    data = values.buffers()[2]
+    if data is None:
+        return False
+    raw = data.to_pybytes()
+    return any(bytes([character]) in raw for character in characters)
+
+
 def _as_int64(array: pa.Array) -> np.ndarray:
     return array.cast(pa.int64()).to_numpy(zero_copy_only=False)
 
@@ -78,7 +93,8 @@ def parse_timestamps(column: pa.Array) -> tuple[np.ndarray, Rejects]:
 
     def fast(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         micros = _as_int64(pc.cast(values, pa.timestamp("us")))
-        return micros, np.ones(len(micros), dtype=bool)
+        # Arrow also takes year 0, which Python's datetime (the rule) does not.
+        return micros, (micros >= _YEAR_1_US) & (micros <= _YEAR_9999_END_US)
 
     return _convert(
         column, fast, _slow_or_empty(quotes.parse_timestamp, "timestamp"), np.int64, _TIMESTAMP_FAST
@@ -89,6 +105,8 @@ def parse_latencies(column: pa.Array) -> tuple[np.ndarray, Rejects]:
     """Latencies in whole milliseconds for a string column."""
 
     def fast(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+        if _may_contain(values, b"xX"):  # Arrow's integer cast reads hexadecimal ("0x10")
+            raise pa.ArrowInvalid("possible hexadecimal: take the exact path")
         latency = _as_int64(pc.cast(values, pa.int64()))
         return latency, (latency >= 0) & (latency < quotes.MAX_LATENCY_MS)
 
@@ -112,8 +130,14 @@ def parse_prices(column: pa.Array, field: str, precision: int, scale: int) -> tu
     def slow(text: str | None) -> int:
         return quotes.parse_price("" if text is None else text, field, precision, scale)
 
-    pattern = rf"^\d{{1,{precision - scale}}}(\.\d{{1,{scale}}})?$" if scale else None
-    return _convert(column, fast, slow, np.int64, pattern)
+    return _convert(column, fast, slow, np.int64, _price_pattern(precision, scale))
+
+
+def _price_pattern(precision: int, scale: int) -> str:
+    """Plain decimals the ``decimal(precision, scale)`` cast certainly takes."""
+    whole = rf"\d{{1,{precision - scale}}}" if precision > scale else "0"
+    fraction = rf"(\.\d{{1,{scale}}})?" if scale else ""
+    return f"^{whole}{fraction}$"
 
 
 def parse_sizes(column: pa.Array, field: str) -> tuple[np.ndarray, Rejects]:

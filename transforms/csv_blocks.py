@@ -129,6 +129,8 @@ def _line_bounds(data: bytes) -> tuple[np.ndarray, np.ndarray]:
 def _is_fast(data: bytes) -> bool:
     if b'"' in data or data.count(b"\r") != data.count(b"\r\n"):
         return False
+    if data.startswith(b"\xef\xbb\xbf"):  # Arrow would drop a BOM that opens the block
+        return False
     try:
         data.decode("utf-8")
     except UnicodeDecodeError:
