@@ -11,7 +11,6 @@ largest latency, as in the pipeline), and writes the same three files.
 from __future__ import annotations
 
 import argparse
-import csv
 import heapq
 import os
 import sys
@@ -20,7 +19,7 @@ from typing import Iterator, Sequence
 
 from transforms import quotes
 from transforms.arrival import ALL_READ, NOTHING_READ, RowArrivalHeap, out_of_order_reason
-from transforms.csv_blocks import read_header
+from transforms.csv_blocks import RejectedLine, read_header, split_line
 from transforms.quotes import PriceRule, Rejected
 
 PRICES = PriceRule(precision=18, scale=8)  # schemas/quote.v1.avsc; tests check they agree
@@ -43,30 +42,17 @@ def _records(path: str, index: int, default_symbol: str, counts: Counts) -> Iter
         layout = read_header(stream, path)
         positions = list(layout.positions.items())
         for line, chunk in enumerate(stream, start=2):
-            chunk = chunk[:-1] if chunk.endswith(b"\n") else chunk
-            chunk = chunk.rstrip(b"\r")
             try:
-                text = chunk.decode("utf-8")
-            except UnicodeDecodeError as exc:
+                split = split_line(chunk[:-1] if chunk.endswith(b"\n") else chunk, layout.width)
+            except RejectedLine as rejected:
                 counts.records_in += 1
-                reason = Rejected("bad_encoding", f"not valid UTF-8 ({exc.reason} at byte {exc.start})").reason
-                dead.append(quotes.dead_letter_json(path, line, chunk.decode("utf-8", errors="replace"), reason))
+                dead.append(quotes.dead_letter_json(path, line, rejected.raw, rejected.reason))
                 continue
-            if not text:
+            if split is None:
                 counts.blank_lines += 1
                 continue
             counts.records_in += 1
-            try:
-                row = next(csv.reader([text], strict=True))
-            except csv.Error as exc:
-                dead.append(quotes.dead_letter_json(path, line, text, Rejected("bad_csv", str(exc)).reason))
-                continue
-            if len(row) != layout.width:
-                reason = Rejected(
-                    "wrong_field_count", f"expected {layout.width} fields as in the header, got {len(row)}"
-                ).reason
-                dead.append(quotes.dead_letter_json(path, line, text, reason))
-                continue
+            text, row = split
             fields = {name: row[position] for name, position in positions}
             fields.setdefault("symbol", default_symbol)
             yield line, fields, text

@@ -196,13 +196,44 @@ def _split_with_arrow(
         for index, (_, got) in zip(bad.tolist(), invalid):
             rejected_lines.append(first_line + index)
             rejected_raw.append(raw[index].as_py())
-            reasons.append(_field_count_reason(layout.width, got))
+            reasons.append(Rejected("wrong_field_count", _field_count_detail(layout.width, got)).reason)
     if len(kept) != len(ends):
         raw = raw.take(pa.array(kept))
     columns = {"line": pa.array(kept + first_line, type=pa.int64()), "raw": raw}
     for name, index in layout.positions.items():
         columns[name] = table.column(names[index]).combine_chunks()
     return SplitBlock(_rows(columns, table.num_rows), rejected_lines, rejected_raw, reasons, int(blank.sum()))
+
+
+class RejectedLine(Rejected):
+    """A physical line that cannot be a record; ``raw`` is its text for the dead letter."""
+
+    def __init__(self, code: str, detail: str, raw: str):
+        super().__init__(code, detail)
+        self.raw = raw
+
+
+def split_line(chunk: bytes, width: int) -> tuple[str, list[str]] | None:
+    """The text and fields of one physical line (without its line break); None if it is blank.
+
+    Raises :class:`RejectedLine` for a line that is not UTF-8, not valid CSV (quotes must close
+    on the same line) or has another number of fields than the header's ``width``.
+    """
+    chunk = chunk.rstrip(b"\r")
+    try:
+        text = chunk.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        detail = f"not valid UTF-8 ({exc.reason} at byte {exc.start})"
+        raise RejectedLine("bad_encoding", detail, chunk.decode("utf-8", errors="replace")) from None
+    if not text:
+        return None
+    try:
+        row = next(csv.reader([text], strict=True))
+    except csv.Error as exc:
+        raise RejectedLine("bad_csv", str(exc), text) from None
+    if len(row) != width:
+        raise RejectedLine("wrong_field_count", _field_count_detail(width, len(row)), text)
+    return text, row
 
 
 def _split_with_csv_module(
@@ -214,41 +245,27 @@ def _split_with_csv_module(
     rejected_lines, rejected_raw, reasons = [], [], []
     blank = 0
     for index, (start, end) in enumerate(zip(starts.tolist(), ends.tolist())):
-        chunk = data[start:end].rstrip(b"\r")
-        line = first_line + index
         try:
-            text = chunk.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            rejected_lines.append(line)
-            rejected_raw.append(chunk.decode("utf-8", errors="replace"))
-            reasons.append(Rejected("bad_encoding", f"not valid UTF-8 ({exc.reason} at byte {exc.start})").reason)
+            split = split_line(data[start:end], layout.width)
+        except RejectedLine as rejected:
+            rejected_lines.append(first_line + index)
+            rejected_raw.append(rejected.raw)
+            reasons.append(rejected.reason)
             continue
-        if not text:
+        if split is None:
             blank += 1
             continue
-        try:
-            row = next(csv.reader([text], strict=True))
-        except csv.Error as exc:
-            rejected_lines.append(line)
-            rejected_raw.append(text)
-            reasons.append(Rejected("bad_csv", str(exc)).reason)
-            continue
-        if len(row) != layout.width:
-            rejected_lines.append(line)
-            rejected_raw.append(text)
-            reasons.append(_field_count_reason(layout.width, len(row)))
-            continue
-        lines.append(line)
-        raws.append(text)
-        fields.append(row)
+        lines.append(first_line + index)
+        raws.append(split[0])
+        fields.append(split[1])
     columns = {"line": pa.array(lines, type=pa.int64()), "raw": pa.array(raws, type=pa.string())}
     for name, index in layout.positions.items():
         columns[name] = pa.array([row[index] for row in fields], type=pa.string())
     return SplitBlock(_rows(columns, len(lines)), rejected_lines, rejected_raw, reasons, blank)
 
 
-def _field_count_reason(expected: int, got: int) -> str:
-    return Rejected("wrong_field_count", f"expected {expected} fields as in the header, got {got}").reason
+def _field_count_detail(expected: int, got: int) -> str:
+    return f"expected {expected} fields as in the header, got {got}"
 
 
 def _rows(columns: dict[str, pa.Array], num_rows: int) -> pa.RecordBatch:
