@@ -43,6 +43,8 @@ def _convert(
     ok = np.zeros(len(column), dtype=bool)
     try:
         values[:], ok[:] = fast(column)
+        if column.null_count:  # a cast passes nulls through: the rules decide about them
+            ok &= column.is_valid().to_numpy(zero_copy_only=False)
     except _CAST_ERRORS:
         if fast_pattern is not None:
             plain = pc.fill_null(pc.match_substring_regex(column, fast_pattern), False)
@@ -74,15 +76,8 @@ def _may_contain(values: pa.Array, characters: bytes) -> bool:
 
 
 def _as_int64(array: pa.Array) -> np.ndarray:
-    return array.cast(pa.int64()).to_numpy(zero_copy_only=False)
-
-
-def _slow_or_empty(parse: Callable[[str], Any], field: str) -> Callable[[str | None], Any]:
-    def slow(text: str | None) -> Any:
-        return parse("" if text is None else text)
-
-    slow.__name__ = f"parse_{field}"
-    return slow
+    as_int = array.cast(pa.int64())
+    return (as_int.fill_null(0) if as_int.null_count else as_int).to_numpy(zero_copy_only=False)
 
 
 # --------------------------------------------------------------------------- parsing
@@ -97,7 +92,7 @@ def parse_timestamps(column: pa.Array) -> tuple[np.ndarray, Rejects]:
         return micros, (micros >= _YEAR_1_US) & (micros <= _YEAR_9999_END_US)
 
     return _convert(
-        column, fast, _slow_or_empty(quotes.parse_timestamp, "timestamp"), np.int64, _TIMESTAMP_FAST
+        column, fast, lambda text: quotes.parse_timestamp(text or ""), np.int64, _TIMESTAMP_FAST
     )
 
 
@@ -111,7 +106,7 @@ def parse_latencies(column: pa.Array) -> tuple[np.ndarray, Rejects]:
         return latency, (latency >= 0) & (latency < quotes.MAX_LATENCY_MS)
 
     return _convert(
-        column, fast, _slow_or_empty(quotes.parse_latency, "latency"), np.int64, _LATENCY_FAST
+        column, fast, lambda text: quotes.parse_latency(text or ""), np.int64, _LATENCY_FAST
     )
 
 
@@ -144,7 +139,7 @@ def parse_sizes(column: pa.Array, field: str) -> tuple[np.ndarray, Rejects]:
     """Optional sizes as float64, NaN where the field is empty (unknown)."""
 
     def fast(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-        empty = pc.equal(values, "")
+        empty = pc.fill_null(pc.equal(values, ""), False)
         sizes = pc.cast(pc.if_else(empty, None, values), pa.float64()).to_numpy(zero_copy_only=False)
         known = ~np.isnan(sizes)
         with np.errstate(invalid="ignore"):

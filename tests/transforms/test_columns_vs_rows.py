@@ -21,6 +21,7 @@ from unittest import mock
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
@@ -699,3 +700,23 @@ class TestRegressions:
         data = "\ufeff2024-01-01 00:00:00,X,1,2,3\n".encode()
         split, expected = _split_both_ways(layout, data, 2)
         assert _summary(split) == _summary(expected)
+
+    @pytest.mark.parametrize(
+        "parse, row_rule",
+        [
+            (columns.parse_timestamps, lambda text: quotes.parse_timestamp(text or "")),
+            (columns.parse_latencies, lambda text: quotes.parse_latency(text or "")),
+            (lambda col: columns.parse_prices(col, "bid_price", 18, 8),
+             lambda text: quotes.parse_price(text or "", "bid_price", 18, 8)),
+        ],
+    )
+    def test_null_is_judged_like_an_empty_field_not_passed_through_by_the_cast(self, parse, row_rule):
+        clean = "2024-01-01 00:00:00" if parse is columns.parse_timestamps else "1"
+        _, rejects = parse(pa.array([clean, None], pa.string()))
+        with pytest.raises(quotes.Rejected) as caught:
+            row_rule(None)
+        assert rejects == {1: caught.value.reason}
+
+    def test_null_size_is_unknown(self):
+        values, rejects = columns.parse_sizes(pa.array(["1", None], pa.string()), "bid_size")
+        assert rejects == {} and values[0] == 1.0 and math.isnan(values[1])
