@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 import traceback
@@ -64,6 +65,17 @@ def help_text() -> str:
     return parser.format_help()
 
 
+def prepare_output_dir(path: str) -> None:
+    """Create ``--output_dir`` now, so an unwritable place fails before the run, not after it."""
+    try:
+        if not FileSystems.exists(path):
+            FileSystems.mkdirs(path)
+    except Exception as exc:  # Beam wraps OSError in its own IOError types
+        raise UsageError(f"--output_dir {path}: cannot create it ({exc})") from None
+    if FileSystems.get_scheme(path) is None and not os.path.isdir(path):
+        raise UsageError(f"--output_dir {path}: not a directory")
+
+
 def _summary(output_dir: str, metrics: dict) -> str:
     names = {metric: name for name, metric in OUTPUTS.items()}
     width = max(len(FileSystems.join(output_dir, name)) for name in [*OUTPUTS, "metrics.json"])
@@ -100,6 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError("; ".join(problems))
         sources = expand_inputs(config.input or bundled_sample())
         check_headers(sources)
+        prepare_output_dir(config.output_dir)
         pipeline = build_pipeline(options, sources, started_at=started_at)
     except (UsageError, InputError, RunnerError, SchemaError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)

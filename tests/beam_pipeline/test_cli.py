@@ -104,6 +104,20 @@ def test_input_matching_nothing(tmp_path, capsys):
     assert pattern in line
 
 
+@pytest.mark.parametrize("where, message", [("a-file", "not a directory"), ("a-file/below", "cannot create it")])
+def test_output_dir_that_cannot_be_a_directory_fails_before_the_run(where, message, tmp_path, capsys):
+    (tmp_path / "a-file").write_text("not a folder")
+    rc = cli.main(["--output_dir", str(tmp_path / where), "--progress", "off"])
+    line = _assert_one_line_usage_error(rc, capsys.readouterr().err)
+    assert message in line and str(tmp_path / where) in line
+
+
+def test_output_dir_is_created(tmp_path, capsys):
+    out = tmp_path / "new" / "nested"
+    assert cli.main(["--output_dir", str(out), "--progress", "off"]) == 0
+    assert (out / "metrics.json").exists()
+
+
 def test_input_that_is_a_directory_matches_nothing(tmp_path, capsys):
     rc = cli.main(["--input", str(tmp_path), "--output_dir", str(tmp_path / "out")])
     line = _assert_one_line_usage_error(rc, capsys.readouterr().err)
