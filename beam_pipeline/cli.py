@@ -21,7 +21,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentP
 from beam_pipeline import options as options_module
 from beam_pipeline.options import QuoteOptions
 from beam_pipeline.pipeline import OUTPUTS, InputError, build_pipeline, bundled_sample, check_headers, expand_inputs
-from runners import RunnerError
+from runners import RunnerError, make_runner
 from schemas import SchemaError
 
 LOG = logging.getLogger("beam_pipeline")
@@ -112,8 +112,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError("; ".join(problems))
         sources = expand_inputs(config.input or bundled_sample())
         check_headers(sources)
-        prepare_output_dir(config.output_dir)
-        pipeline = build_pipeline(options, sources, started_at=started_at)
+        runner = make_runner(options)
+        prepare_output_dir(config.output_dir)  # the last check: a usage error leaves no folder behind
+        pipeline = build_pipeline(options, sources, runner=runner, started_at=started_at)
     except (UsageError, InputError, RunnerError, SchemaError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
