@@ -123,7 +123,7 @@ def parse_prices(column: pa.Array, field: str, precision: int, scale: int) -> tu
         return low, (high == 0) & (low > 0)
 
     def slow(text: str | None) -> int:
-        return quotes.parse_price("" if text is None else text, field, precision, scale)
+        return quotes.parse_price(text or "", field, precision, scale)
 
     return _convert(column, fast, slow, np.int64, _price_pattern(precision, scale))
 
