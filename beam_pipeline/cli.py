@@ -16,12 +16,12 @@ import traceback
 from typing import Sequence
 
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, _BeamArgumentParser
 
 from beam_pipeline import options as options_module
 from beam_pipeline.options import QuoteOptions
 from beam_pipeline.pipeline import OUTPUTS, InputError, build_pipeline, bundled_sample, check_headers, expand_inputs
-from runners import RunnerError, make_runner
+from runners import RunnerError, is_direct, make_runner
 from schemas import SchemaError
 
 LOG = logging.getLogger("beam_pipeline")
@@ -107,7 +107,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         options = parse_options(argv)
         config = options.view_as(QuoteOptions)
-        problems = options_module.check(config)
+        standard = options.view_as(StandardOptions)
+        problems = options_module.check(config, streaming=bool(standard.streaming))
+        if standard.streaming and not is_direct(standard.runner):
+            problems.append(
+                f"--streaming replays history through Beam's TestStream, which only the DirectRunner runs "
+                f"(got --runner {standard.runner}); on Flink or Dataflow, WindowQuotes reads a real unbounded source"
+            )
         if problems:
             raise UsageError("; ".join(problems))
         sources = expand_inputs(config.input or bundled_sample())

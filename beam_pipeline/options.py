@@ -6,6 +6,14 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from transforms.quotes import MAX_LATENCY_MS
 from transforms.replay import DEFAULT_BLOCK_BYTES
+from transforms.windowing import (
+    ACCUMULATION_MODES,
+    WindowConfig,
+    WindowingError,
+    parse_duration,
+    parse_trigger,
+    parse_window,
+)
 
 SOURCES = ("historical",)
 JOBS = ("quotes",)
@@ -44,11 +52,68 @@ class QuoteOptions(PipelineOptions):
             "--progress", default="auto", choices=("auto", "off"),
             help="print a progress line on stderr for runs longer than a few seconds (default: auto)",
         )
+        windowing = parser.add_argument_group("event-time windows (windows.jsonl, late.jsonl)")
+        windowing.add_argument(
+            "--window", default=None,
+            help="per-symbol windows: fixed:SIZE, sliding:SIZE,PERIOD or session:GAP, e.g. fixed:1s "
+            "(default: no windows); durations in ms, s or m",
+        )
+        windowing.add_argument(
+            "--allowed_lateness", default=None,
+            help="how long after its end a window still takes late quotes, as LATE panes (default: 0ms)",
+        )
+        windowing.add_argument(
+            "--trigger", default=None,
+            help="watermark (one on-time pane, then a pane per late quote; the default), early:N "
+            "(also an early pane every N quotes) or early:DURATION (processing time); early panes need --streaming",
+        )
+        windowing.add_argument(
+            "--accumulation", default=None, choices=ACCUMULATION_MODES,
+            help="whether a window's later panes repeat its earlier quotes (default: discarding)",
+        )
+        windowing.add_argument(
+            "--watermark_lag", default=None,
+            help="with --streaming: the replay's watermark is arrival time minus this lag (default: 0ms; "
+            "inf: never advance, everything on time)",
+        )
 
 
-def check(options: QuoteOptions) -> list[str]:
+def window_config(options: QuoteOptions, streaming: bool) -> WindowConfig | None:
+    """The windowing the flags ask for (None: no windows); raises :class:`WindowingError`."""
+    given = [flag for flag in ("allowed_lateness", "trigger", "accumulation", "watermark_lag")
+             if getattr(options, flag) is not None]
+    if options.window is None:
+        if given:
+            raise WindowingError(f"--{given[0]} needs --window (e.g. --window fixed:1s)")
+        return None
+    trigger = parse_trigger(options.trigger or "watermark")
+    if trigger.has_early_panes and not streaming:
+        raise WindowingError(
+            f"--trigger {options.trigger}: early panes need --streaming (a batch run fires each window once, on time)"
+        )
+    if options.watermark_lag is not None and not streaming:
+        raise WindowingError("--watermark_lag needs --streaming (a batch run has no watermark: every quote is on time)")
+    return WindowConfig(
+        window=parse_window(options.window),
+        trigger=trigger,
+        accumulation=options.accumulation or "discarding",
+        allowed_lateness_us=parse_duration(options.allowed_lateness or "0ms", "--allowed_lateness"),
+    )
+
+
+def watermark_lag(options: QuoteOptions) -> int | float:
+    """``--watermark_lag`` in microseconds (``transforms.windowing.INFINITE`` for ``inf``)."""
+    return parse_duration(options.watermark_lag or "0ms", "--watermark_lag", allow_infinite=True)
+
+
+def check(options: QuoteOptions, streaming: bool = False) -> list[str]:
     """Problems with option values that argparse cannot see (empty list when all is well)."""
     problems = []
+    try:
+        window_config(options, streaming)
+        watermark_lag(options)
+    except WindowingError as exc:
+        problems.append(str(exc))
     if not 0 <= options.latency_threshold_ms < MAX_LATENCY_MS:
         problems.append(
             f"--latency_threshold_ms must be from 0 to {MAX_LATENCY_MS - 1}, got {options.latency_threshold_ms}"

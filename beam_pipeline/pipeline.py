@@ -2,8 +2,9 @@
 
 ::
 
-    ReplayHistorical -> NormalizeQuotes -> ComputeMidPrices -> WriteOutputs -> WriteMetrics
-                               \\------------- dead letters ---------/
+    ReplayHistorical -> NormalizeQuotes -> ComputeMidPrices -----------------> WriteOutputs -> WriteMetrics
+    (or, --streaming,          |  \\------------- dead letters ----------------/
+     ReplayAsStream)           \\-> StampWatermarks -> WindowQuotes -> panes, late /   (with --window)
 """
 
 from __future__ import annotations
@@ -16,22 +17,29 @@ from typing import Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from beam_pipeline.options import QuoteOptions
+from beam_pipeline.options import QuoteOptions, watermark_lag, window_config
 from runners import make_runner
 from schemas import field_rules, load_schema
 from transforms.csv_blocks import HeaderError, read_header
-from transforms.fetch import ReplayHistorical
+from transforms.fetch import ReplayAsStream, ReplayHistorical, plan_stream_replay
 from transforms.midprice import ComputeMidPrices
 from transforms.normalize import NormalizeQuotes, price_rule
-from transforms.sinks import WriteOrderedText, WriteRunMetrics
+from transforms.sinks import MergeCounts, WriteOrderedText, WriteRunMetrics, when_input_ends
+from transforms.window import LateToText, PanesToText, StampQuotes, WindowQuotes
+from transforms.windowing import INFINITE, duration_text
 
 #: Output file -> the metrics.json count of its lines. records_in must equal their sum.
 OUTPUTS = {
     "mid_prices.log": "mid_prices",
     "errors.log": "latency_filtered",
     "dead_letter.jsonl": "dead_lettered",
+}
+#: The same for the window stage (with --window); records_in = quotes in panes + late + dead letters.
+WINDOW_OUTPUTS = {
+    "windows.jsonl": "windows_emitted",
+    "late.jsonl": "late_dropped",
 }
 
 
@@ -76,35 +84,84 @@ def build_pipeline(
     run_id: str | None = None,
     started_at: float | None = None,
 ) -> beam.Pipeline:
-    """The quotes pipeline for ``options``; ``sources`` defaults to expanding ``--input``."""
+    """The quotes pipeline for ``options``; ``sources`` defaults to expanding ``--input``.
+
+    With ``--streaming`` the input files are read now, to plan the streaming replay (see
+    :func:`transforms.fetch.plan_stream_replay`).
+    """
     config = options.view_as(QuoteOptions)
+    streaming = bool(options.view_as(StandardOptions).streaming)
+    windowing = window_config(config, streaming)
+    lag_us = watermark_lag(config) if streaming else INFINITE
     if sources is None:
         sources = expand_inputs(config.input or bundled_sample())
     rules = field_rules(load_schema("quote"))
+    scale = price_rule(rules).scale
     run_id = run_id or uuid.uuid4().hex[:12]
     started_at = time.time() if started_at is None else started_at
+    default_symbol = config.symbol.strip()
 
     pipeline = beam.Pipeline(runner=runner or make_runner(options), options=options)
-    replay = pipeline | "ReplayHistorical" >> ReplayHistorical(
-        sources,
-        default_symbol=config.symbol.strip(),
-        block_bytes=config.block_bytes,
-        show_progress=config.progress == "auto",
-    )
-    normalized = replay.blocks | "NormalizeQuotes" >> NormalizeQuotes(rules)
+    if streaming:
+        plan = plan_stream_replay(
+            sources,
+            lag_us=lag_us,
+            window=windowing.window if windowing else None,
+            early_delay_us=windowing.trigger.early_delay_us if windowing else None,
+            default_symbol=default_symbol,
+            block_bytes=config.block_bytes,
+        )
+        replay = pipeline | "ReplayHistoricalStream" >> ReplayAsStream(plan, sources)
+    else:
+        replay = pipeline | "ReplayHistorical" >> ReplayHistorical(
+            sources,
+            default_symbol=default_symbol,
+            block_bytes=config.block_bytes,
+            show_progress=config.progress == "auto",
+        )
+    normalized = replay["blocks"] | "NormalizeQuotes" >> NormalizeQuotes(rules)
     priced = normalized.valid | "ComputeMidPrices" >> ComputeMidPrices(
-        config.latency_threshold_ms, mode="historical", scale=price_rule(rules).scale
+        config.latency_threshold_ms, mode="historical", scale=scale
     )
-    published = {
+    outputs = {
         "mid_prices.log": priced.mid_prices,
         "errors.log": priced.errors,
         "dead_letter.jsonl": normalized.dead_letters,
-    } | "WriteOutputs" >> WriteOrderedText(config.output_dir, run_id)
+    }
+    metric_names = dict(OUTPUTS)
+    balances = {"balanced": list(OUTPUTS.values())}
+    extra = {"latency_threshold_ms": config.latency_threshold_ms, "inputs": list(sources), "streaming": streaming}
+    counts = replay["counts"]
+    if windowing:
+        windowed = (
+            normalized.valid
+            | "StampWatermarks" >> StampQuotes(lag_us)
+            | "WindowQuotes" >> WindowQuotes(windowing)
+        )
+        panes = windowed["panes"] | "PanesToText" >> PanesToText(scale, windowing.accumulation)
+        outputs["windows.jsonl"] = panes.chunks
+        outputs["late.jsonl"] = windowed["late"] | "LateToText" >> LateToText(sources, windowing, scale)
+        metric_names.update(WINDOW_OUTPUTS)
+        in_panes = "quotes_in_panes" if windowing.accumulation == "discarding" else "windowed_quotes"
+        balances["windows_balanced"] = [in_panes, "late_dropped", "dead_lettered"]
+        counts = (
+            (counts, windowed["counts"], panes.counts)
+            | "AllCounts" >> beam.Flatten()
+            | "WhenCountsEnd" >> when_input_ends()
+            | "MergeCounts" >> beam.CombineGlobally(MergeCounts()).without_defaults()
+        )
+        extra["windowing"] = windowing.as_dict()
+        if streaming:
+            extra["watermark_lag"] = duration_text(lag_us)
+
+    published = outputs | "WriteOutputs" >> WriteOrderedText(config.output_dir, run_id)
     _ = published | "WriteMetrics" >> WriteRunMetrics(
         config.output_dir,
-        replay.counts,
-        OUTPUTS,
-        extra={"latency_threshold_ms": config.latency_threshold_ms, "inputs": list(sources)},
+        counts,
+        metric_names,
+        extra=extra,
         started_at=started_at,
+        balances=balances,
+        tally_names={"windows.jsonl": "panes_by_timing"},
     )
     return pipeline

@@ -27,6 +27,11 @@ class RunnerError(ValueError):
     """The requested runner does not exist or cannot run with these options."""
 
 
+def is_direct(name: str | None) -> bool:
+    """Whether a ``--runner`` value (None: the default) means the local DirectRunner."""
+    return name is None or name.lower() in _DIRECT_LOWER
+
+
 def direct_runner(options: PipelineOptions) -> PipelineRunner:
     """The local runner for these options (see the module docstring)."""
     if options.view_as(StandardOptions).streaming:
@@ -46,7 +51,7 @@ def direct_runner(options: PipelineOptions) -> PipelineRunner:
 def make_runner(options: PipelineOptions) -> PipelineRunner:
     """The runner named by ``--runner`` (default ``DirectRunner``)."""
     name = options.view_as(StandardOptions).runner or "DirectRunner"
-    if name.lower() in _DIRECT_LOWER:
+    if is_direct(name):
         return direct_runner(options)
     try:
         return create_runner(name)

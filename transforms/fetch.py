@@ -9,6 +9,10 @@ A second output, ``counts``, carries one dict of reader statistics (``records_in
 The ordering needs one reader for all files, so this source is a single ``DoFn`` call; memory
 stays bounded by the rows within the largest latency of the newest timestamp (see
 :mod:`transforms.arrival`).
+
+``ReplayAsStream(plan_stream_replay(...))`` is the same replay as an unbounded stream whose
+watermark follows arrival time (:mod:`transforms.stream_replay`), played by Beam's ``TestStream``
+on a streaming runner; it has the same two outputs.
 """
 
 from __future__ import annotations
@@ -20,11 +24,14 @@ import apache_beam as beam
 import pyarrow.compute as pc
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
-from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
+from apache_beam.testing.test_stream import TestStream
+from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
 
-from transforms.blocks import QuoteBlock
+from transforms.blocks import QuoteBlock, QuoteBlockCoder
 from transforms.progress import Progress
 from transforms.replay import DEFAULT_BLOCK_BYTES, HistoricalReplay
+from transforms.stream_replay import StreamPlan, plan_steps
+from transforms.windowing import WindowSpec
 
 LOG = logging.getLogger(__name__)
 COUNTS = "counts"
@@ -95,3 +102,62 @@ class ReplayHistorical(beam.PTransform):
             | "InputFiles" >> beam.Create([self._sources])
             | "ReplayInArrivalOrder" >> beam.ParDo(self._fn).with_output_types(QuoteBlock).with_outputs(COUNTS, main="blocks")
         )
+
+
+def plan_stream_replay(
+    sources: Sequence[str],
+    *,
+    lag_us: int | float,
+    window: WindowSpec | None,
+    early_delay_us: int | None = None,
+    default_symbol: str = "UNKNOWN",
+    block_bytes: int = DEFAULT_BLOCK_BYTES,
+) -> StreamPlan:
+    """Read the files now and cut their arrival-ordered rows into stream steps (see
+    :func:`transforms.stream_replay.plan_steps`). Everything is held in memory."""
+    replay = HistoricalReplay(
+        tuple(sources), default_symbol=default_symbol, block_bytes=block_bytes, open_file=FileSystems.open
+    )
+    steps = tuple(plan_steps(replay, lag_us, window, early_delay_us))
+    stats = replay.stats.as_dict()
+    plan = StreamPlan(steps, stats)
+    LOG.info(
+        "streaming replay of %s quotes: %s row slices, %s watermark steps",
+        stats["records_in"], plan.row_steps, plan.watermark_steps,
+    )
+    return plan
+
+
+def as_test_stream(plan: StreamPlan, sources: Sequence[str]) -> TestStream:
+    """A ``TestStream`` of QuoteBlocks playing the plan's steps, then the watermark to infinity."""
+    stream = TestStream(coder=QuoteBlockCoder())
+    clock = 0
+    seq = 0
+    for step in plan.steps:
+        if step.kind == "rows":
+            block = QuoteBlock(seq, step.rows, tuple(sources))
+            seq += 1
+            stream.add_elements([beam.window.TimestampedValue(block, block_timestamp(block))])
+        elif step.kind == "watermark":
+            stream.advance_watermark_to(Timestamp(micros=step.micros))
+        else:
+            stream.advance_processing_time(Duration(micros=step.micros - clock))
+            clock = step.micros
+    return stream.advance_watermark_to_infinity()
+
+
+class ReplayAsStream(beam.PTransform):
+    """A planned streaming replay as an unbounded source: outputs ``blocks`` and ``counts`` (a dict).
+
+    Runs where ``TestStream`` runs: the BundleBasedDirectRunner (``--streaming`` locally).
+    """
+
+    def __init__(self, plan: StreamPlan, sources: Sequence[str]):
+        super().__init__()
+        self._plan = plan
+        self._sources = tuple(sources)
+
+    def expand(self, pbegin):
+        blocks = pbegin | "ReplayWithWatermarks" >> as_test_stream(self._plan, self._sources)
+        counts = pbegin | "ReplayCounts" >> beam.Create([self._plan.stats])
+        return {"blocks": blocks, "counts": counts}

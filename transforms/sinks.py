@@ -23,11 +23,14 @@ from typing import Callable, Iterable, Iterator, Mapping, Sequence
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.transforms import trigger
+from apache_beam.transforms.window import GlobalWindows
 
 from transforms.blocks import TextChunk
 
 LOG = logging.getLogger(__name__)
 _KEY_WIDTH = 20  # width of the sort key in keyed chunks (see TextChunk)
+_NO_PARTS = "no parts"
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,15 @@ class PartFile:
     lines: int
     tally: tuple[tuple[str, int], ...]
     keyed: bool
+
+
+def when_input_ends() -> beam.WindowInto:
+    """One global window that fires once, when the input has ended (batch) or its watermark has
+    reached infinity (a finite stream). Beam refuses to group an unbounded collection in the
+    global window under the default trigger, although that is when it would fire too."""
+    return beam.WindowInto(
+        GlobalWindows(), trigger=trigger.AfterWatermark(), accumulation_mode=trigger.AccumulationMode.DISCARDING
+    )
 
 
 def staging_dir(output_dir: str, run_id: str) -> str:
@@ -111,10 +123,10 @@ class _PublishFn(beam.DoFn):
         self._tmp_dir = tmp_dir
         self._names = tuple(names)
 
-    def process(self, parts: list[PartFile]) -> Iterator[dict]:
+    def process(self, parts: list[PartFile | str]) -> Iterator[dict]:
         if not FileSystems.exists(self._tmp_dir):
             FileSystems.mkdirs(self._tmp_dir)
-        summary = publish(self._output_dir, self._tmp_dir, self._names, parts)
+        summary = publish(self._output_dir, self._tmp_dir, self._names, [p for p in parts if p != _NO_PARTS])
         for name, info in summary.items():
             LOG.info("wrote %s (%d lines)", FileSystems.join(self._output_dir, name), info["lines"])
         yield summary
@@ -138,10 +150,14 @@ class WriteOrderedText(beam.PTransform):
             chunks | f"WriteParts[{name}]" >> beam.ParDo(_WritePartFn(self._tmp_dir, name))
             for name, chunks in chunks_by_name.items()
         ]
+        # One marker, so the list below exists (and every file is created) even with no parts.
+        pipeline = next(iter(chunks_by_name.values())).pipeline
+        marker = pipeline | "NoPartsMarker" >> beam.Create([_NO_PARTS])
         return (
-            parts
+            [marker, *parts]
             | "AllParts" >> beam.Flatten()
-            | "CollectParts" >> beam.combiners.ToList()
+            | "WhenInputEnds" >> when_input_ends()
+            | "CollectParts" >> beam.CombineGlobally(beam.combiners.ToListCombineFn()).without_defaults()
             | "Publish" >> beam.ParDo(_PublishFn(self._output_dir, self._tmp_dir, names))
         )
 
@@ -151,11 +167,37 @@ def balance(counts: Mapping[str, int], outputs: Sequence[str]) -> bool:
     return counts.get("records_in", 0) == sum(counts.get(name, 0) for name in outputs)
 
 
+class MergeCounts(beam.CombineFn):
+    """Several count dicts -> one: numbers under the same name are added, anything else kept."""
+
+    def create_accumulator(self) -> dict:
+        return {}
+
+    def add_input(self, accumulator: dict, counts: Mapping) -> dict:
+        for name, value in counts.items():
+            if isinstance(value, int) and isinstance(accumulator.get(name), int):
+                accumulator[name] += value
+            else:
+                accumulator[name] = value
+        return accumulator
+
+    def merge_accumulators(self, accumulators: Iterable[dict]) -> dict:
+        merged: dict = {}
+        for accumulator in accumulators:
+            self.add_input(merged, accumulator)
+        return merged
+
+    def extract_output(self, accumulator: dict) -> dict:
+        return accumulator
+
+
 class _MetricsFn(beam.DoFn):
-    def __init__(self, path: str, metric_names: Mapping[str, str], extra: Mapping, started_at: float,
-                 clock: Callable[[], float]):
+    def __init__(self, path: str, metric_names: Mapping[str, str], balances: Mapping[str, Sequence[str]],
+                 tally_names: Mapping[str, str], extra: Mapping, started_at: float, clock: Callable[[], float]):
         self._path = path
         self._metric_names = dict(metric_names)
+        self._balances = {name: list(terms) for name, terms in balances.items()}
+        self._tally_names = dict(tally_names)
         self._extra = dict(extra)
         self._started_at = started_at
         self._clock = clock
@@ -164,15 +206,17 @@ class _MetricsFn(beam.DoFn):
         metrics: dict = {"records_in": read_counts.get("records_in", 0)}
         for file_name, metric in self._metric_names.items():
             metrics[metric] = summary[file_name]["lines"]
-        metrics["balanced"] = balance(metrics, list(self._metric_names.values()))
+        metrics.update({k: v for k, v in read_counts.items() if k != "records_in"})
+        checks = {name: balance(metrics, terms) for name, terms in self._balances.items()}
+        metrics["balanced"] = all(checks.values())
+        metrics.update({name: ok for name, ok in checks.items() if name != "balanced"})
         for file_name, metric in self._metric_names.items():
             if summary[file_name]["tally"]:
-                metrics[f"{metric}_by_reason"] = summary[file_name]["tally"]
-        metrics.update({k: v for k, v in read_counts.items() if k != "records_in"})
+                metrics[self._tally_names.get(file_name, f"{metric}_by_reason")] = summary[file_name]["tally"]
         metrics.update(self._extra)
         metrics["run_seconds"] = round(self._clock() - self._started_at, 3)
         if not metrics["balanced"]:
-            LOG.error("counts do not balance: %s", metrics)
+            LOG.error("counts do not balance: %s", {name: self._balances[name] for name, ok in checks.items() if not ok})
         tmp = self._path + ".tmp"
         with FileSystems.create(tmp, compression_type=CompressionTypes.UNCOMPRESSED) as out:
             out.write((json.dumps(metrics, indent=2) + "\n").encode("utf-8"))
@@ -183,25 +227,33 @@ class _MetricsFn(beam.DoFn):
 
 
 class WriteRunMetrics(beam.PTransform):
-    """Write ``metrics.json`` from the published outputs and the reader's counts.
+    """Write ``metrics.json`` from the published outputs and the run's counts.
 
     The input is the single summary element of :class:`WriteOrderedText`; ``read_counts`` is a
-    PCollection with one dict (``records_in`` and other reader counts). ``metric_names`` maps an
-    output file to the metric that counts its lines, e.g. ``{"errors.log": "latency_filtered"}``.
+    PCollection with one dict (``records_in`` and other counts, e.g. merged with
+    :class:`MergeCounts`). ``metric_names`` maps an output file to the metric that counts its
+    lines, e.g. ``{"errors.log": "latency_filtered"}``; a file's tally goes under
+    ``tally_names[file]`` (default ``<metric>_by_reason``). Each entry of ``balances`` names a
+    check that ``records_in`` equals the sum of the listed metrics (default: all file metrics,
+    as ``balanced``); ``balanced`` is true when every check holds.
     """
 
     def __init__(self, output_dir: str, read_counts, metric_names: Mapping[str, str], extra: Mapping,
-                 started_at: float | None = None, clock: Callable[[], float] = time.time):
+                 started_at: float | None = None, clock: Callable[[], float] = time.time, *,
+                 balances: Mapping[str, Sequence[str]] | None = None, tally_names: Mapping[str, str] | None = None):
         super().__init__()
         self._path = FileSystems.join(output_dir, "metrics.json")
         self._read_counts = read_counts
         self._metric_names = metric_names
+        self._balances = balances if balances is not None else {"balanced": list(metric_names.values())}
+        self._tally_names = tally_names or {}
         self._extra = extra
         self._started_at = clock() if started_at is None else started_at
         self._clock = clock
 
     def expand(self, summary):
         return summary | "WriteMetricsJson" >> beam.ParDo(
-            _MetricsFn(self._path, self._metric_names, self._extra, self._started_at, self._clock),
+            _MetricsFn(self._path, self._metric_names, self._balances, self._tally_names, self._extra,
+                       self._started_at, self._clock),
             beam.pvalue.AsSingleton(self._read_counts),
         )

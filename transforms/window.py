@@ -1,0 +1,310 @@
+"""window: event-time windows of quotes per symbol, with late data as a stream of its own.
+
+::
+
+    valid QuoteBlocks --StampQuotes(lag)--> StampedQuote per quote, at its event time
+        --WindowQuotes(config)--> panes: Pane per fired pane (windowed)
+                               \\-> late:  StampedQuote no window would take any more
+                               \\-> counts: {"windowed_quotes": n, ...}
+
+``WindowQuotes`` routes a quote to ``late`` when every window it falls in has expired under the
+watermark its source emitted it with (:func:`transforms.windowing.is_dropped`, Beam's own rule
+applied before the grouping, where Beam would drop it silently). The other quotes are keyed by
+symbol, windowed (fixed, sliding or session), and combined in one pass by :class:`QuoteStatsFn`,
+which is mergeable so session windows merge correctly. The trigger always fires an on-time pane
+at the watermark and a late pane per late quote; early panes by count or processing time are
+optional. ``PanesToText`` and ``LateToText`` turn the outputs into ``windows.jsonl`` and
+``late.jsonl`` chunks for :class:`transforms.sinks.WriteOrderedText`.
+
+Run it on a streaming runner to see panes fire while data flows; on a batch runner every quote
+is on time and each window fires once, ON_TIME. Locally, ``--streaming`` runs it on the
+BundleBasedDirectRunner (see :mod:`transforms.stream_replay` for the historical replay).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import Counter
+from typing import Iterable, Iterator, Sequence
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.transforms import trigger as triggers
+from apache_beam.transforms import window as windows
+from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
+from apache_beam.utils.windowed_value import PaneInfoTiming, WindowedValue
+
+from transforms.blocks import QuoteBlock, TextChunk
+from transforms.sinks import when_input_ends
+from transforms.windowing import (
+    INFINITE,
+    Pane,
+    PaneQuote,
+    PaneStats,
+    StampedQuote,
+    TriggerSpec,
+    WindowConfig,
+    WindowSpec,
+    add_quote,
+    home_window_start,
+    is_dropped,
+    late_json,
+    merge_stats,
+    missed_windows,
+    pane_json,
+    pane_sort_key,
+    watermark_after,
+)
+
+LATE = "late"
+COUNTS = "counts"
+
+
+# --------------------------------------------------------------------------- config -> Beam
+
+
+def window_fn(spec: WindowSpec) -> windows.WindowFn:
+    """The Beam WindowFn of a :class:`WindowSpec`."""
+    if spec.kind == "fixed":
+        return windows.FixedWindows(Duration(micros=spec.size_us))
+    if spec.kind == "sliding":
+        return windows.SlidingWindows(Duration(micros=spec.size_us), Duration(micros=spec.period_us))
+    return windows.Sessions(Duration(micros=spec.gap_us))
+
+
+def beam_trigger(spec: TriggerSpec) -> triggers.TriggerFn:
+    """On-time pane at the watermark, a late pane per late quote, optional early panes.
+
+    The late part is always there, even with no allowed lateness: without it Beam finishes a
+    window at its on-time pane and then ignores (loses) anything still admitted for it.
+    """
+    early = None
+    if spec.early_count is not None:
+        early = triggers.AfterCount(spec.early_count)
+    elif spec.early_delay_us is not None:
+        early = triggers.AfterProcessingTime(spec.early_delay_us / 1_000_000)
+    return triggers.AfterWatermark(early=early, late=triggers.AfterCount(1))
+
+
+def window_into(config: WindowConfig) -> beam.WindowInto:
+    mode = (
+        triggers.AccumulationMode.ACCUMULATING
+        if config.accumulation == "accumulating"
+        else triggers.AccumulationMode.DISCARDING
+    )
+    return beam.WindowInto(
+        window_fn(config.window),
+        trigger=beam_trigger(config.trigger),
+        accumulation_mode=mode,
+        allowed_lateness=Duration(micros=config.allowed_lateness_us),
+    )
+
+
+# --------------------------------------------------------------------------- quotes in
+
+
+def stamped_quotes(block: QuoteBlock, lag_us: int | float) -> list[StampedQuote]:
+    """The quotes of a valid block, each stamped with the watermark after its arrival."""
+    batch = block.batch
+    columns = [batch.column(name).to_pylist() for name in ("symbol", "event_us", "arrival_us", "bid", "ask", "file", "line")]
+    return [
+        StampedQuote(symbol, event, arrival, watermark_after(arrival, lag_us), bid, ask, file, line)
+        for symbol, event, arrival, bid, ask, file, line in zip(*columns)
+    ]
+
+
+class _StampFn(beam.DoFn):
+    def __init__(self, lag_us: int | float):
+        self._lag_us = lag_us
+
+    def process(self, block: QuoteBlock) -> Iterator[windows.TimestampedValue]:
+        for quote in stamped_quotes(block, self._lag_us):
+            yield windows.TimestampedValue(quote, Timestamp(micros=quote.event_us))
+
+
+class StampQuotes(beam.PTransform):
+    """Valid quote blocks -> one :class:`StampedQuote` per quote, timestamped at its event time.
+
+    Each quote is stamped with the watermark of a replay once it has arrived: its arrival time
+    minus ``lag_us``, in whole milliseconds (``INFINITE``: no watermark, nothing is ever late).
+    A live source stamps quotes with its own watermark instead.
+    """
+
+    def __init__(self, lag_us: int | float = INFINITE):
+        super().__init__()
+        self._lag_us = lag_us
+
+    def expand(self, blocks):
+        return blocks | "OneQuotePerElement" >> beam.ParDo(_StampFn(self._lag_us)).with_output_types(StampedQuote)
+
+
+# --------------------------------------------------------------------------- windows
+
+
+class QuoteStatsFn(beam.CombineFn):
+    """One pass over a pane's quotes into :class:`PaneStats`; mergeable (sessions merge)."""
+
+    def create_accumulator(self) -> PaneStats | None:
+        return None
+
+    def add_input(self, accumulator: PaneStats | None, quote: PaneQuote) -> PaneStats:
+        return add_quote(accumulator, quote)
+
+    def merge_accumulators(self, accumulators: Iterable[PaneStats | None]) -> PaneStats | None:
+        return functools.reduce(merge_stats, accumulators, None)
+
+    def extract_output(self, accumulator: PaneStats | None) -> PaneStats | None:
+        return accumulator
+
+
+class _RouteLateFn(beam.DoFn):
+    """Quotes some window still takes -> ``(symbol, PaneQuote)``; the others -> ``late``."""
+
+    def __init__(self, config: WindowConfig):
+        self._config = config
+        self._windowed = Metrics.counter(self.__class__, "windowed_quotes")
+        self._late = Metrics.counter(self.__class__, "late_dropped")
+        self._partial = Metrics.counter(self.__class__, "partially_late")
+
+    def start_bundle(self):
+        self._tally = Counter()
+
+    def process(self, quote: StampedQuote):
+        config = self._config
+        if is_dropped(quote.event_us, quote.watermark_us, config):
+            self._late.inc()
+            self._tally["late_dropped"] += 1
+            yield beam.pvalue.TaggedOutput(LATE, quote)
+            return
+        self._windowed.inc()
+        self._tally["windowed_quotes"] += 1
+        if config.window.kind == "sliding" and missed_windows(quote.event_us, quote.watermark_us, config):
+            self._partial.inc()
+            self._tally["partially_late"] += 1
+        yield quote.symbol, PaneQuote.of(quote, home_window_start(quote.event_us, quote.watermark_us, config))
+
+    def finish_bundle(self):
+        if self._tally:
+            counts = WindowedValue(dict(self._tally), MIN_TIMESTAMP, [windows.GlobalWindow()])
+            yield beam.pvalue.TaggedOutput(COUNTS, counts)
+
+
+class _PaneFn(beam.DoFn):
+    def process(self, keyed: tuple[str, PaneStats], window=beam.DoFn.WindowParam, pane=beam.DoFn.PaneInfoParam):
+        symbol, stats = keyed
+        if stats is None:  # an empty pane (Beam may fire one at the window's end): nothing to report
+            return
+        timing = PaneInfoTiming.to_string(pane.timing)
+        yield Pane(symbol, window.start.micros, window.end.micros, timing, pane.index, stats)
+
+
+class WindowQuotes(beam.PTransform):
+    """:class:`StampedQuote` s (timestamped at event time) -> per-symbol window panes.
+
+    Returns a dict of PCollections:
+
+    * ``panes``: one :class:`transforms.windowing.Pane` per fired pane, in its window;
+    * ``late``: the quotes no window would take any more (a streaming runner drops them);
+    * ``counts``: dicts of ``windowed_quotes``, ``late_dropped`` and ``partially_late`` (sliding
+      windows: quotes that missed some of their windows), global window, to be summed.
+
+    Args:
+        config: window kind, trigger, accumulation and allowed lateness.
+    """
+
+    def __init__(self, config: WindowConfig):
+        super().__init__()
+        self._config = config
+
+    def expand(self, quotes):
+        routed = quotes | "RouteLateQuotes" >> beam.ParDo(_RouteLateFn(self._config)).with_outputs(
+            LATE, COUNTS, main="windowed"
+        )
+        panes = (
+            routed.windowed
+            | "Window" >> window_into(self._config)
+            | "PaneStats" >> beam.CombinePerKey(QuoteStatsFn())
+            | "WithPaneInfo" >> beam.ParDo(_PaneFn()).with_output_types(Pane)
+        )
+        return {"panes": panes, "late": routed[LATE], "counts": routed[COUNTS]}
+
+
+# --------------------------------------------------------------------------- text out
+
+
+def panes_chunk(panes: Sequence[Pane], scale: int) -> TextChunk:
+    """All ``windows.jsonl`` lines, in :func:`pane_sort_key` order; tally by pane timing."""
+    ordered = sorted(panes, key=pane_sort_key)
+    text = "".join(pane_json(pane, scale) + "\n" for pane in ordered)
+    tally = tuple(sorted(Counter(pane.timing for pane in ordered).items()))
+    return TextChunk(0, text.encode("utf-8"), len(ordered), tally)
+
+
+def pane_counts(panes: Sequence[Pane], accumulation: str) -> dict:
+    """``late_panes``, and (discarding mode) ``quotes_in_panes``: each quote counted in its first pane.
+
+    In discarding mode a quote is in exactly one pane of its home window, so the home counts add
+    up to the quotes in panes. In accumulating mode later panes repeat earlier quotes and merged
+    sessions repeat the sessions they merged, so the panes alone cannot tell; no count is given.
+    """
+    counts = {"late_panes": sum(pane.timing == "LATE" for pane in panes)}
+    if accumulation == "discarding":
+        counts["quotes_in_panes"] = sum(pane.home_count for pane in panes)
+    return counts
+
+
+def late_chunk(quotes: Sequence[StampedQuote], sources: Sequence[str], config: WindowConfig, scale: int) -> TextChunk:
+    """All ``late.jsonl`` lines, in arrival order (ties by file, then line)."""
+    ordered = sorted(quotes, key=lambda q: (q.arrival_us, q.file, q.line))
+    text = "".join(late_json(q, sources[q.file], config, scale) + "\n" for q in ordered)
+    return TextChunk(0, text.encode("utf-8"), len(ordered))
+
+
+class _ChunkFn(beam.DoFn):
+    def __init__(self, to_chunk, to_counts=None):
+        self._to_chunk = to_chunk
+        self._to_counts = to_counts
+
+    def process(self, items: list):
+        yield self._to_chunk(items)
+        if self._to_counts:
+            yield beam.pvalue.TaggedOutput(COUNTS, self._to_counts(items))
+
+
+def _gathered(pcoll, label: str):
+    """All elements in one list once the input ends; nothing at all for an empty input."""
+    return (
+        pcoll
+        | f"{label}WhenInputEnds" >> when_input_ends()
+        | f"Gather{label}" >> beam.CombineGlobally(beam.combiners.ToListCombineFn()).without_defaults()
+    )
+
+
+class PanesToText(beam.PTransform):
+    """Panes -> one ``windows.jsonl`` TextChunk (main) and a ``counts`` dict (see :func:`pane_counts`).
+
+    Panes are few (one per window and symbol, not per quote), so they are gathered and sorted.
+    """
+
+    def __init__(self, scale: int, accumulation: str):
+        super().__init__()
+        self._scale = scale
+        self._accumulation = accumulation
+
+    def expand(self, panes):
+        fn = _ChunkFn(
+            functools.partial(panes_chunk, scale=self._scale),
+            functools.partial(pane_counts, accumulation=self._accumulation),
+        )
+        return _gathered(panes, "Panes") | "PanesToLines" >> beam.ParDo(fn).with_outputs(COUNTS, main="chunks")
+
+
+class LateToText(beam.PTransform):
+    """Late quotes -> one ``late.jsonl`` TextChunk."""
+
+    def __init__(self, sources: Sequence[str], config: WindowConfig, scale: int):
+        super().__init__()
+        self._to_chunk = functools.partial(late_chunk, sources=tuple(sources), config=config, scale=scale)
+
+    def expand(self, late):
+        return _gathered(late, "Late") | "LateToLines" >> beam.ParDo(_ChunkFn(self._to_chunk))
