@@ -20,9 +20,18 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from beam_pipeline import options as options_module
 from beam_pipeline.options import QuoteOptions
-from beam_pipeline.pipeline import OUTPUTS, InputError, build_pipeline, bundled_sample, check_headers, expand_inputs
+from beam_pipeline.pipeline import (
+    OUTPUTS,
+    WINDOW_OUTPUTS,
+    InputError,
+    build_pipeline,
+    bundled_sample,
+    check_headers,
+    expand_inputs,
+)
 from runners import RunnerError, is_direct, make_runner
 from schemas import SchemaError
+from transforms.sinks import balance
 
 LOG = logging.getLogger("beam_pipeline")
 PROG = "beam_pipeline"
@@ -77,25 +86,38 @@ def prepare_output_dir(path: str) -> None:
 
 
 def _summary(output_dir: str, metrics: dict) -> str:
-    names = {metric: name for name, metric in OUTPUTS.items()}
-    width = max(len(FileSystems.join(output_dir, name)) for name in [*OUTPUTS, "metrics.json"])
+    names = {metric: name for name, metric in {**OUTPUTS, **WINDOW_OUTPUTS}.items()}
+    width = max(len(FileSystems.join(output_dir, name)) for name in [*names.values(), "metrics.json"])
 
-    def row(name: str, text: str) -> str:
+    def row(metric: str, text: str) -> str:
+        name = names.get(metric, metric)
         return f"  {FileSystems.join(output_dir, name):<{width}}  {text}"
 
-    parts = " + ".join(f"{metrics[m]:,}" for m in OUTPUTS.values())
-    balance = "balance" if metrics["balanced"] else "DO NOT BALANCE"
-    return "\n".join(
-        [
-            f"Replayed {metrics['records_in']:,} quotes from {len(metrics['inputs'])} file(s) "
-            f"in {metrics['run_seconds']:.1f} s",
-            row(names["mid_prices"], f"{metrics['mid_prices']:,} mid prices"),
-            row(names["latency_filtered"],
-                f"{metrics['latency_filtered']:,} quotes over the {metrics['latency_threshold_ms']} ms latency threshold"),
-            row(names["dead_lettered"], f"{metrics['dead_lettered']:,} rejected rows, each with its reason"),
-            row("metrics.json", f"counts {balance}: {metrics['records_in']:,} in = {parts}"),
-        ]
-    )
+    def balance_text(terms: list[str], ok: bool) -> str:
+        parts = " + ".join(f"{metrics.get(m, 0):,}" for m in terms)
+        return f"{'balance' if ok else 'DO NOT BALANCE'}: {metrics['records_in']:,} in = {parts}"
+
+    lines = [
+        f"Replayed {metrics['records_in']:,} quotes from {len(metrics['inputs'])} file(s) "
+        f"in {metrics['run_seconds']:.1f} s{' (streaming)' if metrics.get('streaming') else ''}",
+        row("mid_prices", f"{metrics['mid_prices']:,} mid prices"),
+        row("latency_filtered",
+            f"{metrics['latency_filtered']:,} quotes over the {metrics['latency_threshold_ms']} ms latency threshold"),
+        row("dead_lettered", f"{metrics['dead_lettered']:,} rejected rows, each with its reason"),
+    ]
+    mids_ok = balance(metrics, list(OUTPUTS.values()))
+    if "windowing" not in metrics:
+        lines.append(row("metrics.json", f"counts {balance_text(list(OUTPUTS.values()), mids_ok)}"))
+        return "\n".join(lines)
+    timing = ", ".join(f"{count:,} {name}" for name, count in metrics.get("panes_by_timing", {}).items())
+    in_panes = "quotes_in_panes" if "quotes_in_panes" in metrics else "windowed_quotes"
+    lines += [
+        row("windows_emitted", f"{metrics['windows_emitted']:,} panes ({timing or 'none'}), {metrics['windowing']['window']}"),
+        row("late_dropped", f"{metrics['late_dropped']:,} quotes past their window's allowed lateness"),
+        row("metrics.json", f"mid-price counts {balance_text(list(OUTPUTS.values()), mids_ok)}"),
+        row("metrics.json", f"window counts {balance_text([in_panes, 'late_dropped', 'dead_lettered'], metrics['windows_balanced'])}"),
+    ]
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
