@@ -3,9 +3,11 @@
 This is the baseline the benchmark measures the pipeline against, and the oracle the tests
 compare the pipeline's files with. It reads each file with the ``csv`` module, applies the
 row-level rules of :mod:`transforms.quotes`, orders rows with a heap (memory bounded by the
-largest latency, as in the pipeline), and writes the same three files.
+largest latency, as in the pipeline), and writes the same three files. With a window it also
+writes the batch ``windows.jsonl`` (every quote on time: one ON_TIME pane per window and symbol,
+sessions merged by hand) and an empty ``late.jsonl``.
 
-    python -m beam_pipeline.reference --input quotes.csv --output_dir out/
+    python -m beam_pipeline.reference --input quotes.csv --output_dir out/ [--window fixed:1s]
 """
 
 from __future__ import annotations
@@ -21,6 +23,18 @@ from transforms import quotes
 from transforms.arrival import ALL_READ, NOTHING_READ, RowArrivalHeap, out_of_order_reason
 from transforms.csv_blocks import RejectedLine, read_header, split_line
 from transforms.quotes import PriceRule, Rejected
+from transforms.windowing import (
+    ANY_WINDOW,
+    Pane,
+    PaneQuote,
+    PaneStats,
+    WindowSpec,
+    add_quote,
+    pane_json,
+    pane_sort_key,
+    parse_window,
+    window_time,
+)
 
 PRICES = PriceRule(precision=18, scale=8)  # schemas/quote.v1.avsc; tests check they agree
 
@@ -78,25 +92,71 @@ def _arrival_ordered(path: str, index: int, default_symbol: str, counts: Counts)
             dead.append(quotes.dead_letter_json(path, line, raw, rejected.reason))
             continue
         quote = quotes.Quote(event_us, symbol, bid, ask, bid_size, ask_size, latency)
-        heap.push(arrival, index, line, quote)
-        for ready in heap.pop_before(newest):
-            yield ready.arrival_us, index, 0, ready
-    for ready in heap.pop_before(ALL_READ):
-        yield ready.arrival_us, index, 0, ready
+        heap.push(arrival, index, line, (line, quote))
+        for line_of, ready in heap.pop_before(newest):
+            yield ready.arrival_us, index, line_of, ready
+    for line_of, ready in heap.pop_before(ALL_READ):
+        yield ready.arrival_us, index, line_of, ready
+
+
+def batch_panes(quoted: Sequence[tuple[int, int, quotes.Quote]], window: WindowSpec) -> list[Pane]:
+    """Every window's one on-time pane, from ``(file, line, quote)`` s, without Beam.
+
+    Fixed and sliding windows by arithmetic on the timestamp; sessions by sorting each symbol's
+    quotes by time (to the millisecond, as windows are) and starting a new session where the
+    gap to the session's last quote is reached.
+    """
+    stats: dict[tuple[str, int, int], PaneStats] = {}
+
+    def add(symbol: str, start: int, end: int, file: int, line: int, quote: quotes.Quote, home: int) -> None:
+        item = PaneQuote(quote.event_us, file, line, quote.bid + quote.ask, quote.ask - quote.bid, home)
+        stats[(symbol, start, end)] = add_quote(stats.get((symbol, start, end)), item)
+
+    if window.kind != "session":
+        for file, line, quote in quoted:
+            windows = window.windows(quote.event_us)
+            home = windows[-1][0] if window.kind == "sliding" else ANY_WINDOW
+            for start, end in windows:
+                add(quote.symbol, start, end, file, line, quote, home)
+    else:
+        by_symbol: dict[str, list[tuple[int, int, int, quotes.Quote]]] = {}
+        for file, line, quote in quoted:
+            by_symbol.setdefault(quote.symbol, []).append((window_time(quote.event_us), file, line, quote))
+        for symbol, items in by_symbol.items():
+            items.sort()
+            session: list[tuple[int, int, int, quotes.Quote]] = []
+            for item in [*items, None]:
+                if session and (item is None or item[0] >= session[-1][0] + window.gap_us):
+                    start, end = session[0][0], max(i[0] for i in session) + window.gap_us
+                    for _, file, line, quote in session:
+                        add(symbol, start, end, file, line, quote, ANY_WINDOW)
+                    session = []
+                if item is not None:
+                    session.append(item)
+    panes = [Pane(symbol, start, end, "ON_TIME", 0, pane) for (symbol, start, end), pane in stats.items()]
+    return sorted(panes, key=pane_sort_key)
 
 
 def run_reference(
-    sources: Sequence[str], output_dir: str, latency_threshold_ms: int = 20, default_symbol: str = "UNKNOWN"
+    sources: Sequence[str],
+    output_dir: str,
+    latency_threshold_ms: int = 20,
+    default_symbol: str = "UNKNOWN",
+    window: WindowSpec | None = None,
 ) -> Counts:
-    """Write ``mid_prices.log``, ``errors.log`` and ``dead_letter.jsonl`` for ``sources``."""
+    """Write ``mid_prices.log``, ``errors.log`` and ``dead_letter.jsonl`` for ``sources`` (and, with
+    a window, the batch ``windows.jsonl`` and ``late.jsonl``)."""
     os.makedirs(output_dir, exist_ok=True)
     counts = Counts(dead_letters=[[] for _ in sources])
+    quoted: list[tuple[int, int, quotes.Quote]] = []
     streams = [_arrival_ordered(path, i, default_symbol, counts) for i, path in enumerate(sources)]
     with open(os.path.join(output_dir, "mid_prices.log"), "w", encoding="utf-8") as mids, open(
         os.path.join(output_dir, "errors.log"), "w", encoding="utf-8"
     ) as errors:
         # Each file's stream is in (arrival, line) order; merging by (arrival, file) keeps ties in file order.
-        for _arrival, _file, _, quote in heapq.merge(*streams, key=lambda item: item[:2]):
+        for _arrival, file, line, quote in heapq.merge(*streams, key=lambda item: item[:2]):
+            if window is not None:
+                quoted.append((file, line, quote))
             stamp = quotes.format_timestamp(quote.event_us)
             if quote.latency_ms is not None and quote.latency_ms > latency_threshold_ms:
                 errors.write(quotes.latency_error_line(stamp, quote.latency_ms, latency_threshold_ms) + "\n")
@@ -108,6 +168,10 @@ def run_reference(
         for per_file in counts.dead_letters:
             dead.writelines(line + "\n" for line in per_file)
             counts.dead_lettered += len(per_file)
+    if window is not None:
+        with open(os.path.join(output_dir, "windows.jsonl"), "w", encoding="utf-8") as out:
+            out.writelines(pane_json(pane, PRICES.scale) + "\n" for pane in batch_panes(quoted, window))
+        open(os.path.join(output_dir, "late.jsonl"), "w", encoding="utf-8").close()
     return counts
 
 
@@ -117,8 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--latency_threshold_ms", type=int, default=20)
     parser.add_argument("--symbol", default="UNKNOWN")
+    parser.add_argument("--window", default=None, help="also write the batch windows.jsonl, e.g. fixed:1s")
     args = parser.parse_args(argv)
-    counts = run_reference(args.input, args.output_dir, args.latency_threshold_ms, args.symbol)
+    window = parse_window(args.window) if args.window else None
+    counts = run_reference(args.input, args.output_dir, args.latency_threshold_ms, args.symbol, window)
     print(
         f"records_in={counts.records_in} mid_prices={counts.mid_prices} "
         f"latency_filtered={counts.latency_filtered} dead_lettered={counts.dead_lettered}"

@@ -54,6 +54,7 @@ from transforms.windowing import (
     pane_json,
     pane_sort_key,
     watermark_after,
+    window_time,
 )
 
 LATE = "late"
@@ -119,11 +120,12 @@ class _StampFn(beam.DoFn):
 
     def process(self, block: QuoteBlock) -> Iterator[windows.TimestampedValue]:
         for quote in stamped_quotes(block, self._lag_us):
-            yield windows.TimestampedValue(quote, Timestamp(micros=quote.event_us))
+            yield windows.TimestampedValue(quote, Timestamp(micros=window_time(quote.event_us)))
 
 
 class StampQuotes(beam.PTransform):
-    """Valid quote blocks -> one :class:`StampedQuote` per quote, timestamped at its event time.
+    """Valid quote blocks -> one :class:`StampedQuote` per quote, timestamped at its event time
+    (to the millisecond, :func:`transforms.windowing.window_time`).
 
     Each quote is stamped with the watermark of a replay once it has arrived: its arrival time
     minus ``lag_us``, in whole milliseconds (``INFINITE``: no watermark, nothing is ever late).

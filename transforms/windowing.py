@@ -76,6 +76,18 @@ def duration_text(micros: int | float) -> str:
 # --------------------------------------------------------------------------- configuration
 
 
+def window_time(event_us: int) -> int:
+    """The event time windows are assigned by: the quote's timestamp, down to the millisecond.
+
+    Beam's portable runners carry timestamps and windows in milliseconds (the FnApiRunner turns
+    a session starting at ``.322001`` into one starting at ``.322``), so the quote's element
+    timestamp is set to the millisecond on every runner and windows agree everywhere. The quote
+    keeps its full timestamp for ordering and for the outputs.
+    """
+    return event_us - event_us % 1000
+
+
+
 @dataclass(frozen=True)
 class WindowSpec:
     """Which windows a quote falls in. ``size_us``: fixed and sliding; ``period_us``: sliding;
@@ -100,8 +112,10 @@ class WindowSpec:
         """The ``(start, end)`` windows a quote at ``event_us`` is assigned to, end exclusive.
 
         For sessions this is the quote's own proto-window ``[t, t + gap)``, before merging: the
-        window Beam's lateness check looks at.
+        window Beam's lateness check looks at. Times are taken to the millisecond (see
+        :func:`window_time`).
         """
+        event_us = window_time(event_us)
         if self.kind == "session":
             return [(event_us, event_us + self.gap_us)]
         period = self.size_us if self.kind == "fixed" else self.period_us
@@ -110,6 +124,7 @@ class WindowSpec:
 
     def last_end(self, event_us: int) -> int:
         """The end of the last window the quote falls in: after it, no window wants the quote."""
+        event_us = window_time(event_us)
         if self.kind == "session":
             return event_us + self.gap_us
         period = self.size_us if self.kind == "fixed" else self.period_us

@@ -19,7 +19,7 @@ import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
-from apache_beam.testing.test_stream import TestStream
+from apache_beam.testing import test_stream
 from apache_beam.testing.util import BeamAssertException, assert_that, equal_to, equal_to_per_window
 from apache_beam.transforms import window
 from apache_beam.utils.timestamp import Duration, Timestamp
@@ -40,7 +40,7 @@ class QuoteStream:
     """Builds a TestStream of StampedQuotes; tracks the watermark and stamps each quote with it."""
 
     def __init__(self):
-        self._stream = TestStream()
+        self._stream = test_stream.TestStream()
         self.watermark_us: int | None = None  # None until the first advance
         self._line = 0
 
@@ -62,7 +62,7 @@ class QuoteStream:
     def processing_time_by(self, micros: int) -> None:
         self._stream.advance_processing_time(Duration(micros=micros))
 
-    def done(self) -> TestStream:
+    def done(self) -> test_stream.TestStream:
         return self._stream.advance_watermark_to_infinity()
 
 
