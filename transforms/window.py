@@ -83,7 +83,7 @@ def beam_trigger(spec: TriggerSpec) -> triggers.TriggerFn:
     if spec.early_count is not None:
         early = triggers.AfterCount(spec.early_count)
     elif spec.early_delay_us is not None:
-        early = triggers.AfterProcessingTime(spec.early_delay_us / 1_000_000)
+        early = triggers.AfterProcessingTime(spec.early_delay_us // 1_000_000)  # whole seconds (see TriggerSpec)
     return triggers.AfterWatermark(early=early, late=triggers.AfterCount(1))
 
 

@@ -174,8 +174,9 @@ class TriggerSpec:
             raise WindowingError("choose early panes by count or by delay, not both")
         if self.early_count is not None and self.early_count < 1:
             raise WindowingError("early panes need a count of at least 1")
-        if self.early_delay_us is not None and self.early_delay_us <= 0:
-            raise WindowingError("early panes need a delay above 0")
+        if self.early_delay_us is not None and (self.early_delay_us <= 0 or self.early_delay_us % 1_000_000):
+            # Beam's AfterProcessingTime travels through the runner API in whole seconds.
+            raise WindowingError("early panes by time need a whole number of seconds above 0 (e.g. early:1s)")
 
     @property
     def has_early_panes(self) -> bool:
@@ -201,7 +202,11 @@ def parse_trigger(text: str) -> TriggerSpec:
         except WindowingError as exc:
             raise WindowingError(f"--trigger {text}: {exc}") from None
     if kind == "early" and arg:
-        return TriggerSpec(early_delay_us=parse_duration(arg, f"--trigger {text}"))
+        try:
+            return TriggerSpec(early_delay_us=parse_duration(arg, f"--trigger {text}"))
+        except WindowingError as exc:
+            message = str(exc)
+            raise WindowingError(message if message.startswith("--") else f"--trigger {text}: {message}") from None
     raise WindowingError(f"--trigger: {text!r} is not one of watermark, early:N, early:DURATION (e.g. early:100, early:1s)")
 
 

@@ -25,7 +25,7 @@ from apache_beam.transforms import window
 from apache_beam.utils.timestamp import Duration, Timestamp
 
 from transforms.window import WindowQuotes
-from transforms.windowing import Pane, PaneStats, StampedQuote, WindowConfig, parse_trigger, parse_window
+from transforms.windowing import Pane, PaneStats, StampedQuote, WindowConfig, WindowingError, parse_trigger, parse_window
 
 T0 = 1_717_398_000_000_000  # 2024-06-03T07:00:00Z in epoch micros, a whole second
 MS = 1_000
@@ -45,7 +45,12 @@ class QuoteStream:
         self._line = 0
 
     def add(self, offset_us: int, bid: int, ask: int, symbol: str = "EURUSD", file: int = 0) -> StampedQuote:
-        """One quote at T0 + offset_us, in its own add_elements event (its own bundle)."""
+        """One quote at T0 + offset_us, in its own add_elements event (its own bundle).
+
+        Event times here are whole milliseconds, so the element timestamp (event_us) is also the
+        millisecond ``window_time`` that :class:`transforms.window.StampQuotes` would give it.
+        """
+        assert offset_us % 1000 == 0, "keep event times on the millisecond (see windowing.window_time)"
         self._line += 1
         event_us = T0 + offset_us
         arrival_us = event_us if self.watermark_us is None else max(event_us, self.watermark_us)
@@ -152,7 +157,7 @@ def test_fixed_windows_fire_one_on_time_pane_per_window():
             win(1 * S, 2 * S): [pane(1 * S, 2 * S, "ON_TIME", 0, d)],
         })
         assert_that(out["late"], equal_to([]), label="late")
-    # the oracle, spelled out for the first window: open = a, close = c, high = b, low = a/c
+    # the oracle, spelled out for the first window: open = a, close = c, high = b, low = c
     assert stats(a, b, c) == PaneStats(3, (a.event_us, 0, 1), 202, (c.event_us, 0, 3), 200, 209, 200, 7, 4, ((ANY, 3),))
 
 
@@ -309,14 +314,7 @@ def test_early_panes_by_count(accumulation):
         assert_panes(out["panes"], {win(0, S): expected})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="BUG transforms/window.py beam_trigger: AfterProcessingTime(early_delay_us / 1_000_000) gets a "
-    "float; Beam serialises delay*1000 into an int64 proto field, so the pipeline fails at run with "
-    "'Unable to translate WindowQuotes/Window' (TypeError: 'float' object cannot be interpreted as an integer)",
-)
-@pytest.mark.parametrize("trigger, delay_us", [("early:1s", 1 * S), ("early:500ms", 500 * MS)])
+@pytest.mark.parametrize("trigger, delay_us", [("early:1s", 1 * S), ("early:2s", 2 * S)])
 def test_early_panes_by_processing_time(trigger, delay_us):
     # early:DELAY: an EARLY pane DELAY of processing time after a pane's first quote. Half the delay
     # after the first quote nothing fires; at 1.5x delay the EARLY pane fires with both quotes; the
@@ -333,6 +331,13 @@ def test_early_panes_by_processing_time(trigger, delay_us):
     with streaming_pipeline() as p:
         out = p | s.done() | WindowQuotes(config("fixed:1s", trigger=trigger))
         assert_panes(out["panes"], {win(0, S): [pane(0, S, "EARLY", 0, a, b), pane(0, S, "ON_TIME", 1, c)]})
+
+
+def test_early_panes_by_processing_time_need_whole_seconds():
+    # Beam's AfterProcessingTime crosses the runner API in whole seconds: a 500 ms delay would
+    # become a crash (a float) or 0 s, so it is refused when the flag is read.
+    with pytest.raises(WindowingError, match="whole number of seconds"):
+        parse_trigger("early:500ms")
 
 
 # --------------------------------------------------------------------------- 5. session merge
