@@ -120,7 +120,7 @@ def _passes_a_window_end(
     """
     if window.kind != "session":
         return any((watermark is None or watermark < end) and end <= stamp for _, end in window.windows(event_us))
-    heapq.heappush(session_ends, event_us + window.gap_us)
+    heapq.heappush(session_ends, window.last_end(event_us))  # the proto-session's end, on the millisecond
     while session_ends and watermark is not None and session_ends[0] <= watermark:
         heapq.heappop(session_ends)  # already passed: those sessions fired before
     return bool(session_ends) and session_ends[0] <= stamp
