@@ -24,8 +24,8 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from decimal import ROUND_HALF_EVEN, Decimal
-from typing import NamedTuple
+from fractions import Fraction
+from typing import NamedTuple, Sequence
 
 from transforms.quotes import decimal_text, format_timestamp
 
@@ -33,9 +33,13 @@ KINDS = ("fixed", "sliding", "session")
 ACCUMULATION_MODES = ("discarding", "accumulating")
 TIMINGS = ("EARLY", "ON_TIME", "LATE")
 INFINITE = math.inf
+#: Home window of a quote that is in one window only (fixed and session windows).
+ANY_WINDOW = -1
 
 _UNITS_US = {"ms": 1_000, "s": 1_000_000, "m": 60_000_000}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)\s*$")
+_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m)\s*$")
+#: About 10,000 years: durations stay far inside Beam's timestamp range (int64 microseconds).
+MAX_DURATION_US = 10_000 * 365 * 86_400 * 1_000_000
 
 
 class WindowingError(ValueError):
@@ -57,9 +61,12 @@ def parse_duration(text: str, flag: str, *, allow_infinite: bool = False) -> int
     if not match:
         hint = ", or inf" if allow_infinite else ""
         raise WindowingError(f"{flag}: {text!r} is not a duration such as 50ms, 2s or 1m{hint}")
-    micros = Decimal(match.group(1)) * _UNITS_US[match.group(2)]
+    whole, _, fraction = match.group(1).partition(".")
+    micros = Fraction(int(whole + fraction), 10 ** len(fraction)) * _UNITS_US[match.group(2)]
     if micros % 1000:
         raise WindowingError(f"{flag}: {text!r} is not a whole number of milliseconds")
+    if micros > MAX_DURATION_US:
+        raise WindowingError(f"{flag}: {text!r} is longer than Beam's timestamps can represent")
     return int(micros)
 
 
@@ -196,7 +203,7 @@ def parse_trigger(text: str) -> TriggerSpec:
     if value == "watermark":
         return TriggerSpec()
     kind, _, arg = value.partition(":")
-    if kind == "early" and arg.strip().isdigit():
+    if kind == "early" and re.fullmatch(r"[0-9]+", arg.strip()):
         try:
             return TriggerSpec(early_count=int(arg))
         except WindowingError as exc:
@@ -292,8 +299,6 @@ def watermark_after(arrival_us: int, lag_us: int | float) -> int | None:
 # --------------------------------------------------------------------------- elements
 
 
-ANY_WINDOW = -1
-
 
 class StampedQuote(NamedTuple):
     """A valid quote, as the window stage sees it, stamped with its source's watermark.
@@ -384,6 +389,93 @@ def add_quote(stats: PaneStats | None, quote: PaneQuote) -> PaneStats:
     return merge_stats(stats, stats_of(quote))
 
 
+def shard_span(window: WindowSpec) -> int | None:
+    """Length of the time shards a symbol's windows are grouped by (None: one shard, sessions).
+
+    Beam's Python trigger driver looks at every window of a key whenever a window fires, so a
+    key's cost grows with the square of its windows: a day of one-second windows for one symbol
+    took minutes. Grouping by ``(symbol, shard)`` bounds the windows per key (and spreads a hot
+    symbol over workers). A window belongs to the shard of its start; sessions merge across any
+    span, so they keep one key per symbol.
+    """
+    return None if window.kind == "session" else window.size_us
+
+
+def shards_of(window: WindowSpec, moment_us: int) -> list[int]:
+    """The shards of the windows a quote (or bucket) at ``moment_us`` falls in."""
+    span = shard_span(window)
+    if span is None:
+        return [0]
+    starts = [start for start, _ in window.windows(moment_us)]
+    first, last = min(starts) // span, max(starts) // span
+    return list(range(first, last + 1))
+
+
+def owns_window(window: WindowSpec, shard: int, start_us: int) -> bool:
+    """Whether a window's pane from ``shard`` is the real one (the others saw part of its data)."""
+    span = shard_span(window)
+    return span is None or start_us // span == shard
+
+
+def bucket_width(window: WindowSpec) -> int:
+    """The widest time buckets whose quotes all fall in exactly the same windows.
+
+    Window starts and ends are multiples of the period (fixed: the size) and of the size, so
+    within a bucket of their greatest common divisor no boundary is crossed. Sessions depend on
+    the data, so only quotes of the same millisecond share one.
+    """
+    if window.kind == "fixed":
+        return window.size_us
+    if window.kind == "sliding":
+        return math.gcd(window.size_us, window.period_us)
+    return 1000
+
+
+def bucket_stats(
+    window: WindowSpec,
+    symbols: Sequence[str],
+    events: Sequence[int],
+    files: Sequence[int],
+    lines: Sequence[int],
+    bids: Sequence[int],
+    asks: Sequence[int],
+) -> dict[tuple[str, int], PaneStats]:
+    """Pre-aggregated stats per ``(symbol, bucket start)`` (see :func:`bucket_width`).
+
+    A batch run has no watermark, so no quote can be late and a bucket's quotes can be combined
+    before Beam windows them: timestamped at its start, a bucket lands in exactly the windows
+    each of its quotes would. Merging the buckets gives the same stats as adding the quotes.
+    """
+    width = bucket_width(window)
+    sliding = window.kind == "sliding"
+    partial: dict[tuple[str, int], list] = {}
+    for symbol, event, file, line, bid, ask in zip(symbols, events, files, lines, bids, asks):
+        moment = window_time(event)
+        key = (symbol, moment - moment % width)
+        mid2, spread, order = bid + ask, ask - bid, (event, file, line)
+        acc = partial.get(key)
+        if acc is None:
+            partial[key] = [1, order, mid2, order, mid2, mid2, mid2, spread, spread]
+            continue
+        acc[0] += 1
+        if order < acc[1]:
+            acc[1], acc[2] = order, mid2
+        if order > acc[3]:
+            acc[3], acc[4] = order, mid2
+        if mid2 > acc[5]:
+            acc[5] = mid2
+        if mid2 < acc[6]:
+            acc[6] = mid2
+        acc[7] += spread
+        if spread > acc[8]:
+            acc[8] = spread
+    result = {}
+    for (symbol, start), acc in partial.items():
+        home = window.windows(start)[-1][0] if sliding else ANY_WINDOW
+        result[(symbol, start)] = PaneStats(*acc, ((home, acc[0]),))
+    return result
+
+
 class Pane(NamedTuple):
     """One fired pane of one symbol's window: a ``windows.jsonl`` line."""
 
@@ -427,11 +519,10 @@ def _json(fields: dict) -> str:
 
 def mean_text(total: int, count: int, scale: int, extra_digits: int = 2) -> str:
     """``total / count`` of values scaled by ``10**scale``, to ``scale + extra_digits`` places."""
-    places = scale + extra_digits
-    mean = (Decimal(total) / Decimal(count) / Decimal(10) ** scale).quantize(
-        Decimal(1).scaleb(-places), rounding=ROUND_HALF_EVEN
-    )
-    return decimal_text(int(mean.scaleb(places)), places)
+    quotient, remainder = divmod(total * 10**extra_digits, count)
+    if 2 * remainder > count or (2 * remainder == count and quotient % 2):  # half to even, exactly
+        quotient += 1
+    return decimal_text(quotient, scale + extra_digits)
 
 
 def pane_json(pane: Pane, scale: int) -> str:

@@ -2,9 +2,10 @@
 mergeable pane statistics and the ``windows.jsonl`` / ``late.jsonl`` formats.
 
 Window assignment and the expiry rule are compared with Beam itself (``FixedWindows``,
-``SlidingWindows``, ``Sessions`` and ``GeneralTriggerDriver``'s ``input_watermark > window.end +
+``SlidingWindows``, ``Sessions`` assigning the element timestamp the pipeline gives a quote,
+``window_time(event_us)``, and ``GeneralTriggerDriver``'s ``input_watermark > window.end +
 allowed_lateness``); statistics and numbers with oracles written from the docstrings (exact
-fractions, plain lists). ``TestKnownBugs`` pins what the properties found, as strict xfails.
+fractions, plain lists). ``TestFoundBugs`` pins what the properties found (all fixed).
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ from transforms.windowing import (
     WindowSpec,
 )
 
-SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-FEWER = settings(SETTINGS, max_examples=100)
+SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FEWER = settings(SETTINGS, max_examples=60)
 
 MS, S, MIN = 1_000, 1_000_000, 60_000_000
 T0 = 1_717_398_000_000_000  # 2024-06-03 07:00:00 UTC
@@ -112,7 +113,7 @@ class TestDurations:
                 w.parse_duration(text, "--flag")
 
     @SETTINGS
-    @given(st.one_of(st.integers(0, 10**15), st.integers(0, 10**6).map(lambda n: n * 60_000)))
+    @given(st.one_of(st.integers(0, w.MAX_DURATION_US // MS), st.integers(0, 10**6).map(lambda n: n * 60_000)))
     def test_duration_text_round_trips_in_the_largest_exact_unit(self, millis):
         micros = millis * MS
         text = w.duration_text(micros)
@@ -194,8 +195,9 @@ class TestParseTrigger:
             ("early:1", TriggerSpec(early_count=1)),
             ("early: 7 ", TriggerSpec(early_count=7)),
             ("early:1s", TriggerSpec(early_delay_us=S)),
-            ("EARLY:1.5S", TriggerSpec(early_delay_us=1500 * MS)),
-            ("early:250ms", TriggerSpec(early_delay_us=250 * MS)),
+            ("EARLY:2S", TriggerSpec(early_delay_us=2 * S)),
+            ("early:3000ms", TriggerSpec(early_delay_us=3 * S)),
+            ("early:1.5m", TriggerSpec(early_delay_us=90 * S)),
         ],
     )
     def test_valid_forms(self, text, spec):
@@ -205,7 +207,9 @@ class TestParseTrigger:
     @pytest.mark.parametrize(
         "text",
         ["", "early", "early:", "early:0", "early:-1", "early:1x", "early:inf", "early:0.5ms", "early:1.5",
-         "late:1", "watermark:1", "always", "early:1s,2s", "early=5", "early:1e3"],
+         "late:1", "watermark:1", "always", "early:1s,2s", "early=5", "early:1e3",
+         # delays travel to Beam's AfterProcessingTime in whole seconds
+         "early:0ms", "early:0s", "early:0.000m", "early:500ms", "early:1.5s", "early:1001ms"],
     )
     def test_every_invalid_form_names_the_flag(self, text):
         with pytest.raises(WindowingError, match="--trigger"):
@@ -214,10 +218,11 @@ class TestParseTrigger:
     def test_spec_validation_and_early_panes(self):
         with pytest.raises(WindowingError):
             TriggerSpec(early_count=2, early_delay_us=S)
-        with pytest.raises(WindowingError):
-            TriggerSpec(early_delay_us=-MS)
+        for delay in (-S, 0, MS, 1_500 * MS):
+            with pytest.raises(WindowingError):
+                TriggerSpec(early_delay_us=delay)
         assert not TriggerSpec().has_early_panes
-        assert TriggerSpec(early_count=1).has_early_panes and TriggerSpec(early_delay_us=MS).has_early_panes
+        assert TriggerSpec(early_count=1).has_early_panes and TriggerSpec(early_delay_us=S).has_early_panes
 
 
 class TestWindowConfig:
@@ -265,14 +270,17 @@ def event_times(draw, spec: WindowSpec):
     return draw(st.one_of(st.integers(-(10**17), 10**17), st.integers(-(10**7), 10**7), near, st.just(0)))
 
 
-def beam_windows(spec: WindowSpec, event_us: int) -> list[tuple[int, int]]:
+def beam_windows(spec: WindowSpec, event_us: int, *, to_the_ms: bool = True) -> list[tuple[int, int]]:
+    """Beam's windows for a quote at ``event_us``: by default at the element timestamp the pipeline
+    gives it (``window_time``: down to the millisecond, see ``transforms.window._StampFn``)."""
+    timestamp = Timestamp(micros=w.window_time(event_us) if to_the_ms else event_us)
     if spec.kind == "fixed":
         fn = FixedWindows(Duration(micros=spec.size_us))
     elif spec.kind == "sliding":
         fn = SlidingWindows(Duration(micros=spec.size_us), Duration(micros=spec.period_us))
     else:
         fn = Sessions(Duration(micros=spec.gap_us))
-    return [(win.start.micros, win.end.micros) for win in fn.assign(WindowFn.AssignContext(Timestamp(micros=event_us)))]
+    return [(win.start.micros, win.end.micros) for win in fn.assign(WindowFn.AssignContext(timestamp))]
 
 
 class TestWindowsMatchBeam:
@@ -284,8 +292,12 @@ class TestWindowsMatchBeam:
         windows = spec.windows(event_us)
         assert windows == beam_windows(spec, event_us)
         assert spec.last_end(event_us) == max(end for _, end in windows)
-        # each window holds the quote, end exclusive; the count is what the shape implies
-        assert all(start <= event_us < end and end - start == (spec.size_us or spec.gap_us) for start, end in windows)
+        if spec.kind != "session":  # whole-ms sizes: the millisecond does not matter to the windows
+            assert windows == beam_windows(spec, event_us, to_the_ms=False)
+        # each window holds the quote's millisecond, end exclusive; the count is what the shape implies
+        ms = w.window_time(event_us)
+        assert all(start <= ms < end and end - start == (spec.size_us or spec.gap_us) and start % MS == 0
+                   for start, end in windows)
         if spec.kind == "sliding":
             assert len(windows) in (spec.size_us // spec.period_us, -(-spec.size_us // spec.period_us))
         else:
@@ -300,11 +312,25 @@ class TestWindowsMatchBeam:
             (WindowSpec("fixed", size_us=S), -1, [(-S, 0)]),
             (WindowSpec("sliding", size_us=3 * MS, period_us=2 * MS), -2500, [(-4000, -1000)]),
             (WindowSpec("sliding", size_us=3 * MS, period_us=2 * MS), 2500, [(2000, 5000), (0, 3000)]),
-            (WindowSpec("session", gap_us=5 * MS), -2500, [(-2500, 2500)]),
+            (WindowSpec("session", gap_us=5 * MS), -2500, [(-3000, 2000)]),
+            (WindowSpec("session", gap_us=5 * MS), -2000, [(-2000, 3000)]),
+            (WindowSpec("session", gap_us=S), T0 + 322_001, [(T0 + 322_000, T0 + 1_322_000)]),
         ],
     )
     def test_hand_worked_assignments(self, spec, event_us, expected):
         assert spec.windows(event_us) == expected == beam_windows(spec, event_us)
+
+    @pytest.mark.parametrize(
+        "micros, expected", [(0, 0), (999, 0), (1000, 1000), (T0 + 322_001, T0 + 322_000), (-1, -1000), (-1000, -1000),
+                             (-1001, -2000)])
+    def test_window_time_is_the_millisecond_below(self, micros, expected):
+        assert w.window_time(micros) == expected
+
+    @SETTINGS
+    @given(st.integers(-(10**17), 10**17))
+    def test_window_time_floors(self, micros):
+        ms = w.window_time(micros)
+        assert ms % MS == 0 and ms <= micros < ms + MS
 
 
 # --------------------------------------------------------------------------- the lateness rule
@@ -404,7 +430,6 @@ class TestWatermarkAfter:
 
 _QUOTE_FIELDS = st.tuples(
     st.integers(0, 3),  # file
-    st.integers(2, 60),  # line
     st.one_of(st.sampled_from([T0, T0 + 1, T0 + 500 * MS]), st.integers(T0 - S, T0 + S)),  # event: ties often
     st.integers(1, 10**12),  # bid
     st.integers(0, 10**6),  # spread
@@ -413,10 +438,13 @@ _QUOTE_FIELDS = st.tuples(
 
 
 def pane_quotes(min_size=1, max_size=20):
-    """PaneQuotes with distinct (file, line) keys; event times collide often, to exercise the ties."""
-    return st.lists(_QUOTE_FIELDS, min_size=min_size, max_size=max_size, unique_by=lambda f: f[:2]).map(
-        lambda rows: [PaneQuote.of(StampedQuote("X", event, event, None, bid, bid + spread, file, line), home)
-                      for file, line, event, bid, spread, home in rows])
+    """PaneQuotes with distinct (file, line) keys (lines distinct, in scrambled order); event times
+    collide often, to exercise the ties."""
+    return st.lists(_QUOTE_FIELDS, min_size=min_size, max_size=max_size).map(
+        lambda rows: [
+            PaneQuote.of(StampedQuote("X", event, event, None, bid, bid + spread, file, 2 + i * 7919 % 1009), home)
+            for i, (file, event, bid, spread, home) in enumerate(rows)
+        ])
 
 
 def oracle_stats(quotes: list[PaneQuote]) -> w.PaneStats:
@@ -495,6 +523,16 @@ class TestPaneStats:
         stats = w.PaneStats(6, (T0, 0, 2), 2, (T0, 0, 7), 2, 2, 2, 0, 0, ((T0 - S, 1), (T0, 3), (T0 + S, 2)))
         assert Pane("X", T0, T0 + 10 * S, "ON_TIME", 0, stats).home_count == 3
         assert Pane("X", T0 + 2 * S, T0 + 12 * S, "ON_TIME", 0, stats).home_count == 0
+
+    def test_session_pane_of_a_quote_one_microsecond_before_the_epoch(self):
+        # home_count adds homes[ANY_WINDOW] (-1) and homes[start_us]: a window starting at -1 us would
+        # count its quotes twice. Windows start on the millisecond (window_time), so none does.
+        spec = WindowSpec("session", gap_us=S)
+        (start, end), = spec.windows(-1)
+        assert (start, end) == (-MS, S - MS)
+        home = w.home_window_start(-1, None, WindowConfig(spec))
+        stats = w.stats_of(PaneQuote.of(StampedQuote("X", -1, 0, None, 1, 2), home))
+        assert Pane("X", start, end, "ON_TIME", 0, stats).home_count == 1
 
     @FEWER
     @given(pane_quotes().map(lambda qs: [q._replace(home=ANY_WINDOW) for q in qs]), st.integers(0, 10**17))
@@ -672,48 +710,21 @@ class TestFormats:
 # --------------------------------------------------------------------------- found bugs
 
 
-class TestKnownBugs:
-    """What the tests above found. Each is a strict xfail: it starts passing when the bug is fixed."""
+class TestFoundBugs:
+    """What the tests above found, kept as regression tests."""
 
-    @pytest.mark.xfail(strict=True, reason="parse_trigger does not wrap TriggerSpec's delay check: "
-                       "'early:0ms' raises 'early panes need a delay above 0' without naming --trigger")
-    @pytest.mark.parametrize("text", ["early:0ms", "early:0s", "early:0.000m"])
-    def test_zero_early_delay_names_the_flag(self, text):
-        with pytest.raises(WindowingError, match="--trigger"):
-            w.parse_trigger(text)
-
-    @pytest.mark.xfail(strict=True, reason="str.isdigit() accepts '²' but int() does not: a bare ValueError "
-                       "('invalid literal for int()') instead of a WindowingError naming --trigger")
     def test_superscript_digit_count_is_a_windowing_error(self):
         with pytest.raises(WindowingError, match="--trigger"):
             w.parse_trigger("early:²")
 
-    @pytest.mark.xfail(strict=True, reason="Decimal '%' in the default 28-digit context raises "
-                       "decimal.InvalidOperation (DivisionImpossible) for durations of 10**22 s and more")
     def test_huge_duration_is_a_windowing_error(self):
         with pytest.raises(WindowingError, match="^--flag: "):
             w.parse_duration("1" + "0" * 31 + "s", "--flag")
 
-    @pytest.mark.xfail(strict=True, reason="the unit multiplication rounds to 28 significant digits, so a value "
-                       "just off a whole millisecond (1000.0000000000000000000000001 us) is accepted as 1 ms")
     def test_long_sub_millisecond_fraction_is_rejected(self):
         with pytest.raises(WindowingError, match="not a whole number of milliseconds"):
             w.parse_duration("0.0010000000000000000000000000001s", "--flag")
 
-    @pytest.mark.xfail(strict=True, reason="home_count adds homes[ANY_WINDOW] and homes[start_us]; a session "
-                       "window starting at -1 us (a quote 1 us before the epoch) has start_us == ANY_WINDOW == -1, "
-                       "so its quotes are counted twice")
-    def test_session_pane_starting_one_microsecond_before_the_epoch(self):
-        spec = WindowSpec("session", gap_us=S)
-        config = WindowConfig(spec)
-        start, end = spec.windows(-1)[0]
-        home = w.home_window_start(-1, None, config)
-        stats = w.stats_of(PaneQuote.of(StampedQuote("X", -1, 0, None, 1, 2), home))
-        assert Pane("X", start, end, "ON_TIME", 0, stats).home_count == 1
-
-    @pytest.mark.xfail(strict=True, reason="mean_text divides in the default 28-digit Decimal context and then "
-                       "quantizes: double rounding (x.025000000001 -> x.0250000000 -> x.02). Needs ~10**11 quotes "
-                       "in one pane with 18-digit spreads, so it cannot happen in practice")
     def test_mean_text_double_rounding_with_huge_inputs(self):
         count = 10**11 + 1
         total = 10**17 * count + count * 25 // 1000 + 1  # mean = 10**17 + 0.025 + 0.975/count
