@@ -4,7 +4,7 @@
 
     ReplayHistorical -> NormalizeQuotes -> ComputeMidPrices -----------------> WriteOutputs -> WriteMetrics
     (or, --streaming,          |  \\------------- dead letters ----------------/
-     ReplayAsStream)           \\-> StampWatermarks -> WindowQuotes -> panes, late /   (with --window)
+     ReplayAsStream)           \\-> WindowQuoteBlocks -> panes, late ----------/   (with --window)
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from transforms.fetch import ReplayAsStream, ReplayHistorical, plan_stream_repla
 from transforms.midprice import ComputeMidPrices
 from transforms.normalize import NormalizeQuotes, price_rule
 from transforms.sinks import MergeCounts, WriteOrderedText, WriteRunMetrics, when_input_ends
-from transforms.window import LateToText, PanesToText, StampQuotes, WindowQuotes
+from transforms.window import LateToText, PanesToText, WindowQuoteBlocks
 from transforms.windowing import INFINITE, duration_text
 
 #: Output file -> the metrics.json count of its lines. records_in must equal their sum.
@@ -133,11 +133,7 @@ def build_pipeline(
     extra = {"latency_threshold_ms": config.latency_threshold_ms, "inputs": list(sources), "streaming": streaming}
     counts = replay["counts"]
     if windowing:
-        windowed = (
-            normalized.valid
-            | "StampWatermarks" >> StampQuotes(lag_us)
-            | "WindowQuotes" >> WindowQuotes(windowing)
-        )
+        windowed = normalized.valid | "WindowQuotes" >> WindowQuoteBlocks(windowing, lag_us)
         panes = windowed["panes"] | "PanesToText" >> PanesToText(scale, windowing.accumulation)
         outputs["windows.jsonl"] = panes.chunks
         outputs["late.jsonl"] = windowed["late"] | "LateToText" >> LateToText(sources, windowing, scale)
@@ -145,9 +141,11 @@ def build_pipeline(
         in_panes = "quotes_in_panes" if windowing.accumulation == "discarding" else "windowed_quotes"
         balances["windows_balanced"] = [in_panes, "late_dropped", "dead_lettered"]
         counts = (
-            (counts, windowed["counts"], panes.counts)
+            [
+                part | f"WhenCountsEnd[{label}]" >> when_input_ends()
+                for label, part in (("replay", counts), ("windows", windowed["counts"]), ("panes", panes.counts))
+            ]
             | "AllCounts" >> beam.Flatten()
-            | "WhenCountsEnd" >> when_input_ends()
             | "MergeCounts" >> beam.CombineGlobally(MergeCounts()).without_defaults()
         )
         extra["windowing"] = windowing.as_dict()
