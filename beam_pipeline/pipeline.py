@@ -112,6 +112,7 @@ def build_pipeline(
             block_bytes=config.block_bytes,
         )
         replay = pipeline | "ReplayHistoricalStream" >> ReplayAsStream(plan, sources)
+        stream_steps = {"row_slices": plan.row_steps, "watermark_steps": plan.watermark_steps}
     else:
         replay = pipeline | "ReplayHistorical" >> ReplayHistorical(
             sources,
@@ -135,21 +136,21 @@ def build_pipeline(
     if windowing:
         windowed = normalized.valid | "WindowQuotes" >> WindowQuoteBlocks(windowing, lag_us)
         panes = windowed["panes"] | "PanesToText" >> PanesToText(scale, windowing.accumulation)
-        outputs["windows.jsonl"] = panes.chunks
+        outputs["windows.jsonl"] = panes["chunks"]
         outputs["late.jsonl"] = windowed["late"] | "LateToText" >> LateToText(sources, windowing, scale)
         metric_names.update(WINDOW_OUTPUTS)
         in_panes = "quotes_in_panes" if windowing.accumulation == "discarding" else "windowed_quotes"
         balances["windows_balanced"] = [in_panes, "late_dropped", "dead_lettered"]
         counts = (
-            [
-                part | f"WhenCountsEnd[{label}]" >> when_input_ends()
-                for label, part in (("replay", counts), ("windows", windowed["counts"]), ("panes", panes.counts))
-            ]
+            (counts, windowed["counts"], panes["counts"])
             | "AllCounts" >> beam.Flatten()
+            | "WhenCountsEnd" >> when_input_ends()
             | "MergeCounts" >> beam.CombineGlobally(MergeCounts()).without_defaults()
         )
         extra["windowing"] = windowing.as_dict()
-        if streaming:
+    if streaming:
+        extra["stream_steps"] = stream_steps
+        if windowing:
             extra["watermark_lag"] = duration_text(lag_us)
 
     published = outputs | "WriteOutputs" >> WriteOrderedText(config.output_dir, run_id)

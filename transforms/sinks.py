@@ -135,6 +135,9 @@ class _PublishFn(beam.DoFn):
 class WriteOrderedText(beam.PTransform):
     """``{file name: PCollection[TextChunk]}`` -> files in ``output_dir``, lines in ``seq`` order.
 
+    The inputs must share one windowing (the global window, default trigger: what a source's
+    element-wise stages produce); everything is gathered once the input ends.
+
     Outputs one element: ``{file name: {"lines": n, "tally": {key: count}}}``, once every file
     is in place.
     """
@@ -147,17 +150,16 @@ class WriteOrderedText(beam.PTransform):
     def expand(self, chunks_by_name: Mapping[str, beam.PCollection]):
         names = list(chunks_by_name)
         parts = [
-            chunks
-            | f"WriteParts[{name}]" >> beam.ParDo(_WritePartFn(self._tmp_dir, name))
-            | f"WhenPartsEnd[{name}]" >> when_input_ends()
+            chunks | f"WriteParts[{name}]" >> beam.ParDo(_WritePartFn(self._tmp_dir, name))
             for name, chunks in chunks_by_name.items()
         ]
         # One marker, so the list below exists (and every file is created) even with no parts.
         pipeline = next(iter(chunks_by_name.values())).pipeline
-        marker = pipeline | "NoPartsMarker" >> beam.Create([_NO_PARTS]) | "WhenMarkerEnds" >> when_input_ends()
+        marker = pipeline | "NoPartsMarker" >> beam.Create([_NO_PARTS])
         return (
             [marker, *parts]
             | "AllParts" >> beam.Flatten()
+            | "WhenInputEnds" >> when_input_ends()
             | "CollectParts" >> beam.CombineGlobally(beam.combiners.ToListCombineFn()).without_defaults()
             | "Publish" >> beam.ParDo(_PublishFn(self._output_dir, self._tmp_dir, names))
         )

@@ -51,10 +51,8 @@ from transforms.windowing import (
     late_json,
     merge_stats,
     missed_windows,
-    owns_window,
     pane_json,
     pane_sort_key,
-    shards_of,
     stats_of,
     watermark_after,
     window_time,
@@ -184,15 +182,17 @@ class _RouteLateFn(beam.DoFn):
         if is_dropped(quote.event_us, quote.watermark_us, config):
             self._late.inc()
             yield beam.pvalue.TaggedOutput(LATE, quote)
-            return
+        else:
+            yield from self._windowed_stats(quote)
+
+    def _windowed_stats(self, quote: StampedQuote):
+        config = self._config
         self._windowed.inc()
         self._tally["windowed_quotes"] += 1
         if config.window.kind == "sliding" and missed_windows(quote.event_us, quote.watermark_us, config):
             self._partial.inc()
             self._tally["partially_late"] += 1
-        stats = stats_of(PaneQuote.of(quote, home_window_start(quote.event_us, quote.watermark_us, config)))
-        for shard in shards_of(config.window, quote.event_us):
-            yield (quote.symbol, shard), stats
+        yield quote.symbol, stats_of(PaneQuote.of(quote, home_window_start(quote.event_us, quote.watermark_us, config)))
 
     def finish_bundle(self):
         if self._tally:
@@ -203,8 +203,8 @@ class _BucketFn(beam.DoFn):
     """Batch (no watermark, nothing late): a valid block -> pre-aggregated stats per time bucket.
 
     Fixed and sliding windows: ``((symbol, start, end), PaneStats)`` once per window of the
-    bucket, to be combined by key. Sessions: ``((symbol, 0), PaneStats)`` at the bucket's time,
-    for Beam's session windows to merge.
+    bucket, to be combined by key. Sessions: ``(symbol, PaneStats)`` at the bucket's time, for
+    Beam's session windows to merge.
     """
 
     def __init__(self, window: WindowSpec):
@@ -217,7 +217,7 @@ class _BucketFn(beam.DoFn):
         buckets = bucket_stats(self._window, *(batch.column(name).to_pylist() for name in names))
         for (symbol, moment), stats in buckets.items():
             if self._window.kind == "session":
-                yield windows.TimestampedValue(((symbol, 0), stats), Timestamp(micros=moment))
+                yield windows.TimestampedValue((symbol, stats), Timestamp(micros=moment))
             else:
                 for start, end in self._window.windows(moment):
                     yield (symbol, start, end), stats
@@ -231,26 +231,15 @@ def _on_time_pane(keyed: tuple[tuple[str, int, int], PaneStats]) -> Pane:
 
 
 class _PaneFn(beam.DoFn):
-    def __init__(self, window: WindowSpec):
-        self._window = window
-
-    def process(self, keyed: tuple[tuple[str, int], PaneStats], window=beam.DoFn.WindowParam,
-                pane=beam.DoFn.PaneInfoParam):
-        (symbol, shard), stats = keyed
-        if stats is None:  # an empty pane (Beam may fire one at the window's end): nothing to report
-            return
-        if not owns_window(self._window, shard, window.start.micros):
-            return  # a copy made for a neighbouring shard's window (see shards_of)
-        timing = PaneInfoTiming.to_string(pane.timing)
-        yield Pane(symbol, window.start.micros, window.end.micros, timing, pane.index, stats)
+    def process(self, keyed: tuple[str, PaneStats], window=beam.DoFn.WindowParam, pane=beam.DoFn.PaneInfoParam):
+        symbol, stats = keyed
+        if stats is not None:  # Beam may fire an empty pane at a window's end: nothing to report
+            timing = PaneInfoTiming.to_string(pane.timing)
+            yield Pane(symbol, window.start.micros, window.end.micros, timing, pane.index, stats)
 
 
 class _PanesOf(beam.PTransform):
-    """``((symbol, shard), PaneStats)`` at event time -> :class:`Pane` per fired pane: Beam's windowing.
-
-    Keys are sharded by time (:func:`transforms.windowing.shard_span`): an element goes to the
-    shard of each of its windows, and only the shard that owns a window reports its panes.
-    """
+    """``(symbol, PaneStats)`` at event time -> :class:`Pane` per fired pane: Beam's windowing."""
 
     def __init__(self, config: WindowConfig):
         super().__init__()
@@ -261,7 +250,7 @@ class _PanesOf(beam.PTransform):
             keyed_stats
             | "Window" >> window_into(self._config)
             | "PaneStats" >> beam.CombinePerKey(QuoteStatsFn())
-            | "WithPaneInfo" >> beam.ParDo(_PaneFn(self._config.window)).with_output_types(Pane)
+            | "WithPaneInfo" >> beam.ParDo(_PaneFn()).with_output_types(Pane)
         )
 
 
@@ -382,7 +371,8 @@ def _gathered(pcoll, label: str):
 
 
 class PanesToText(beam.PTransform):
-    """Panes -> one ``windows.jsonl`` TextChunk (main) and a ``counts`` dict (see :func:`pane_counts`).
+    """Panes -> ``{"chunks": one windows.jsonl TextChunk, "counts": a dict}`` (see :func:`pane_counts`),
+    both back in the global window under the default trigger, like the other outputs.
 
     Panes are few (one per window and symbol, not per quote), so they are gathered and sorted.
     """
@@ -397,7 +387,11 @@ class PanesToText(beam.PTransform):
             functools.partial(panes_chunk, scale=self._scale),
             functools.partial(pane_counts, accumulation=self._accumulation),
         )
-        return _gathered(panes, "Panes") | "PanesToLines" >> beam.ParDo(fn).with_outputs(COUNTS, main="chunks")
+        lines = _gathered(panes, "Panes") | "PanesToLines" >> beam.ParDo(fn).with_outputs(COUNTS, main="chunks")
+        return {
+            "chunks": lines.chunks | "PaneLinesInGlobalWindow" >> beam.WindowInto(windows.GlobalWindows()),
+            "counts": lines[COUNTS] | "PaneCountsInGlobalWindow" >> beam.WindowInto(windows.GlobalWindows()),
+        }
 
 
 class LateToText(beam.PTransform):
@@ -408,4 +402,8 @@ class LateToText(beam.PTransform):
         self._to_chunk = functools.partial(late_chunk, sources=tuple(sources), config=config, scale=scale)
 
     def expand(self, late):
-        return _gathered(late, "Late") | "LateToLines" >> beam.ParDo(_ChunkFn(self._to_chunk))
+        return (
+            _gathered(late, "Late")
+            | "LateToLines" >> beam.ParDo(_ChunkFn(self._to_chunk))
+            | "LateLinesInGlobalWindow" >> beam.WindowInto(windows.GlobalWindows())
+        )

@@ -389,34 +389,6 @@ def add_quote(stats: PaneStats | None, quote: PaneQuote) -> PaneStats:
     return merge_stats(stats, stats_of(quote))
 
 
-def shard_span(window: WindowSpec) -> int | None:
-    """Length of the time shards a symbol's windows are grouped by (None: one shard, sessions).
-
-    Beam's Python trigger driver looks at every window of a key whenever a window fires, so a
-    key's cost grows with the square of its windows: a day of one-second windows for one symbol
-    took minutes. Grouping by ``(symbol, shard)`` bounds the windows per key (and spreads a hot
-    symbol over workers). A window belongs to the shard of its start; sessions merge across any
-    span, so they keep one key per symbol.
-    """
-    return None if window.kind == "session" else window.size_us
-
-
-def shards_of(window: WindowSpec, moment_us: int) -> list[int]:
-    """The shards of the windows a quote (or bucket) at ``moment_us`` falls in."""
-    span = shard_span(window)
-    if span is None:
-        return [0]
-    starts = [start for start, _ in window.windows(moment_us)]
-    first, last = min(starts) // span, max(starts) // span
-    return list(range(first, last + 1))
-
-
-def owns_window(window: WindowSpec, shard: int, start_us: int) -> bool:
-    """Whether a window's pane from ``shard`` is the real one (the others saw part of its data)."""
-    span = shard_span(window)
-    return span is None or start_us // span == shard
-
-
 def bucket_width(window: WindowSpec) -> int:
     """The widest time buckets whose quotes all fall in exactly the same windows.
 
