@@ -28,7 +28,7 @@ from transforms.midprice import ComputeMidPrices
 from transforms.normalize import NormalizeQuotes, price_rule
 from transforms.sinks import MergeCounts, WriteOrderedText, WriteRunMetrics, when_input_ends
 from transforms.window import LateToText, PanesToText, WindowQuoteBlocks
-from transforms.windowing import INFINITE, duration_text
+from transforms.windowing import duration_text
 
 #: Output file -> the metrics.json count of its lines. records_in must equal their sum.
 OUTPUTS = {
@@ -92,7 +92,7 @@ def build_pipeline(
     config = options.view_as(QuoteOptions)
     streaming = bool(options.view_as(StandardOptions).streaming)
     windowing = window_config(config, streaming)
-    lag_us = watermark_lag(config) if streaming else INFINITE
+    lag_us = watermark_lag(config) if streaming else None
     if sources is None:
         sources = expand_inputs(config.input or bundled_sample())
     rules = field_rules(load_schema("quote"))

@@ -60,6 +60,13 @@ def measure(label: str, rows: int, command: list[str]) -> Run:
     return Run(label, rows, seconds, usage.ru_maxrss / 1024)
 
 
+def make_workdir(path: Path | None, prefix: str) -> Path:
+    """``--workdir`` if given (kept), else a new temporary folder."""
+    workdir = path or Path(tempfile.mkdtemp(prefix=prefix))
+    workdir.mkdir(parents=True, exist_ok=True)
+    return workdir
+
+
 def quotes_file(workdir: Path, rows: int, seed: int) -> Path:
     path = workdir / f"quotes_{rows}_{seed}.csv"
     if not path.exists():
@@ -97,8 +104,7 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, default=None, help="keep inputs and outputs here")
     args = parser.parse_args()
 
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="replay_bench_"))
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = make_workdir(args.workdir, "replay_bench_")
     csv_path = quotes_file(workdir, args.rows, args.seed).resolve()
     beam_out, base_out = workdir / "beam", workdir / "baseline"
 

@@ -23,10 +23,9 @@ import argparse
 import filecmp
 import json
 import sys
-import tempfile
 from pathlib import Path
 
-from replay_throughput import ROOT, Run, measure, quotes_file
+from replay_throughput import ROOT, Run, make_workdir, measure, quotes_file
 
 WINDOWS = ("fixed:1s", "sliding:10s,1s", "session:500ms")
 
@@ -57,8 +56,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--workdir", type=Path, default=None, help="keep inputs and outputs here")
     args = parser.parse_args()
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="window_bench_"))
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = make_workdir(args.workdir, "window_bench_")
     csv_path = quotes_file(workdir, args.rows, args.seed).resolve()
     ok = True
 

@@ -43,13 +43,26 @@ class PartFile:
     keyed: bool
 
 
-def when_input_ends() -> beam.WindowInto:
-    """One global window that fires once, when the input has ended (batch) or its watermark has
-    reached infinity (a finite stream). Beam refuses to group an unbounded collection in the
-    global window under the default trigger, although that is when it would fire too."""
-    return beam.WindowInto(
-        GlobalWindows(), trigger=trigger.AfterWatermark(), accumulation_mode=trigger.AccumulationMode.DISCARDING
-    )
+class WhenInputEnds(beam.PTransform):
+    """Into one global window that fires once, when the input has ended.
+
+    A bounded input gets the default trigger, which does exactly that and keeps Beam's fast batch
+    grouping. An unbounded one (a finite stream) gets an explicit ``AfterWatermark()``, which
+    fires when the watermark reaches infinity: Beam refuses to group an unbounded collection in
+    the global window under the default trigger, although that is when it would fire too.
+    """
+
+    def expand(self, pcoll):
+        if pcoll.is_bounded:
+            return pcoll | "GlobalWindow" >> beam.WindowInto(GlobalWindows())
+        return pcoll | "GlobalWindowAtEnd" >> beam.WindowInto(
+            GlobalWindows(), trigger=trigger.AfterWatermark(), accumulation_mode=trigger.AccumulationMode.DISCARDING
+        )
+
+
+def when_input_ends() -> WhenInputEnds:
+    """See :class:`WhenInputEnds`."""
+    return WhenInputEnds()
 
 
 def staging_dir(output_dir: str, run_id: str) -> str:
@@ -218,8 +231,10 @@ class _MetricsFn(beam.DoFn):
                 metrics[self._tally_names.get(file_name, f"{metric}_by_reason")] = summary[file_name]["tally"]
         metrics.update(self._extra)
         metrics["run_seconds"] = round(self._clock() - self._started_at, 3)
-        if not metrics["balanced"]:
-            LOG.error("counts do not balance: %s", {name: self._balances[name] for name, ok in checks.items() if not ok})
+        for name, ok in checks.items():
+            if not ok:
+                terms = " + ".join(f"{term} {metrics.get(term, 0)}" for term in self._balances[name])
+                LOG.error("counts do not balance (%s): records_in %s != %s", name, metrics["records_in"], terms)
         tmp = self._path + ".tmp"
         with FileSystems.create(tmp, compression_type=CompressionTypes.UNCOMPRESSED) as out:
             out.write((json.dumps(metrics, indent=2) + "\n").encode("utf-8"))

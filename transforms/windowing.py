@@ -448,6 +448,38 @@ def bucket_stats(
     return result
 
 
+class Session(NamedTuple):
+    """A session window ``[start, end)`` of one symbol with the stats of its quotes."""
+
+    start_us: int
+    end_us: int
+    stats: PaneStats
+
+
+def merge_sessions(*groups: Sequence[Session]) -> list[Session]:
+    """Sessions that overlap, merged, as Beam's ``Sessions.merge`` does (touching ones stay apart).
+
+    Each group may be in any order; the result is sorted by start. Used by batch runs, where
+    every session fires once: its quotes arrive as pre-merged sessions of each block.
+    """
+    merged: list[Session] = []
+    for session in sorted((s for group in groups for s in group), key=lambda s: (s.start_us, s.end_us)):
+        if merged and session.start_us < merged[-1].end_us:
+            last = merged[-1]
+            merged[-1] = Session(last.start_us, max(last.end_us, session.end_us), merge_stats(last.stats, session.stats))
+        else:
+            merged.append(session)
+    return merged
+
+
+def block_sessions(window: WindowSpec, buckets: dict[tuple[str, int], PaneStats]) -> dict[str, list[Session]]:
+    """Per symbol, the sessions of one block's millisecond buckets (see :func:`bucket_stats`)."""
+    by_symbol: dict[str, list[Session]] = {}
+    for (symbol, moment), stats in buckets.items():
+        by_symbol.setdefault(symbol, []).append(Session(moment, moment + window.gap_us, stats))
+    return {symbol: merge_sessions(sessions) for symbol, sessions in by_symbol.items()}
+
+
 class Pane(NamedTuple):
     """One fired pane of one symbol's window: a ``windows.jsonl`` line."""
 
