@@ -85,6 +85,9 @@ def prepare_output_dir(path: str) -> None:
         raise UsageError(f"--output_dir {path}: not a directory")
 
 
+_CHECK_LABELS = {"balanced": "mid-price counts", "windows_balanced": "window counts"}
+
+
 def _summary(output_dir: str, metrics: dict) -> str:
     names = {metric: name for name, metric in {**OUTPUTS, **WINDOW_OUTPUTS}.items()}
     width = max(len(FileSystems.join(output_dir, name)) for name in [*names.values(), "metrics.json"])
@@ -93,9 +96,10 @@ def _summary(output_dir: str, metrics: dict) -> str:
         name = names.get(metric, metric)
         return f"  {FileSystems.join(output_dir, name):<{width}}  {text}"
 
-    def balance_text(terms: list[str], ok: bool) -> str:
+    def balance_text(terms: list[str]) -> str:
         parts = " + ".join(f"{metrics.get(m, 0):,}" for m in terms)
-        return f"{'balance' if ok else 'DO NOT BALANCE'}: {metrics['records_in']:,} in = {parts}"
+        ok = "balance" if balance(metrics, terms) else "DO NOT BALANCE"
+        return f"{ok}: {metrics['records_in']:,} in = {parts}"
 
     lines = [
         f"Replayed {metrics['records_in']:,} quotes from {len(metrics['inputs'])} file(s) "
@@ -105,18 +109,17 @@ def _summary(output_dir: str, metrics: dict) -> str:
             f"{metrics['latency_filtered']:,} quotes over the {metrics['latency_threshold_ms']} ms latency threshold"),
         row("dead_lettered", f"{metrics['dead_lettered']:,} rejected rows, each with its reason"),
     ]
-    mids_ok = balance(metrics, list(OUTPUTS.values()))
-    if "windowing" not in metrics:
-        lines.append(row("metrics.json", f"counts {balance_text(list(OUTPUTS.values()), mids_ok)}"))
-        return "\n".join(lines)
-    timing = ", ".join(f"{count:,} {name}" for name, count in metrics.get("panes_by_timing", {}).items())
-    in_panes = "quotes_in_panes" if "quotes_in_panes" in metrics else "windowed_quotes"
-    lines += [
-        row("windows_emitted", f"{metrics['windows_emitted']:,} panes ({timing or 'none'}), {metrics['windowing']['window']}"),
-        row("late_dropped", f"{metrics['late_dropped']:,} quotes past their window's allowed lateness"),
-        row("metrics.json", f"mid-price counts {balance_text(list(OUTPUTS.values()), mids_ok)}"),
-        row("metrics.json", f"window counts {balance_text([in_panes, 'late_dropped', 'dead_lettered'], metrics['windows_balanced'])}"),
-    ]
+    if "windowing" in metrics:
+        timing = ", ".join(f"{count:,} {name}" for name, count in metrics.get("panes_by_timing", {}).items())
+        lines += [
+            row("windows_emitted",
+                f"{metrics['windows_emitted']:,} panes ({timing or 'none'}), {metrics['windowing']['window']}"),
+            row("late_dropped", f"{metrics['late_dropped']:,} quotes past their window's allowed lateness"),
+        ]
+    checks = metrics["balance_terms"]
+    for check, terms in checks.items():
+        label = _CHECK_LABELS.get(check, check) if len(checks) > 1 else "counts"
+        lines.append(row("metrics.json", f"{label} {balance_text(terms)}"))
     return "\n".join(lines)
 
 

@@ -65,7 +65,8 @@ class QuoteOptions(PipelineOptions):
         windowing.add_argument(
             "--trigger", default=None,
             help="watermark (one on-time pane, then a pane per late quote; the default), early:N "
-            "(also an early pane every N quotes) or early:DURATION (processing time); early panes need --streaming",
+            "(also an early pane every N quotes) or early:DURATION (processing time, whole seconds); "
+            "early panes need --streaming",
         )
         windowing.add_argument(
             "--accumulation", default=None, choices=ACCUMULATION_MODES,

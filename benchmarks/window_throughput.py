@@ -46,7 +46,7 @@ def head(csv_path: Path, rows: int, workdir: Path) -> Path:
 
 
 def row(run: Run, extra: str = "") -> str:
-    return f"{run.label:<46} {run.seconds:>8.2f} {run.rows_per_second:>10,.0f} {run.peak_rss_mb:>8,.0f}  {extra}"
+    return f"{run.label:<52} {run.seconds:>8.2f} {run.rows_per_second:>10,.0f} {run.peak_rss_mb:>8,.0f}  {extra}"
 
 
 def main() -> int:
@@ -61,7 +61,7 @@ def main() -> int:
     ok = True
 
     print(f"\nbatch windows, {args.rows:,} quotes, whole command timed (start-up included)")
-    print(f"{'run':<46} {'wall s':>8} {'rows/s':>10} {'RSS MB':>8}")
+    print(f"{'run':<52} {'wall s':>8} {'rows/s':>10} {'RSS MB':>8}")
     print(row(pipeline("pipeline, no --window", args.rows, csv_path, workdir / "none")))
     for window in WINDOWS:
         beam_out, ref_out = workdir / f"beam_{window}", workdir / f"ref_{window}"
@@ -84,7 +84,7 @@ def main() -> int:
     metrics = json.loads((workdir / "small_stream" / "metrics.json").read_text())
     steps = metrics["stream_steps"]["watermark_steps"]
     ok &= metrics["balanced"]
-    print(f"{'run':<46} {'wall s':>8} {'rows/s':>10} {'RSS MB':>8}")
+    print(f"{'run':<52} {'wall s':>8} {'rows/s':>10} {'RSS MB':>8}")
     print(row(batch))
     print(row(stream, f"{steps:,} watermark steps, {stream.seconds / max(steps, 1):.3f} s/step"))
     print(f"panes {metrics['panes_by_timing']}, late_dropped {metrics['late_dropped']:,}, "

@@ -226,6 +226,7 @@ class _MetricsFn(beam.DoFn):
         checks = {name: balance(metrics, terms) for name, terms in self._balances.items()}
         metrics["balanced"] = all(checks.values())
         metrics.update({name: ok for name, ok in checks.items() if name != "balanced"})
+        metrics["balance_terms"] = self._balances
         for file_name, metric in self._metric_names.items():
             if summary[file_name]["tally"]:
                 metrics[self._tally_names.get(file_name, f"{metric}_by_reason")] = summary[file_name]["tally"]

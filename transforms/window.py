@@ -205,8 +205,8 @@ class _RouteLateFn(beam.DoFn):
 class _BucketFn(beam.DoFn):
     """Batch (no watermark, nothing late): a valid block -> pre-aggregated stats.
 
-    Fixed and sliding windows: ``((symbol, start, end), PaneStats)`` once per window of each
-    time bucket, to be combined by key. Sessions: ``(symbol, [Session, ...])``, the block's own
+    Fixed and sliding windows: ``((symbol, start, end), PaneStats)`` once per window the block
+    has quotes for, to be combined by key. Sessions: ``(symbol, [Session, ...])``, the block's own
     sessions, to be merged with the other blocks' by :class:`MergeSessionsFn`.
     """
 
@@ -221,9 +221,11 @@ class _BucketFn(beam.DoFn):
         if self._window.kind == "session":
             yield from block_sessions(self._window, buckets).items()
         else:
+            per_window: dict[tuple[str, int, int], PaneStats] = {}
             for (symbol, moment), stats in buckets.items():
                 for start, end in self._window.windows(moment):
-                    yield (symbol, start, end), stats
+                    per_window[(symbol, start, end)] = merge_stats(per_window.get((symbol, start, end)), stats)
+            yield from per_window.items()
         self._windowed.inc(batch.num_rows)
         yield _counts(Counter(windowed_quotes=batch.num_rows))
 

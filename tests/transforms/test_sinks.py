@@ -8,7 +8,7 @@ import apache_beam as beam
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from transforms.blocks import TextChunk
-from transforms.sinks import PartFile, WriteOrderedText, WriteRunMetrics, balance, publish
+from transforms.sinks import MergeCounts, PartFile, WriteOrderedText, WriteRunMetrics, balance, publish
 
 
 def part(tmp_path, name, seq, text, keyed=False, tally=()):
@@ -75,7 +75,27 @@ def test_write_ordered_text_and_metrics_in_a_pipeline(tmp_path):
     assert (out / "m.log").read_text() == "0\n1\n2\n3\n"
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics == {"records_in": 4, "mids": 4, "dead": 0, "balanced": True, "files": 1, "extra": 1,
-                       "run_seconds": 2.5}
+                       "run_seconds": 2.5, "balance_terms": {"balanced": ["mids", "dead"]}}
+
+
+def test_metrics_with_two_balances_name_the_one_that_fails(tmp_path, caplog):
+    out = tmp_path / "out"
+    with beam.Pipeline(runner=FnApiRunner()) as p:
+        mids = p | "Mids" >> beam.Create([TextChunk(0, b"a\nb\nc\n", 3)])
+        panes = p | "Panes" >> beam.Create([TextChunk(0, b"w\n", 1, (("ON_TIME", 1),))])
+        counts = p | "Counts" >> beam.Create([{"records_in": 3, "quotes_in_panes": 2}, {"quotes_in_panes": 0}])
+        merged = counts | beam.CombineGlobally(MergeCounts())
+        summary = {"m.log": mids, "w.jsonl": panes} | WriteOrderedText(str(out), "run3")
+        _ = summary | WriteRunMetrics(
+            str(out), merged, {"m.log": "mids", "w.jsonl": "panes"}, {},
+            balances={"balanced": ["mids"], "windows_balanced": ["quotes_in_panes"]},
+            tally_names={"w.jsonl": "panes_by_timing"},
+        )
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["panes_by_timing"] == {"ON_TIME": 1}
+    assert metrics["quotes_in_panes"] == 2  # the count dicts were added up
+    assert metrics["windows_balanced"] is False and metrics["balanced"] is False
+    assert "windows_balanced" in caplog.text and "quotes_in_panes 2" in caplog.text
 
 
 def test_balance():
