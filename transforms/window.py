@@ -16,9 +16,11 @@ at the watermark and a late pane per late quote; early panes by count or process
 optional. ``PanesToText`` and ``LateToText`` turn the outputs into ``windows.jsonl`` and
 ``late.jsonl`` chunks for :class:`transforms.sinks.WriteOrderedText`.
 
-Run it on a streaming runner to see panes fire while data flows; on a batch runner every quote
-is on time and each window fires once, ON_TIME. Locally, ``--streaming`` runs it on the
-BundleBasedDirectRunner (see :mod:`transforms.stream_replay` for the historical replay).
+Run it on a streaming runner to see panes fire while data flows; locally, ``--streaming`` runs
+it on the BundleBasedDirectRunner (see :mod:`transforms.stream_replay` for the historical
+replay). ``WindowQuoteBlocks`` is the pipeline's entry: from valid quote blocks, through
+``StampQuotes`` and ``WindowQuotes`` when streaming, or, in batch, where every window fires one
+ON_TIME pane, through per-block pre-aggregation and a keyed combine (same panes, far cheaper).
 """
 
 from __future__ import annotations

@@ -18,7 +18,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import pyarrow as pa
-import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
