@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import uuid
@@ -30,6 +31,8 @@ from transforms.sinks import MergeCounts, WriteOrderedText, WriteRunMetrics, whe
 from transforms.window import LateToText, PanesToText, WindowQuoteBlocks
 from transforms.windowing import duration_text
 
+LOG = logging.getLogger(__name__)
+
 #: Output file -> the metrics.json count of its lines. records_in must equal their sum.
 OUTPUTS = {
     "mid_prices.log": "mid_prices",
@@ -41,6 +44,11 @@ WINDOW_OUTPUTS = {
     "windows.jsonl": "windows_emitted",
     "late.jsonl": "late_dropped",
 }
+
+
+#: What one step of a streaming replay costs on the BundleBasedDirectRunner (2 cores, measured by
+#: benchmarks/window_throughput.py): only used to tell the user how long to expect.
+SECONDS_PER_STEP = 0.25
 
 
 class InputError(ValueError):
@@ -113,6 +121,11 @@ def build_pipeline(
         )
         replay = pipeline | "ReplayHistoricalStream" >> ReplayAsStream(plan, sources)
         stream_steps = {"row_slices": plan.row_steps, "watermark_steps": plan.watermark_steps}
+        LOG.info(
+            "streaming replay: %s row slices and %s watermark steps; the local runner takes about %.2f s "
+            "a step (2 cores), so expect roughly %.0f s",
+            plan.row_steps, plan.watermark_steps, SECONDS_PER_STEP, SECONDS_PER_STEP * plan.row_steps,
+        )
     else:
         replay = pipeline | "ReplayHistorical" >> ReplayHistorical(
             sources,
