@@ -220,7 +220,12 @@ def decimal_text(unscaled: int, scale: int) -> str:
 
 def mid_text(bid: int, ask: int, scale: int) -> str:
     """``0.5 * (bid + ask)`` for prices scaled by ``10**scale``, exact (one more decimal place)."""
-    return decimal_text((bid + ask) * 5, scale + 1)
+    return half_text(bid + ask, scale)
+
+
+def half_text(doubled: int, scale: int) -> str:
+    """``0.5 * doubled`` for a value scaled by ``10**scale`` (a mid kept as ``bid + ask``), exact."""
+    return decimal_text(doubled * 5, scale + 1)
 
 
 def mid_line(timestamp_text: str, mid: str) -> str:

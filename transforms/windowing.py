@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import NamedTuple, Sequence
 
-from transforms.quotes import decimal_text, format_timestamp
+from transforms.quotes import decimal_text, format_timestamp, half_text
 
 KINDS = ("fixed", "sliding", "session")
 ACCUMULATION_MODES = ("discarding", "accumulating")
@@ -505,10 +505,6 @@ def iso_utc(micros: int) -> str:
     return format_timestamp(micros).replace(" ", "T") + "Z"
 
 
-def _number(text: str) -> "_Raw":
-    return _Raw(text)
-
-
 class _Raw(str):
     """A decimal text to be written into JSON as a number literal, digit for digit."""
 
@@ -534,7 +530,7 @@ def pane_json(pane: Pane, scale: int) -> str:
     stats = pane.stats
 
     def mid(doubled: int) -> _Raw:
-        return _number(decimal_text(doubled * 5, scale + 1))
+        return _Raw(half_text(doubled, scale))
 
     return _json(
         {
@@ -548,8 +544,8 @@ def pane_json(pane: Pane, scale: int) -> str:
             "high": mid(stats.high2),
             "low": mid(stats.low2),
             "close": mid(stats.close2),
-            "mean_spread": _number(mean_text(stats.spread_sum, stats.count, scale)),
-            "max_spread": _number(decimal_text(stats.spread_max, scale)),
+            "mean_spread": _Raw(mean_text(stats.spread_sum, stats.count, scale)),
+            "max_spread": _Raw(decimal_text(stats.spread_max, scale)),
             "first_quote": iso_utc(stats.first[0]),
             "last_quote": iso_utc(stats.last[0]),
         }
@@ -582,8 +578,8 @@ def late_json(quote: StampedQuote, source: str, config: WindowConfig, scale: int
             "watermark": iso_utc(quote.watermark_us),
             "window_end": iso_utc(config.window.last_end(quote.event_us)),
             "deadline": iso_utc(config.deadline(quote.event_us)),
-            "bid": _number(decimal_text(quote.bid, scale)),
-            "ask": _number(decimal_text(quote.ask, scale)),
+            "bid": _Raw(decimal_text(quote.bid, scale)),
+            "ask": _Raw(decimal_text(quote.ask, scale)),
             "reason": late_reason(quote, config),
         }
     )
