@@ -253,3 +253,21 @@ def test_batch_windows_identical_to_the_plain_python_reference(window, tmp_path)
     assert files["windows.jsonl"] == (tmp_path / "ref" / "windows.jsonl").read_text()
     assert files["windows.jsonl"].count("\n") > 50
     assert files["metrics"]["windows_balanced"]
+
+
+def test_streaming_without_windows_writes_what_batch_writes(late_data, tmp_path):
+    stream = run(tmp_path, late_data, "--streaming", name="stream")
+    batch = run(tmp_path, late_data, name="batch")
+    assert {k: v for k, v in stream.items() if k != "metrics"} == {k: v for k, v in batch.items() if k != "metrics"}
+    assert stream["metrics"]["stream_steps"]["watermark_steps"] == 0  # no windows: nothing for it to decide
+    assert stream["metrics"]["balanced"] and "windows_balanced" not in stream["metrics"]
+
+
+def test_streaming_replay_of_a_file_with_no_quotes(tmp_path):
+    empty = tmp_path / "empty.csv"
+    empty.write_text("timestamp,symbol,bid,ask,latency\n")
+    files = run(tmp_path, empty, "--streaming", *WINDOW_ARGS)
+    assert {name: text for name, text in files.items() if name != "metrics"} == {
+        name: "" for name in ("mid_prices.log", "errors.log", "dead_letter.jsonl", "windows.jsonl", "late.jsonl")
+    }
+    assert files["metrics"]["records_in"] == 0 and files["metrics"]["balanced"]
