@@ -462,3 +462,39 @@ def test_open_and_close_follow_event_time_not_arrival_order():
     with streaming_pipeline() as p:
         out = p | s.done() | WindowQuotes(config("fixed:1s", accumulation="accumulating", lateness_us=2 * S))
         assert_panes(out["panes"], {win(0, S): [on_time, late1, late2]})
+
+
+# --------------------------------------------------------------------------- portability
+
+
+@pytest.mark.parametrize(
+    "spec, urn",
+    [
+        ("fixed:1s", "beam:window_fn:fixed_windows:v1"),
+        ("sliding:10s,1s", "beam:window_fn:sliding_windows:v1"),
+        ("session:500ms", "beam:window_fn:session_windows:v1"),
+    ],
+)
+@pytest.mark.parametrize("trigger, early", [("watermark", None), ("early:100", "element_count"), ("early:2s", "after_processing_time")])
+def test_windowing_is_standard_runner_api_that_flink_and_dataflow_understand(spec, urn, trigger, early):
+    # Flink and Dataflow run the grouping themselves: the window fn and trigger must be Beam's
+    # standard protos, not pickled Python. A Python-only WindowFn or a float trigger delay (the
+    # early:500ms bug) would fail or fall back to pickling here.
+    from apache_beam.portability.api import beam_runner_api_pb2
+
+    p = beam.Pipeline(options=PipelineOptions(streaming=True))
+    _ = p | beam.Create([]) | WindowQuotes(config(spec, trigger=trigger, accumulation="accumulating", lateness_us=2 * S))
+    components = p.to_runner_api().components
+    (window_into,) = [t for t in components.transforms.values() if t.unique_name.endswith("WindowQuotes/Window")]
+    (output,) = window_into.outputs.values()
+    strategy = components.windowing_strategies[components.pcollections[output].windowing_strategy_id]
+    assert strategy.window_fn.urn == urn
+    assert strategy.allowed_lateness == 2000  # milliseconds
+    assert strategy.accumulation_mode == beam_runner_api_pb2.AccumulationMode.ACCUMULATING
+    after_end = strategy.trigger.after_end_of_window
+    # Beam stores the repeated sub-triggers of AfterWatermark unwrapped (they repeat by definition).
+    assert after_end.late_firings.element_count.element_count == 1
+    if early is None:
+        assert not after_end.HasField("early_firings")
+    else:
+        assert after_end.early_firings.WhichOneof("trigger") == early
