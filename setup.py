@@ -24,6 +24,8 @@ setup(
         # both come with apache-beam already, pinned here because the code uses them directly.
         "pyarrow>=14",
         "numpy>=1.26",
+        # The development quote feed (python -m beam_pipeline.feed) and the live source speak websockets.
+        "websockets>=14",
     ],
     extras_require={"test": ["pytest>=8", "hypothesis>=6.100"]},
 )
