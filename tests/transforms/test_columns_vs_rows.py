@@ -14,7 +14,6 @@ integer digits, a BOM opening a block) were fixed; ``TestRegressions`` pins them
 from __future__ import annotations
 
 import math
-import re
 from datetime import datetime, timedelta, timezone
 from unittest import mock
 
