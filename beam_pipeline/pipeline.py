@@ -134,9 +134,7 @@ def build_pipeline(
             show_progress=config.progress == "auto",
         )
     normalized = replay["blocks"] | "NormalizeQuotes" >> NormalizeQuotes(rules)
-    priced = normalized.valid | "ComputeMidPrices" >> ComputeMidPrices(
-        config.latency_threshold_ms, mode="historical", scale=scale
-    )
+    priced = normalized.valid | "ComputeMidPrices" >> ComputeMidPrices(config.latency_threshold_ms, scale=scale)
     outputs = {
         "mid_prices.log": priced.mid_prices,
         "errors.log": priced.errors,

@@ -5,7 +5,7 @@
 
 * ``mid_prices``: ``YYYY-MM-DD HH:MM:SS.fff, <mid>`` per quote, the mid exact and without
   trailing zeros (bid 1.1, ask 1.2 -> ``1.15``);
-* ``errors`` (historical mode): ``No mid price at <timestamp> as latency <L>ms is bigger than
+* ``errors`` (historical quotes only): ``No mid price at <timestamp> as latency <L>ms is bigger than
   <T>ms`` instead of a mid for every quote whose latency is strictly greater than the threshold.
 """
 
@@ -21,16 +21,19 @@ from apache_beam.metrics import Metrics
 
 from transforms import columns
 from transforms.blocks import QuoteBlock, TextChunk
+from transforms.replay import HISTORICAL
 
-MODES = ("historical", "live")
 ERRORS = "errors"
 
 
 def split_by_latency(valid: pa.RecordBatch, threshold_ms: int | None) -> np.ndarray:
-    """Mask of quotes filtered out for latency (``latency > threshold``; no latency is never late)."""
+    """Mask of quotes filtered out for latency: historical ones with ``latency > threshold``.
+
+    A live quote is never filtered, nor is a quote without a latency.
+    """
     if threshold_ms is None:
         return np.zeros(valid.num_rows, dtype=bool)
-    late = pc.greater(valid.column("latency"), threshold_ms)
+    late = pc.and_(pc.greater(valid.column("latency"), threshold_ms), pc.equal(valid.column("mode"), HISTORICAL))
     return pc.fill_null(late, False).to_numpy(zero_copy_only=False)
 
 
@@ -80,18 +83,16 @@ class ComputeMidPrices(beam.PTransform):
     """Valid quote blocks -> ``mid_prices`` and ``errors`` TextChunks.
 
     Args:
-        latency_threshold_ms: in historical mode, quotes with a greater latency go to ``errors``.
-        mode: ``historical`` applies the latency filter; ``live`` does not.
+        latency_threshold_ms: historical quotes (``mode`` column) with a greater latency go to
+            ``errors``; live quotes are never filtered. None: no filter at all.
         scale: the prices' decimal scale (from the schema).
     """
 
-    def __init__(self, latency_threshold_ms: int, mode: str = "historical", scale: int = 8):
+    def __init__(self, latency_threshold_ms: int | None, scale: int = 8):
         super().__init__()
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if latency_threshold_ms < 0:
+        if latency_threshold_ms is not None and latency_threshold_ms < 0:
             raise ValueError(f"latency_threshold_ms must be >= 0, got {latency_threshold_ms}")
-        self._threshold_ms = latency_threshold_ms if mode == "historical" else None
+        self._threshold_ms = latency_threshold_ms
         self._scale = scale
 
     def expand(self, valid_blocks):

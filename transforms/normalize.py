@@ -41,6 +41,7 @@ VALID_SCHEMA = pa.schema(
         pa.field("ask", pa.int64()),
         pa.field("bid_size", pa.float64()),
         pa.field("ask_size", pa.float64()),
+        pa.field("mode", pa.string()),
     ]
 )
 
@@ -100,6 +101,7 @@ def normalize_batch(batch: pa.RecordBatch, prices: PriceRule) -> tuple[pa.Record
             pa.array(ask),
             pa.array(bid_size, from_pandas=True),
             pa.array(ask_size, from_pandas=True),
+            rows.column("mode"),
         ],
         schema=VALID_SCHEMA,
     )

@@ -37,6 +37,8 @@ REJECT_CODES = {
     "missing_latency": "the latency field is empty",
     "bad_latency": "the latency is not a whole, non-negative number of milliseconds",
     "out_of_order": "the row arrives before rows already replayed (input not sorted by timestamp)",
+    "bad_json": "a live message is not a JSON object (cut short, not JSON, or not an object)",
+    "bad_field": "a live message's quote field is not a string or a number",
 }
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)

@@ -31,8 +31,14 @@ BLOCK_SCHEMA = pa.schema(
         pa.field("latency", pa.int64()),
         pa.field("arrival_us", pa.int64()),
         pa.field("reject", pa.string()),
+        pa.field("mode", pa.string()),
     ]
 )
+
+#: The ``mode`` column: where a record comes from. The latency filter applies to historical ones only.
+HISTORICAL = "historical"
+LIVE = "live"
+MODES = (HISTORICAL, LIVE)
 
 DEFAULT_BLOCK_BYTES = 1 << 20
 
@@ -162,6 +168,7 @@ class HistoricalReplay:
                 pa.array(latency, mask=bad) if cursor.layout.has("latency_ms") else pa.nulls(count, pa.int64()),
                 pa.array(arrival_us, mask=bad),
                 _reason_column(count, reasons),
+                mode_column(HISTORICAL, count),
             ],
             schema=BLOCK_SCHEMA,
         )
@@ -182,6 +189,11 @@ class HistoricalReplay:
         return max(cursor.newest_us, int(earlier.max())) if len(earlier) else cursor.newest_us
 
 
+def mode_column(mode: str, count: int) -> pa.Array:
+    """The ``mode`` column of ``count`` records from one source."""
+    return pa.repeat(pa.scalar(mode, type=pa.string()), count)
+
+
 def _reason_column(count: int, reasons: dict[int, str]) -> pa.Array:
     if not reasons:
         return pa.nulls(count, pa.string())
@@ -198,6 +210,7 @@ def _unsplit_rows(file_index: int, lines: list[int], raws: list[str], reasons: l
         "line": pa.array(lines, type=pa.int64()),
         "raw": pa.array(raws, type=pa.string()),
         "reject": pa.array(reasons, type=pa.string()),
+        "mode": mode_column(HISTORICAL, count),
     }
     return pa.RecordBatch.from_arrays(
         [arrays.get(f.name, pa.nulls(count, f.type)) for f in BLOCK_SCHEMA], schema=BLOCK_SCHEMA

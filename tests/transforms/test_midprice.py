@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
 from tests.conftest import WORKED_EXAMPLE
 from transforms.midprice import ComputeMidPrices, latency_error_text, mid_price_text, split_by_latency
 from transforms.normalize import normalize_batch, price_rule
-from transforms.replay import HistoricalReplay
+from transforms.replay import HISTORICAL, LIVE, HistoricalReplay, mode_column
 from schemas import field_rules, load_schema
 
 PRICES = price_rule(field_rules(load_schema("quote")))
@@ -28,10 +29,21 @@ def test_threshold_is_strictly_greater(threshold, late_lines):
     assert valid.filter(pa.array(late)).column("line").to_pylist() == late_lines
 
 
-def test_live_mode_filters_nothing():
+def test_no_threshold_filters_nothing():
     valid = valid_rows(WORKED_EXAMPLE)
     assert not split_by_latency(valid, None).any()
-    assert ComputeMidPrices(20, mode="live")._threshold_ms is None
+
+
+def test_live_quotes_are_never_filtered_even_when_late():
+    valid = valid_rows(WORKED_EXAMPLE)
+    live = valid.set_column(valid.schema.get_field_index("mode"), "mode", mode_column(LIVE, valid.num_rows))
+    assert split_by_latency(valid, 20).any()
+    assert not split_by_latency(live, 20).any()
+    # Only the historical half of a mixed block is filtered.
+    modes = [HISTORICAL if i % 2 == 0 else LIVE for i in range(valid.num_rows)]
+    mixed = valid.set_column(valid.schema.get_field_index("mode"), "mode", pa.array(modes))
+    expected = split_by_latency(valid, 20) & (np.arange(valid.num_rows) % 2 == 0)
+    assert split_by_latency(mixed, 20).tolist() == expected.tolist()
 
 
 def test_quotes_without_latency_are_never_filtered():
@@ -54,7 +66,5 @@ def test_timestamps_print_milliseconds_or_microseconds_in_utc():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="mode"):
-        ComputeMidPrices(20, mode="sometimes")
     with pytest.raises(ValueError, match="latency_threshold_ms"):
         ComputeMidPrices(-1)
