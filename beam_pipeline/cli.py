@@ -10,16 +10,21 @@ import argparse
 import json
 import logging
 import os
+import socket
 import sys
 import time
 import traceback
-from typing import Sequence
+import uuid
+from contextlib import ExitStack, contextmanager
+from typing import Iterator, Sequence
+from urllib.parse import urlsplit
 
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, _BeamArgumentParser
 
 from beam_pipeline import options as options_module
-from beam_pipeline.options import QuoteOptions
+from beam_pipeline.control import ControlServer, start_stdin_commands, stop_on_signals
+from beam_pipeline.options import LIVE_SOURCES, QuoteOptions
 from beam_pipeline.pipeline import (
     OUTPUTS,
     WINDOW_OUTPUTS,
@@ -31,6 +36,7 @@ from beam_pipeline.pipeline import (
 )
 from runners import RunnerError, is_direct, make_runner
 from schemas import SchemaError
+from transforms.modes import ModeError, PositionStore, forget_run, run_control
 from transforms.sinks import balance
 
 LOG = logging.getLogger("beam_pipeline")
@@ -101,8 +107,16 @@ def _summary(output_dir: str, metrics: dict) -> str:
         ok = "balance" if balance(metrics, terms) else "DO NOT BALANCE"
         return f"{ok}: {metrics['records_in']:,} in = {parts}"
 
+    source = metrics.get("source", "historical")
+    if source == "live":
+        origin = f"from the live feed {metrics['live_url']}"
+    elif source == "replay":
+        origin = (f"from {len(metrics['inputs'])} file(s) ({metrics.get('historical_records', 0):,}) "
+                  f"and the live feed {metrics['live_url']} ({metrics.get('live_records', 0):,})")
+    else:
+        origin = f"from {len(metrics['inputs'])} file(s)"
     lines = [
-        f"Replayed {metrics['records_in']:,} quotes from {len(metrics['inputs'])} file(s) "
+        f"{'Replayed' if source == 'historical' else 'Read'} {metrics['records_in']:,} quotes {origin} "
         f"in {metrics['run_seconds']:.1f} s{' (streaming)' if metrics.get('streaming') else ''}",
         row("mid_prices", f"{metrics['mid_prices']:,} mid prices"),
         row("latency_filtered",
@@ -123,6 +137,37 @@ def _summary(output_dir: str, metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def check_live(config: QuoteOptions, sources: Sequence[str]) -> None:
+    """What a live run needs before it starts: a local output folder, a reachable feed, and saved
+    replay state (if any) that belongs to these inputs. Raises UsageError or ModeError."""
+    if FileSystems.get_scheme(config.output_dir) is not None:
+        raise UsageError(f"--output_dir {config.output_dir}: a live run appends to local files only")
+    parts = urlsplit(config.live_url)
+    port = parts.port or (443 if parts.scheme == "wss" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=5).close()
+    except OSError as exc:
+        raise UsageError(f"--live_url {config.live_url}: cannot connect ({exc})") from None
+    if config.source == "replay" and config.state_dir:
+        PositionStore(config.state_dir, sources).load()
+
+
+@contextmanager
+def steering(config: QuoteOptions, run_id: str) -> Iterator[None]:
+    """For a live run: signals stop it; for a replay, the control endpoint and stdin switch it."""
+    if config.source not in LIVE_SOURCES:
+        yield
+        return
+    control = run_control(run_id)
+    with stop_on_signals(control), ExitStack() as stack:
+        if config.source == "replay":
+            if config.control_port is not None:
+                server = stack.enter_context(ControlServer(control, config.control_port))
+                print(f"{PROG}: control endpoint {server.url} (GET /status, POST /mode)", file=sys.stderr, flush=True)
+            start_stdin_commands(control)
+        yield
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
@@ -133,30 +178,46 @@ def main(argv: Sequence[str] | None = None) -> int:
         options = parse_options(argv)
         config = options.view_as(QuoteOptions)
         standard = options.view_as(StandardOptions)
-        problems = options_module.check(config, streaming=bool(standard.streaming))
-        if standard.streaming and not is_direct(standard.runner):
+        live = config.source in LIVE_SOURCES
+        problems = options_module.check(config, streaming=live or bool(standard.streaming))
+        if live and not is_direct(standard.runner):
+            problems.append(
+                f"--source {config.source} runs on the DirectRunner here (got --runner {standard.runner}): "
+                "its stop signal, control endpoint and file sink live in this process"
+            )
+        elif standard.streaming and not is_direct(standard.runner):
             problems.append(
                 f"--streaming replays history through Beam's TestStream, which only the DirectRunner runs "
                 f"(got --runner {standard.runner}); on Flink or Dataflow, WindowQuotes reads a real unbounded source"
             )
         if problems:
             raise UsageError("; ".join(problems))
-        sources = expand_inputs(config.input or bundled_sample())
+        sources = [] if config.source == "live" else expand_inputs(config.input or bundled_sample())
         check_headers(sources)
-        runner = make_runner(options)
+        if live:
+            check_live(config, sources)
+            standard.streaming = True  # an unbounded source: say so to the runner
+        runner = make_runner(options, unbounded_source=live)
         prepare_output_dir(config.output_dir)  # the last check: a usage error leaves no folder behind
-        pipeline = build_pipeline(options, sources, runner=runner, started_at=started_at)
-    except (UsageError, InputError, RunnerError, SchemaError) as exc:
+        run_id = uuid.uuid4().hex[:12]
+        pipeline = build_pipeline(options, sources, runner=runner, run_id=run_id, started_at=started_at)
+    except (UsageError, InputError, RunnerError, SchemaError, ModeError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
 
-    LOG.info("replaying %d file(s) into %s", len(sources), config.output_dir)
+    if live:
+        LOG.info("reading %s into %s until the feed ends or SIGINT/SIGTERM", config.source, config.output_dir)
+    else:
+        LOG.info("replaying %d file(s) into %s", len(sources), config.output_dir)
     try:
-        pipeline.run().wait_until_finish()
+        with steering(config, run_id):
+            pipeline.run().wait_until_finish()
     except Exception as exc:  # the run itself failed: show why, with the trace for a bug report
         traceback.print_exc()
         print(f"{PROG}: run failed: {exc}", file=sys.stderr)
         return 1
+    finally:
+        forget_run(run_id)
     with FileSystems.open(FileSystems.join(config.output_dir, "metrics.json")) as stream:
         metrics = json.load(stream)
     print(_summary(config.output_dir, metrics))

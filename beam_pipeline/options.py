@@ -15,7 +15,9 @@ from transforms.windowing import (
     parse_window,
 )
 
-SOURCES = ("historical",)
+SOURCES = ("historical", "live", "replay")
+#: Sources that read the live feed: unbounded, run until the feed ends or SIGINT/SIGTERM.
+LIVE_SOURCES = ("live", "replay")
 JOBS = ("quotes",)
 
 
@@ -29,7 +31,9 @@ class QuoteOptions(PipelineOptions):
         )
         parser.add_argument(
             "--source", default="historical", choices=SOURCES,
-            help="where quotes come from (default: historical)",
+            help="where quotes come from: historical (--input, in arrival order), live (the websocket "
+            "feed at --live_url) or replay (history, switchable to live and back while running; "
+            "default: historical)",
         )
         parser.add_argument(
             "--input", default=None,
@@ -51,6 +55,21 @@ class QuoteOptions(PipelineOptions):
         parser.add_argument(
             "--progress", default="auto", choices=("auto", "off"),
             help="print a progress line on stderr for runs longer than a few seconds (default: auto)",
+        )
+        live = parser.add_argument_group("live feed and replay (--source live or replay)")
+        live.add_argument("--live_url", default=None, help="the websocket quote feed, ws://HOST:PORT/PATH")
+        live.add_argument(
+            "--control_port", type=int, default=None,
+            help="--source replay: serve GET /status and POST /mode on 127.0.0.1 at this port "
+            "(0: any free port, printed at start; default: no endpoint, stdin commands only)",
+        )
+        live.add_argument(
+            "--state_dir", default=None,
+            help="--source replay: keep the replay position here, so a restarted run resumes (default: not kept)",
+        )
+        live.add_argument(
+            "--replay_rate", type=float, default=0.0,
+            help="--source replay: historical quotes per second (default: 0, as fast as possible)",
         )
         windowing = parser.add_argument_group("event-time windows (windows.jsonl, late.jsonl)")
         windowing.add_argument(
@@ -125,4 +144,26 @@ def check(options: QuoteOptions, streaming: bool = False) -> list[str]:
         problems.append(f"--block_bytes must be at least 1024, got {options.block_bytes}")
     if not options.output_dir.strip():
         problems.append("--output_dir must not be empty")
+    problems += _live_problems(options)
+    return problems
+
+
+def _live_problems(options: QuoteOptions) -> list[str]:
+    live = options.source in LIVE_SOURCES
+    if live and not options.live_url:
+        return [f"--source {options.source} needs --live_url ws://HOST:PORT/PATH"]
+    if live and not options.live_url.startswith(("ws://", "wss://")):
+        return [f"--live_url must start with ws:// or wss://, got {options.live_url!r}"]
+    problems = []
+    if options.live_url and not live:
+        problems.append("--live_url needs --source live or --source replay")
+    replay_only = [flag for flag in ("control_port", "state_dir") if getattr(options, flag) is not None]
+    if options.replay_rate:
+        replay_only.append("replay_rate")
+    if options.source != "replay" and replay_only:
+        problems.append(f"--{replay_only[0]} needs --source replay")
+    if options.control_port is not None and not 0 <= options.control_port <= 65535:
+        problems.append(f"--control_port must be from 0 to 65535, got {options.control_port}")
+    if options.replay_rate < 0:
+        problems.append(f"--replay_rate must not be negative, got {options.replay_rate:g}")
     return problems

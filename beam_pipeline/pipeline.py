@@ -3,8 +3,8 @@
 ::
 
     ReplayHistorical -> NormalizeQuotes -> ComputeMidPrices -----------------> WriteOutputs -> WriteMetrics
-    (or, --streaming,          |  \\------------- dead letters ----------------/
-     ReplayAsStream)           \\-> WindowQuoteBlocks -> panes, late ----------/   (with --window)
+    (--streaming: ReplayAsStream;  |  \\------------- dead letters ----------------/  (live: AppendOutputs)
+     live, replay: ReadFeed)       \\-> WindowQuoteBlocks -> panes, late ----------/   (with --window)
 """
 
 from __future__ import annotations
@@ -20,14 +20,17 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from beam_pipeline.options import QuoteOptions, watermark_lag, window_config
+from beam_pipeline.options import LIVE_SOURCES, QuoteOptions, watermark_lag, window_config
 from runners import make_runner
 from schemas import field_rules, load_schema
 from transforms.csv_blocks import HeaderError, read_header
-from transforms.fetch import ReplayAsStream, ReplayHistorical, plan_stream_replay
+from transforms.feeds import HistoricalFeed, QuoteFeed
+from transforms.fetch import ReadFeed, ReplayAsStream, ReplayHistorical, plan_stream_replay
+from transforms.live import LiveFeed
 from transforms.midprice import ComputeMidPrices
 from transforms.normalize import NormalizeQuotes, price_rule
-from transforms.sinks import MergeCounts, WriteOrderedText, WriteRunMetrics, when_input_ends
+from transforms.modes import SwitchingFeed
+from transforms.sinks import AppendText, MergeCounts, WriteOrderedText, WriteRunMetrics, when_input_ends
 from transforms.window import LateToText, PanesToText, WindowQuoteBlocks
 from transforms.windowing import duration_text
 
@@ -49,6 +52,17 @@ WINDOW_OUTPUTS = {
 #: What one step of a streaming replay costs on the BundleBasedDirectRunner (2 cores, measured by
 #: benchmarks/window_throughput.py): only used to tell the user how long to expect.
 SECONDS_PER_STEP = 0.25
+
+#: Rows per block of a switchable replay: small enough that a mode switch takes effect promptly.
+REPLAY_BLOCK_ROWS = 500
+
+
+def replay_block_rows(rate: float) -> int:
+    """Rows per block of a replay at ``rate`` quotes/s: about 50 ms of quotes, at most
+    :data:`REPLAY_BLOCK_ROWS` (0: unpaced)."""
+    if not rate:
+        return REPLAY_BLOCK_ROWS
+    return max(1, min(REPLAY_BLOCK_ROWS, int(rate / 20)))
 
 
 class InputError(ValueError):
@@ -94,23 +108,36 @@ def build_pipeline(
 ) -> beam.Pipeline:
     """The quotes pipeline for ``options``; ``sources`` defaults to expanding ``--input``.
 
-    With ``--streaming`` the input files are read now, to plan the streaming replay (see
-    :func:`transforms.fetch.plan_stream_replay`).
+    With ``--streaming`` and historical input, the input files are read now, to plan the
+    streaming replay (see :func:`transforms.fetch.plan_stream_replay`). With ``--source live``
+    or ``replay`` the source is unbounded; its run id (``run_id``) names the
+    :class:`transforms.modes.RunControl` that stops it and switches its mode.
     """
     config = options.view_as(QuoteOptions)
-    streaming = bool(options.view_as(StandardOptions).streaming)
+    live = config.source in LIVE_SOURCES
+    streaming = live or bool(options.view_as(StandardOptions).streaming)
     windowing = window_config(config, streaming)
     lag_us = watermark_lag(config) if streaming else None
-    if sources is None:
+    if sources is None and config.source != "live":
         sources = expand_inputs(config.input or bundled_sample())
+    sources = list(sources or [])
     rules = field_rules(load_schema("quote"))
     scale = price_rule(rules).scale
     run_id = run_id or uuid.uuid4().hex[:12]
     started_at = time.time() if started_at is None else started_at
     default_symbol = config.symbol.strip()
+    extra = {
+        "source": config.source,
+        "latency_threshold_ms": config.latency_threshold_ms,
+        "inputs": list(sources),
+        "streaming": streaming,
+    }
 
-    pipeline = beam.Pipeline(runner=runner or make_runner(options), options=options)
-    if streaming:
+    pipeline = beam.Pipeline(runner=runner or make_runner(options, unbounded_source=live), options=options)
+    if live:
+        extra["live_url"] = config.live_url
+        replay = pipeline | "ReadFeed" >> ReadFeed(live_feed(config, sources, run_id), run_id=run_id, lag_us=lag_us)
+    elif streaming:
         plan = plan_stream_replay(
             sources,
             lag_us=lag_us,
@@ -120,7 +147,7 @@ def build_pipeline(
             block_bytes=config.block_bytes,
         )
         replay = pipeline | "ReplayHistoricalStream" >> ReplayAsStream(plan, sources)
-        stream_steps = {"row_slices": plan.row_steps, "watermark_steps": plan.watermark_steps}
+        extra["stream_steps"] = {"row_slices": plan.row_steps, "watermark_steps": plan.watermark_steps}
         LOG.info(
             "streaming replay: %s row slices and %s watermark steps; the local runner takes about %.2f s "
             "a step (2 cores), so expect roughly %.0f s",
@@ -142,13 +169,13 @@ def build_pipeline(
     }
     metric_names = dict(OUTPUTS)
     balances = {"balanced": list(OUTPUTS.values())}
-    extra = {"latency_threshold_ms": config.latency_threshold_ms, "inputs": list(sources), "streaming": streaming}
     counts = replay["counts"]
     if windowing:
         windowed = normalized.valid | "WindowQuotes" >> WindowQuoteBlocks(windowing, lag_us)
         panes = windowed["panes"] | "PanesToText" >> PanesToText(scale, windowing.accumulation)
         outputs["windows.jsonl"] = panes["chunks"]
-        outputs["late.jsonl"] = windowed["late"] | "LateToText" >> LateToText(sources, windowing, scale)
+        late_sources = sources if not live else [*sources, config.live_url]
+        outputs["late.jsonl"] = windowed["late"] | "LateToText" >> LateToText(late_sources, windowing, scale)
         metric_names.update(WINDOW_OUTPUTS)
         in_panes = "quotes_in_panes" if windowing.accumulation == "discarding" else "windowed_quotes"
         balances["windows_balanced"] = [in_panes, "late_dropped", "dead_lettered"]
@@ -159,12 +186,13 @@ def build_pipeline(
             | "MergeCounts" >> beam.CombineGlobally(MergeCounts()).without_defaults()
         )
         extra["windowing"] = windowing.as_dict()
-    if streaming:
-        extra["stream_steps"] = stream_steps
-        if windowing:
+        if streaming:
             extra["watermark_lag"] = duration_text(lag_us)
 
-    published = outputs | "WriteOutputs" >> WriteOrderedText(config.output_dir, run_id)
+    if live:
+        published = outputs | "AppendOutputs" >> AppendText(config.output_dir)
+    else:
+        published = outputs | "WriteOutputs" >> WriteOrderedText(config.output_dir, run_id)
     _ = published | "WriteMetrics" >> WriteRunMetrics(
         config.output_dir,
         counts,
@@ -175,3 +203,19 @@ def build_pipeline(
         tally_names={"windows.jsonl": "panes_by_timing"},
     )
     return pipeline
+
+
+def live_feed(config: QuoteOptions, sources: Sequence[str], run_id: str) -> QuoteFeed:
+    """The feed of ``--source live`` or ``replay`` (see :mod:`transforms.modes`)."""
+    live = LiveFeed(config.live_url)
+    if config.source == "live":
+        return live
+    historical = HistoricalFeed(
+        sources,
+        default_symbol=config.symbol.strip(),
+        block_bytes=config.block_bytes,
+        open_file=FileSystems.open,
+        rate=config.replay_rate,
+        max_rows=replay_block_rows(config.replay_rate),
+    )
+    return SwitchingFeed(historical, live, run_id, state_dir=config.state_dir)

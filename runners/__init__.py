@@ -7,7 +7,10 @@ Beam falls back anyway. So this project maps ``DirectRunner`` itself:
 * batch (the default): the ``FnApiRunner``, Beam's fast in-process portable runner, exactly
   what the DirectRunner falls back to;
 * ``--streaming``: the ``BundleBasedDirectRunner``, the only local runner that applies
-  watermarks, triggers and allowed lateness (and runs ``TestStream``).
+  watermarks, triggers and allowed lateness (and runs ``TestStream``);
+* an unbounded source (the live feed): the ``FnApiRunner`` again, which runs a splittable DoFn
+  that never returns, with the stages fused after it processing each element as it comes (the
+  BundleBasedDirectRunner would wait for the source to checkpoint).
 
 Any other ``--runner`` name is handed to Beam unchanged (``PortableRunner``, ``DataflowRunner``,
 ...); later presets add their own checks here.
@@ -32,9 +35,9 @@ def is_direct(name: str | None) -> bool:
     return name is None or name.lower() in _DIRECT_LOWER
 
 
-def direct_runner(options: PipelineOptions) -> PipelineRunner:
+def direct_runner(options: PipelineOptions, unbounded_source: bool = False) -> PipelineRunner:
     """The local runner for these options (see the module docstring)."""
-    if options.view_as(StandardOptions).streaming:
+    if options.view_as(StandardOptions).streaming and not unbounded_source:
         from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
 
         return BundleBasedDirectRunner()
@@ -48,11 +51,12 @@ def direct_runner(options: PipelineOptions) -> PipelineRunner:
     return fn_runner.FnApiRunner(provision_info=info)
 
 
-def make_runner(options: PipelineOptions) -> PipelineRunner:
-    """The runner named by ``--runner`` (default ``DirectRunner``)."""
+def make_runner(options: PipelineOptions, unbounded_source: bool = False) -> PipelineRunner:
+    """The runner named by ``--runner`` (default ``DirectRunner``); ``unbounded_source``: the
+    pipeline reads a live feed (see the module docstring)."""
     name = options.view_as(StandardOptions).runner or "DirectRunner"
     if is_direct(name):
-        return direct_runner(options)
+        return direct_runner(options, unbounded_source)
     try:
         return create_runner(name)
     except (ValueError, ImportError, AttributeError) as exc:

@@ -17,21 +17,30 @@ on a streaming runner; it has the same two outputs.
 
 from __future__ import annotations
 
+import copy
 import logging
+import sys
+import uuid
 from typing import Iterator, Sequence
 
 import apache_beam as beam
 import pyarrow.compute as pc
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
+from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
+from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.testing.test_stream import TestStream
+from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
 
 from transforms.blocks import QuoteBlock, QuoteBlockCoder
+from transforms.feeds import HistoricalFeed, QuoteFeed
+from transforms.live import LiveFeed, newest_arrival
+from transforms.modes import run_control
 from transforms.progress import Progress
 from transforms.replay import DEFAULT_BLOCK_BYTES, HistoricalReplay
 from transforms.stream_replay import StreamPlan, plan_steps
-from transforms.windowing import WindowSpec
+from transforms.windowing import WindowSpec, watermark_after
 
 LOG = logging.getLogger(__name__)
 COUNTS = "counts"
@@ -57,20 +66,16 @@ class _ReplayFn(beam.DoFn):
         if self._show_progress:
             sizes = [m.size_in_bytes for r in FileSystems.match(list(sources)) for m in r.metadata_list]
             progress = Progress(sum(sizes))
-        replay = HistoricalReplay(
-            sources,
-            default_symbol=self._default_symbol,
-            block_bytes=self._block_bytes,
-            open_file=FileSystems.open,
-            on_block=progress.advance if progress else None,
+        feed = HistoricalFeed(
+            sources, default_symbol=self._default_symbol, block_bytes=self._block_bytes, open_file=FileSystems.open
         )
-        for seq, batch in enumerate(replay):
+        for seq, block in enumerate(feed.blocks(0, on_block=progress.advance if progress else None)):
             self._blocks.inc()
-            block = QuoteBlock(seq, batch, sources)
-            yield beam.window.TimestampedValue(block, block_timestamp(block))
+            quotes = QuoteBlock(seq, block.batch, sources)
+            yield beam.window.TimestampedValue(quotes, block_timestamp(quotes))
         if progress:
             progress.finish()
-        stats = replay.stats.as_dict()
+        stats = feed.stats()
         self._records.inc(stats["records_in"])
         LOG.info("replayed %s", stats)
         yield beam.pvalue.TaggedOutput(COUNTS, stats)
@@ -161,3 +166,129 @@ class ReplayAsStream(beam.PTransform):
         blocks = pbegin | "ReplayWithWatermarks" >> as_test_stream(self._plan, self._sources)
         counts = pbegin | "ReplayCounts" >> beam.Create([self._plan.stats])
         return {"blocks": blocks, "counts": counts}
+
+
+# --------------------------------------------------------------------------- unbounded feeds
+
+#: The end of an unbounded feed's range of positions (a feed ends by claiming the rest).
+END_OF_FEED = sys.maxsize
+
+
+class _FeedTracker(OffsetRestrictionTracker):
+    """Positions of a feed; splits only where the reader stands (a checkpoint), at a block boundary.
+
+    A fractional split could fall inside a block already fetched; refusing it keeps every
+    position read by exactly one reader.
+    """
+
+    def try_split(self, fraction_of_remainder):
+        if fraction_of_remainder > 0:
+            return None
+        return super().try_split(fraction_of_remainder)
+
+
+class _FeedPositions(RestrictionProvider):
+    def initial_restriction(self, start: int) -> OffsetRange:
+        return OffsetRange(start, END_OF_FEED)
+
+    def create_tracker(self, restriction: OffsetRange) -> _FeedTracker:
+        return _FeedTracker(restriction)
+
+    def restriction_size(self, start: int, restriction: OffsetRange) -> int:
+        return restriction.size()
+
+
+def next_watermark(current_us: int | None, batch, lag_us: int | float) -> int | None:
+    """The source watermark after a block: the newest arrival so far minus ``lag_us`` (whole ms)."""
+    newest = newest_arrival(batch)
+    if newest is None:
+        return current_us
+    candidate = watermark_after(newest, lag_us)
+    if candidate is None:
+        return current_us
+    return candidate if current_us is None else max(current_us, candidate)
+
+
+class _ReadFeedFn(beam.DoFn):
+    """A splittable DoFn over a feed's positions; runs until the feed ends or the run stops."""
+
+    def __init__(self, feed: QuoteFeed, run_id: str, lag_us: int | float):
+        self._feed = feed
+        self._run_id = run_id
+        self._lag_us = lag_us
+        self._records = Metrics.counter(self.__class__, "records_in")
+        self._blocks = Metrics.counter(self.__class__, "blocks")
+        self._reconnects = Metrics.counter(self.__class__, "reconnects")
+
+    @beam.DoFn.unbounded_per_element()
+    def process(
+        self,
+        start: int,
+        tracker=beam.DoFn.RestrictionParam(_FeedPositions()),
+        watermark=beam.DoFn.WatermarkEstimatorParam(ManualWatermarkEstimator.default_provider()),
+    ) -> Iterator[QuoteBlock | beam.pvalue.TaggedOutput]:
+        feed = copy.deepcopy(self._feed)  # its own statistics for this call
+        control = run_control(self._run_id)
+        restriction = tracker.current_restriction()
+        current: int | None = None
+        seq = 0
+        claimed = restriction.start - 1
+        blocks = feed.blocks(restriction.start, control.stopped)
+        try:
+            for block in blocks:
+                if not tracker.try_claim(block.stop - 1):
+                    break  # checkpointed at the previous block: the rest is the residual's
+                claimed = block.stop - 1
+                self._blocks.inc()
+                self._records.inc(block.batch.num_rows)
+                quotes = QuoteBlock(seq, block.batch, block.sources)
+                seq += 1
+                yield beam.window.TimestampedValue(quotes, block_timestamp(quotes))
+                current = next_watermark(current, block.batch, self._lag_us)
+                if current is not None:
+                    watermark.set_watermark(Timestamp(micros=current))
+        finally:
+            blocks.close()  # closes a live connection cleanly
+        if claimed < tracker.current_restriction().stop - 1:
+            tracker.try_claim(tracker.current_restriction().stop - 1)  # the feed ended: nothing more here
+        stats = feed.stats()
+        self._reconnects.inc(stats.get("reconnects", 0))
+        LOG.info("feed ended: %s", stats)
+        yield beam.pvalue.TaggedOutput(COUNTS, stats)
+
+
+class ReadFeed(beam.PTransform):
+    """Any :class:`~transforms.feeds.QuoteFeed` as an unbounded source of QuoteBlocks.
+
+    Outputs ``blocks`` (each block timestamped at its earliest event time) and ``counts`` (one
+    dict: the feed's statistics, when it ends). The source watermark follows arrival time minus
+    ``lag_us``. The feed runs until it ends (a live feed's end-of-stream frame, the end of a
+    replay) or until the run's :class:`~transforms.modes.RunControl` (``run_id``) is stopped,
+    e.g. by SIGTERM; then the range of positions is claimed to its end and the source is done.
+
+    Locally this is a splittable DoFn on the FnApiRunner: the stages fused after it (normalize,
+    mid price, a live sink) see each block as soon as it is read, while GroupByKey stages fire
+    when the source ends. On Flink or Dataflow the runner may checkpoint it between blocks: the
+    residual restarts at the next position, which every feed resumes exactly.
+    """
+
+    def __init__(self, feed: QuoteFeed, *, run_id: str | None = None, lag_us: int | float = 0, start: int = 0):
+        super().__init__()
+        self._feed = feed
+        self.run_id = run_id or uuid.uuid4().hex[:12]
+        self._lag_us = lag_us
+        self._start = start
+
+    def expand(self, pbegin):
+        return (
+            pbegin
+            | "StartPosition" >> beam.Create([self._start])
+            | "ReadFeed" >> beam.ParDo(_ReadFeedFn(self._feed, self.run_id, self._lag_us))
+            .with_output_types(QuoteBlock)
+            .with_outputs(COUNTS, main="blocks")
+        )
+
+
+def ReadLiveQuotes(url: str, *, run_id: str | None = None, lag_us: int | float = 0, **options) -> ReadFeed:  # noqa: N802
+    """The live websocket feed at ``url`` as an unbounded source (``options``: see LiveFeed)."""
+    return ReadFeed(LiveFeed(url, **options), run_id=run_id, lag_us=lag_us)

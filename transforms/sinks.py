@@ -15,6 +15,7 @@ from __future__ import annotations
 import heapq
 import json
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -275,4 +276,101 @@ class WriteRunMetrics(beam.PTransform):
             _MetricsFn(self._path, self._metric_names, self._balances, self._tally_names, self._extra,
                        self._started_at, self._clock),
             beam.pvalue.AsSingleton(self._read_counts),
+        )
+
+
+# --------------------------------------------------------------------------- live output
+
+
+def strip_sort_keys(data: bytes) -> bytes:
+    """A keyed chunk's lines without their sort keys (see :class:`TextChunk`)."""
+    return b"".join(line[_KEY_WIDTH + 1 :] for line in data.splitlines(keepends=True))
+
+
+class _AppendFn(beam.DoFn):
+    """Append each chunk to one local file as it comes, and flush it: readers see lines at once."""
+
+    def __init__(self, path: str, name: str):
+        self._path = path
+        self._name = name
+        self._file = None
+
+    def setup(self):
+        self._file = open(self._path, "ab")  # pylint: disable=consider-using-with
+
+    def process(self, chunk: TextChunk) -> Iterator[tuple[str, int, tuple]]:
+        self._file.write(strip_sort_keys(chunk.data) if chunk.keyed else chunk.data)
+        self._file.flush()
+        yield self._name, chunk.lines, chunk.tally
+
+    def teardown(self):
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class SummarizeAppends(beam.CombineFn):
+    """``(name, lines, tally)`` per appended chunk -> ``{name: {"lines": n, "tally": {...}}}``."""
+
+    def __init__(self, names: Sequence[str]):
+        self._names = tuple(names)
+
+    def create_accumulator(self) -> dict:
+        return {name: {"lines": 0, "tally": {}} for name in self._names}
+
+    def add_input(self, accumulator: dict, written) -> dict:
+        if written == _NO_PARTS:
+            return accumulator
+        name, lines, tally = written
+        entry = accumulator[name]
+        entry["lines"] += lines
+        for key, count in tally:
+            entry["tally"][key] = entry["tally"].get(key, 0) + count
+        return accumulator
+
+    def merge_accumulators(self, accumulators: Iterable[dict]) -> dict:
+        merged = self.create_accumulator()
+        for accumulator in accumulators:
+            for name, entry in accumulator.items():
+                self.add_input(merged, (name, entry["lines"], tuple(entry["tally"].items())))
+        return merged
+
+    def extract_output(self, accumulator: dict) -> dict:
+        for entry in accumulator.values():
+            entry["tally"] = dict(sorted(entry["tally"].items()))
+        return accumulator
+
+
+class AppendText(beam.PTransform):
+    """``{file name: PCollection[TextChunk]}`` -> lines appended to local files as they come.
+
+    The sink of a live run: a line is in its file (flushed) as soon as its block has passed the
+    stages before, not when the run ends. Files are appended to, never replaced, so a restarted
+    run continues the same logs. Lines keep the order in which chunks reach the sink; with one
+    reader (the local runner) that is the order the source read them.
+
+    Outputs, like :class:`WriteOrderedText`, one ``{file name: {"lines": n, "tally": {...}}}``
+    once the input ends (for :class:`WriteRunMetrics`).
+
+    Local files only, and one writer per file: on a runner with many workers, write windowed
+    files instead (Beam's ``WriteToFiles``).
+    """
+
+    def __init__(self, output_dir: str):
+        super().__init__()
+        self._output_dir = output_dir
+
+    def expand(self, chunks_by_name: Mapping[str, beam.PCollection]):
+        names = list(chunks_by_name)
+        written = [
+            chunks | f"Append[{name}]" >> beam.ParDo(_AppendFn(os.path.join(self._output_dir, name), name))
+            for name, chunks in chunks_by_name.items()
+        ]
+        pipeline = next(iter(chunks_by_name.values())).pipeline
+        marker = pipeline | "NothingAppendedMarker" >> beam.Create([_NO_PARTS])
+        return (
+            [marker, *written]
+            | "AllAppends" >> beam.Flatten()
+            | "WhenInputEnds" >> when_input_ends()
+            | "Summarize" >> beam.CombineGlobally(SummarizeAppends(names)).without_defaults()
         )
