@@ -25,6 +25,7 @@ test: install
 bench: install
 	$(PY) benchmarks/replay_throughput.py
 	$(PY) benchmarks/window_throughput.py
+	$(PY) benchmarks/live_latency.py
 
 clean:
 	rm -rf $(VENV) output *.egg-info .pytest_cache

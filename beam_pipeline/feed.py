@@ -98,11 +98,18 @@ def resume_position(path: str) -> int:
 class Feed:
     """The server side: one independent, paced stream of frames per connection."""
 
-    def __init__(self, messages: Sequence[dict[str, str]], config: FeedConfig):
+    def __init__(self, messages: Sequence[dict[str, str]], config: FeedConfig, sent_log: str | None = None):
         self.messages = list(messages)
         self.config = config
         self.connections = 0
         self.frames_sent = 0
+        self.sent_log = sent_log
+
+    def _log_sends(self, sends: list[tuple[int, float]]) -> None:
+        """Append ``seq<TAB>unix time sent`` lines (for latency benchmarks) when a connection ends."""
+        if self.sent_log and sends:
+            with open(self.sent_log, "a", encoding="ascii") as stream:
+                stream.writelines(f"{seq}\t{sent:.6f}\n" for seq, sent in sends)
 
     async def handle(self, websocket: ServerConnection) -> None:
         self.connections += 1
@@ -112,13 +119,25 @@ class Feed:
             await websocket.close(code=1008, reason=f"bad from: {exc}")
             return
         config = self.config
-        began, sent = time.monotonic(), 0
+        began = time.monotonic()
+        sends: list[tuple[int, float]] = []
+        try:
+            await self._play(websocket, config, start, began, sends)
+        finally:
+            self._log_sends(sends)
+
+    async def _play(self, websocket: ServerConnection, config: FeedConfig, start: int, began: float,
+                    sends: list[tuple[int, float]]) -> None:
+        sent = 0
+        record = sends.append if self.sent_log else None
         for frame in frames(self.messages, config, start):
             if config.rate:
                 delay = began + sent / config.rate - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
             await websocket.send(frame.text)
+            if record is not None and not frame.eos:
+                record((frame.seq, time.time()))
             sent += 1
             self.frames_sent += 1
             if config.pause_after and frame.seq + 1 == config.pause_after:
@@ -184,6 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--malformed_every", type=int, default=None, help="send every Nth frame as broken JSON")
     parser.add_argument("--pause_after", type=int, default=None, help="stall once after this many frames")
     parser.add_argument("--pause_seconds", type=float, default=0.0, help="how long the stall lasts")
+    parser.add_argument("--sent_log", default=None,
+                        help="append 'seq<TAB>unix time' per frame sent to this file (for latency benchmarks)")
     args = parser.parse_args(argv)
     try:
         config = FeedConfig(args.rate, args.loop, args.drop_every, args.malformed_every, args.pause_after,
@@ -193,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"feed: error: {exc}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(_serve_forever(Feed(messages, config), args.port))
+        asyncio.run(_serve_forever(Feed(messages, config, args.sent_log), args.port))
     except KeyboardInterrupt:
         pass
     return 0
