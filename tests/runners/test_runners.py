@@ -51,6 +51,14 @@ def test_direct_streaming_is_the_bundle_based_runner(flags):
     assert not isinstance(runner, (FnApiRunner, SwitchingDirectRunner))
 
 
+def test_an_unbounded_source_runs_on_the_fn_api_runner_even_when_streaming():
+    """A live feed's splittable DoFn never returns: the FnApiRunner runs the stages fused after it
+    element by element, while the BundleBasedDirectRunner would wait for it."""
+    runner = make_runner(PipelineOptions(["--streaming"]), unbounded_source=True)
+    assert isinstance(runner, FnApiRunner)
+    assert not isinstance(runner, BundleBasedDirectRunner)
+
+
 def test_portable_runner_is_beams():
     assert isinstance(_runner("--runner", "PortableRunner"), PortableRunner)
 
