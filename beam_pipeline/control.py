@@ -89,8 +89,10 @@ class ControlServer:
         self._thread.join(5)
 
 
-def follow_commands(control: RunControl, stream: IO[str], errors: IO[str] = sys.stderr) -> None:
-    """Apply ``mode ...`` lines from ``stream`` until it ends or the run stops."""
+def follow_commands(control: RunControl, stream: IO[str], errors: IO[str] | None = None) -> None:
+    """Apply ``mode ...`` lines from ``stream`` until it ends or the run stops (replies to
+    ``errors``, default stderr)."""
+    errors = errors or sys.stderr
     for line in stream:
         if control.stopped():
             return

@@ -30,6 +30,7 @@ from typing import Iterator, NamedTuple, Sequence
 from urllib.parse import parse_qs, urlparse
 
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
 
 LOG = logging.getLogger(__name__)
 HOST = "127.0.0.1"
@@ -123,6 +124,8 @@ class Feed:
         sends: list[tuple[int, float]] = []
         try:
             await self._play(websocket, config, start, began, sends)
+        except ConnectionClosed:
+            LOG.info("the client left before the end of the stream")
         finally:
             self._log_sends(sends)
 

@@ -339,4 +339,6 @@ def _sleep(seconds: float, stopping: Stopping) -> None:
 def _connect(url: str):
     from websockets.sync.client import connect
 
-    return connect(url, open_timeout=5, close_timeout=1, max_size=1 << 20, compression=None)
+    # A short close timeout: leaving a fast feed (a mode switch, a stop) must not wait for the
+    # server to drain what it was still sending; frames not yet received are not ours anyway.
+    return connect(url, open_timeout=5, close_timeout=0.25, max_size=1 << 20, compression=None)

@@ -174,13 +174,15 @@ class PositionStore:
             return {HISTORICAL: 0, LIVE: None}
         except (OSError, ValueError) as exc:
             raise ModeError(f"{self.path}: cannot read the saved replay position ({exc})") from None
+        if not isinstance(state, dict):
+            raise ModeError(f"{self.path}: not a saved replay position (a JSON {type(state).__name__})")
         if state.get("inputs") != list(self.inputs):
             raise ModeError(
                 f"{self.path} holds the position of a replay of other inputs ({state.get('inputs')}); "
                 "use another --state_dir, or delete the file to start over"
             )
         historical, live = state.get("historical_position"), state.get("live_position")
-        if not isinstance(historical, int) or historical < 0 or not (live is None or isinstance(live, int)):
+        if not _is_position(historical) or not (live is None or _is_position(live)):
             raise ModeError(f"{self.path}: the saved positions are not valid ({state})")
         return {HISTORICAL: historical, LIVE: live}
 
@@ -244,12 +246,21 @@ class SwitchingFeed:
         LOG.info("replay starts in %s mode at history position %s", control.mode, control.positions[HISTORICAL])
         seq = start
 
+        interrupted: list[bool] = []
+
         def leave(mode: str) -> Stopping:
-            return lambda: stopping() or control.stopped() or control.mode != mode
+            def check() -> bool:
+                if stopping() or control.stopped() or control.mode != mode:
+                    interrupted.append(True)
+                    return True
+                return False
+
+            return check
 
         while not (stopping() or control.stopped()):
             mode = control.mode
             feed = self.historical if mode == HISTORICAL else self.live
+            interrupted.clear()
             for block in feed.blocks(control.positions[mode], leave(mode)):
                 newest = _newest_event(block)
                 yield FeedBlock(self._renumbered(block, mode), seq, seq + 1, self.sources)
@@ -258,8 +269,8 @@ class SwitchingFeed:
                 self._emitted[mode] += block.batch.num_rows
                 if store is not None:
                     store.save(control.positions)
-            if control.mode != mode or stopping() or control.stopped():
-                continue  # switched (go on with the other feed, from where it stood) or stopping
+            if interrupted:
+                continue  # switched (go on with whichever feed is asked for now, from where it stood) or stopping
             if mode == HISTORICAL:
                 control.history_done = True
                 LOG.info("history replayed to the end (position %s): going live", control.positions[HISTORICAL])
@@ -284,6 +295,10 @@ class SwitchingFeed:
             "live_records": self._emitted[LIVE],
             **{k: v for k, v in live.items() if k != "records_in"},
         }
+
+
+def _is_position(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _newest_event(block: FeedBlock) -> int | None:
