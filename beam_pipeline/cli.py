@@ -23,6 +23,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, _BeamArgumentParser
 
 from beam_pipeline import options as options_module
+from beam_pipeline.control import HOST as CONTROL_HOST
 from beam_pipeline.control import ControlServer, start_stdin_commands, stop_on_signals
 from beam_pipeline.options import LIVE_SOURCES, QuoteOptions
 from beam_pipeline.pipeline import (
@@ -36,7 +37,7 @@ from beam_pipeline.pipeline import (
 )
 from runners import RunnerError, is_direct, make_runner
 from schemas import SchemaError
-from transforms.modes import ModeError, PositionStore, forget_run, run_control
+from transforms.modes import ModeError, PositionStore, forget_run, replay_layout, run_control
 from transforms.sinks import balance
 
 LOG = logging.getLogger("beam_pipeline")
@@ -143,13 +144,24 @@ def check_live(config: QuoteOptions, sources: Sequence[str]) -> None:
     if FileSystems.get_scheme(config.output_dir) is not None:
         raise UsageError(f"--output_dir {config.output_dir}: a live run appends to local files only")
     parts = urlsplit(config.live_url)
-    port = parts.port or (443 if parts.scheme == "wss" else 80)
+    try:
+        port = parts.port or (443 if parts.scheme == "wss" else 80)
+        if not parts.hostname:
+            raise ValueError("no host")
+    except ValueError as exc:
+        raise UsageError(f"--live_url {config.live_url}: not a valid url ({exc})") from None
     try:
         socket.create_connection((parts.hostname, port), timeout=5).close()
     except OSError as exc:
         raise UsageError(f"--live_url {config.live_url}: cannot connect ({exc})") from None
+    if config.source == "replay" and config.control_port:
+        try:
+            with socket.socket() as probe:
+                probe.bind((CONTROL_HOST, config.control_port))
+        except OSError as exc:
+            raise UsageError(f"--control_port {config.control_port}: cannot listen on it ({exc})") from None
     if config.source == "replay" and config.state_dir:
-        PositionStore(config.state_dir, sources).load()
+        PositionStore(config.state_dir, sources, replay_layout(config.block_bytes)).load()
 
 
 @contextmanager

@@ -136,8 +136,11 @@ class HistoricalFeed:
 
     def blocks(self, start: int = 0, stopping: Stopping = never,
                on_block: Callable[[int], None] | None = None) -> Iterator[FeedBlock]:
-        if start < 0:
+        if start < 0:  # checked now, not when the iteration begins
             raise ValueError(f"start must not be negative, got {start}")
+        return self._blocks(start, stopping, on_block)
+
+    def _blocks(self, start: int, stopping: Stopping, on_block: Callable[[int], None] | None) -> Iterator[FeedBlock]:
         self._replay = HistoricalReplay(
             self.sources, default_symbol=self.default_symbol, block_bytes=self.block_bytes,
             open_file=self.open_file, on_block=on_block,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -154,7 +155,12 @@ def backoff_delay(attempt: int, initial: float, maximum: float, unit_random: flo
     """
     if attempt < 1:
         raise ValueError(f"attempt counts from 1, got {attempt}")
-    capped = min(maximum, initial * factor ** (attempt - 1))
+    # Compare exponents, not powers: factor ** attempt overflows a float long before any cap matters.
+    exponent = attempt - 1
+    if initial <= 0 or factor <= 1 or exponent * math.log(factor) < math.log(maximum / initial):
+        capped = min(maximum, initial * factor**exponent)
+    else:
+        capped = maximum
     return capped / 2 + capped / 2 * unit_random
 
 
@@ -196,7 +202,7 @@ class LiveFeed:
         poll_seconds: how long to wait for a frame before checking ``stopping()`` again.
         retry_initial, retry_max: backoff bounds in seconds (see :func:`backoff_delay`).
         max_attempts: consecutive failed connection attempts before giving up (LiveFeedError).
-        connect: opens a connection (``websockets.sync.client.connect``; tests may replace it).
+        seed: seeds the jitter (None: random), for repeatable tests.
     """
 
     url: str

@@ -150,6 +150,11 @@ def stop_all() -> None:
         control.stop()
 
 
+def replay_layout(block_bytes: int) -> dict:
+    """The settings a saved historical position depends on (see :attr:`PositionStore.layout`)."""
+    return {"block_bytes": block_bytes}
+
+
 @dataclass
 class PositionStore:
     """Replay positions in ``<state_dir>/replay_state.json``, replaced atomically on every save.
@@ -160,6 +165,9 @@ class PositionStore:
 
     state_dir: str
     inputs: Sequence[str]
+    #: Settings that change the replay's record order (``block_bytes``: each block's rejected
+    #: rows follow the rows it releases); a position only means something under the same ones.
+    layout: dict = field(default_factory=dict)
 
     @property
     def path(self) -> str:
@@ -181,6 +189,12 @@ class PositionStore:
                 f"{self.path} holds the position of a replay of other inputs ({state.get('inputs')}); "
                 "use another --state_dir, or delete the file to start over"
             )
+        if state.get("layout", {}) != self.layout:
+            saved = ", ".join(f"--{k} {v}" for k, v in sorted(state.get("layout", {}).items())) or "other settings"
+            raise ModeError(
+                f"{self.path} holds a position in a replay read with {saved}, which orders records differently "
+                "from this run; run with the same settings, use another --state_dir, or delete the file"
+            )
         historical, live = state.get("historical_position"), state.get("live_position")
         if not _is_position(historical) or not (live is None or _is_position(live)):
             raise ModeError(f"{self.path}: the saved positions are not valid ({state})")
@@ -196,6 +210,7 @@ class PositionStore:
         os.makedirs(self.state_dir, exist_ok=True)
         state = {
             "inputs": list(self.inputs),
+            "layout": self.layout,
             "historical_position": positions[HISTORICAL],
             "live_position": positions[LIVE],
             "saved_at": round(time.time(), 3),
@@ -236,7 +251,9 @@ class SwitchingFeed:
         return (*self.historical.sources, self.live.url)
 
     def store(self) -> PositionStore | None:
-        return PositionStore(self.state_dir, self.historical.sources) if self.state_dir else None
+        if not self.state_dir:
+            return None
+        return PositionStore(self.state_dir, self.historical.sources, replay_layout(self.historical.block_bytes))
 
     def blocks(self, start: int = 0, stopping: Stopping = never) -> Iterator[FeedBlock]:
         control = run_control(self.run_id, self.mode)
