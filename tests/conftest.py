@@ -45,3 +45,16 @@ def run_quotes(tmp_path: Path) -> Callable[..., dict]:
         return files
 
     return run
+
+
+USAGE_ERROR_PREFIX = "beam_pipeline: error:"
+
+
+def assert_one_line_usage_error(rc: int, err: str) -> str:
+    """The contract of a bad usage: exit 2, exactly one stderr line with the prefix, no traceback."""
+    assert rc == 2, err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(USAGE_ERROR_PREFIX), err
+    assert "Traceback" not in err
+    return lines[0]

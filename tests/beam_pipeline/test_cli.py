@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from beam_pipeline import cli
+from tests.conftest import assert_one_line_usage_error
 
 REPO = Path(__file__).resolve().parents[2]
-PREFIX = "beam_pipeline: error:"
 OUTPUT_FILES = ("mid_prices.log", "errors.log", "dead_letter.jsonl", "metrics.json")
 
 WORKED_EXAMPLE = (
@@ -32,16 +32,6 @@ def _write(tmp_path: Path, text: str, name: str = "quotes.csv") -> Path:
     path = tmp_path / name
     path.write_text(text)
     return path
-
-
-def _assert_one_line_usage_error(rc: int, err: str) -> str:
-    """The contract of a bad usage: exit 2, exactly one stderr line with the prefix, no traceback."""
-    assert rc == 2, err
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith(PREFIX), err
-    assert "Traceback" not in err
-    return lines[0]
 
 
 def _run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
@@ -78,7 +68,7 @@ def test_bad_usage_exits_2_with_one_line(args, expected, tmp_path, capsys):
     out_dir = tmp_path / "out"
     rc = cli.main(["--output_dir", str(out_dir), "--progress", "off", *args])
     captured = capsys.readouterr()
-    line = _assert_one_line_usage_error(rc, captured.err)
+    line = assert_one_line_usage_error(rc, captured.err)
     for text in expected:
         assert text in line
     assert captured.out == ""
@@ -87,20 +77,20 @@ def test_bad_usage_exits_2_with_one_line(args, expected, tmp_path, capsys):
 
 def test_empty_output_dir_is_a_usage_error(capsys):
     rc = cli.main(["--output_dir", "", "--progress", "off"])
-    line = _assert_one_line_usage_error(rc, capsys.readouterr().err)
+    line = assert_one_line_usage_error(rc, capsys.readouterr().err)
     assert "--output_dir" in line
 
 
 def test_several_problems_are_reported_on_one_line(tmp_path, capsys):
     rc = cli.main(["--output_dir", str(tmp_path), "--latency_threshold_ms", "-1", "--symbol", ""])
-    line = _assert_one_line_usage_error(rc, capsys.readouterr().err)
+    line = assert_one_line_usage_error(rc, capsys.readouterr().err)
     assert "--latency_threshold_ms" in line and "--symbol" in line
 
 
 def test_input_matching_nothing(tmp_path, capsys):
     pattern = str(tmp_path / "nothing-here-*.csv")
     rc = cli.main(["--input", pattern, "--output_dir", str(tmp_path / "out")])
-    line = _assert_one_line_usage_error(rc, capsys.readouterr().err)
+    line = assert_one_line_usage_error(rc, capsys.readouterr().err)
     assert pattern in line
 
 
@@ -108,7 +98,7 @@ def test_input_matching_nothing(tmp_path, capsys):
 def test_output_dir_that_cannot_be_a_directory_fails_before_the_run(where, message, tmp_path, capsys):
     (tmp_path / "a-file").write_text("not a folder")
     rc = cli.main(["--output_dir", str(tmp_path / where), "--progress", "off"])
-    line = _assert_one_line_usage_error(rc, capsys.readouterr().err)
+    line = assert_one_line_usage_error(rc, capsys.readouterr().err)
     assert message in line and str(tmp_path / where) in line
 
 
@@ -120,7 +110,7 @@ def test_output_dir_is_created(tmp_path, capsys):
 
 def test_input_that_is_a_directory_matches_nothing(tmp_path, capsys):
     rc = cli.main(["--input", str(tmp_path), "--output_dir", str(tmp_path / "out")])
-    line = _assert_one_line_usage_error(rc, capsys.readouterr().err)
+    line = assert_one_line_usage_error(rc, capsys.readouterr().err)
     assert str(tmp_path) in line
 
 
@@ -135,7 +125,7 @@ def test_input_that_is_a_directory_matches_nothing(tmp_path, capsys):
 def test_header_lacking_a_required_column(header, missing, tmp_path, capsys):
     path = _write(tmp_path, f"{header}\n2024-01-01 00:00:00,1,2\n")
     rc = cli.main(["--input", str(path), "--output_dir", str(tmp_path / "out")])
-    line = _assert_one_line_usage_error(rc, capsys.readouterr().err)
+    line = assert_one_line_usage_error(rc, capsys.readouterr().err)
     assert missing in line
     assert str(path) in line
 
@@ -144,7 +134,7 @@ def test_one_bad_file_among_several_is_named(tmp_path, capsys):
     _write(tmp_path, WORKED_EXAMPLE, "a.csv")
     bad = _write(tmp_path, "timestamp,bid\n2024-01-01 00:00:00,1\n", "b.csv")
     rc = cli.main(["--input", str(tmp_path / "*.csv"), "--output_dir", str(tmp_path / "out")])
-    line = _assert_one_line_usage_error(rc, capsys.readouterr().err)
+    line = assert_one_line_usage_error(rc, capsys.readouterr().err)
     assert str(bad) in line and "ask_price" in line
     assert not (tmp_path / "out").exists()
 
@@ -152,7 +142,7 @@ def test_one_bad_file_among_several_is_named(tmp_path, capsys):
 def test_empty_input_file(tmp_path, capsys):
     path = _write(tmp_path, "")
     rc = cli.main(["--input", str(path), "--output_dir", str(tmp_path / "out")])
-    line = _assert_one_line_usage_error(rc, capsys.readouterr().err)
+    line = assert_one_line_usage_error(rc, capsys.readouterr().err)
     assert str(path) in line
 
 
@@ -227,7 +217,7 @@ def test_threshold_beyond_int64_is_a_usage_error(tmp_path, capsys):
         ["--input", str(path), "--output_dir", str(tmp_path / "out"), "--progress", "off",
          "--latency_threshold_ms", str(2**63)]
     )
-    _assert_one_line_usage_error(rc, capsys.readouterr().err)
+    assert_one_line_usage_error(rc, capsys.readouterr().err)
 
 
 # --- real subprocesses -----------------------------------------------------------------------
@@ -250,7 +240,7 @@ def test_subprocess_default_run(tmp_path):
 
 def test_subprocess_typo_flag(tmp_path):
     result = _run_cli("--output_dir", str(tmp_path / "out"), "--latency_treshold_ms", "5")
-    line = _assert_one_line_usage_error(result.returncode, result.stderr)
+    line = assert_one_line_usage_error(result.returncode, result.stderr)
     assert "--latency_treshold_ms" in line
     assert result.stdout == ""
     assert not (tmp_path / "out").exists()
@@ -259,5 +249,5 @@ def test_subprocess_typo_flag(tmp_path):
 def test_subprocess_bad_header(tmp_path):
     path = _write(tmp_path, "timestamp,bid\n2024-01-01 00:00:00,1\n")
     result = _run_cli("--input", str(path), "--output_dir", str(tmp_path / "out"))
-    line = _assert_one_line_usage_error(result.returncode, result.stderr)
+    line = assert_one_line_usage_error(result.returncode, result.stderr)
     assert "ask_price" in line and str(path) in line

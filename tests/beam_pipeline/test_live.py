@@ -35,11 +35,11 @@ from beam_pipeline import cli
 from beam_pipeline.feed import FeedConfig, FeedServer, frame_text, load_messages
 from beam_pipeline.pipeline import bundled_sample
 from beam_pipeline.reference import run_reference
+from tests.conftest import assert_one_line_usage_error
 from transforms.modes import stop_all
 from transforms.windowing import parse_window
 
 REPO = Path(__file__).resolve().parents[2]
-PREFIX = "beam_pipeline: error:"
 LIVE_SAMPLE = bundled_sample("live_sample.csv")
 MID_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}, \d+(\.\d*[1-9])?$")
 
@@ -682,15 +682,6 @@ def test_sigterm_stops_a_replay_in_live_mode(tmp_path, processes):
 
 
 # --------------------------------------------------------------------------- 8. usage errors
-
-
-def assert_one_line_usage_error(rc: int, err: str) -> str:
-    assert rc == 2, err
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith(PREFIX), err
-    assert "Traceback" not in err
-    return lines[0]
 
 
 def closed_port_url() -> str:
