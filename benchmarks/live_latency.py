@@ -199,7 +199,7 @@ def show(result: Result) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rates", type=int, nargs="+", default=[10000, 20000, 30000, 40000, 50000])
+    parser.add_argument("--rates", type=int, nargs="+", default=[10000, 20000, 30000, 40000, 50000, 60000])
     parser.add_argument("--seconds", type=float, default=5.0, help="how long each rate is fed (default 5)")
     parser.add_argument("--readers", nargs="+", default=["pipeline", "bare"], choices=["pipeline", "bare"])
     parser.add_argument("--workdir", type=Path, default=None, help="keep inputs and outputs here")

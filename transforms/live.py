@@ -345,6 +345,9 @@ def _sleep(seconds: float, stopping: Stopping) -> None:
 def _connect(url: str):
     from websockets.sync.client import connect
 
-    # A short close timeout: leaving a fast feed (a mode switch, a stop) must not wait for the
-    # server to drain what it was still sending; frames not yet received are not ours anyway.
-    return connect(url, open_timeout=5, close_timeout=0.25, max_size=1 << 20, compression=None)
+    # max_queue: the websocket's reader thread keeps reading up to 4,096 frames ahead (beyond
+    # that, TCP backpressure), so when we leave (a mode switch, a stop) it still sees the server's
+    # close reply and the close handshake completes at once; with websockets' default of 16 it
+    # stalled behind the unread frames until close_timeout. Frames read ahead but not yielded are
+    # not ours: the next connection asks for them again with ?from=.
+    return connect(url, open_timeout=5, close_timeout=0.25, max_size=1 << 20, max_queue=4096, compression=None)
