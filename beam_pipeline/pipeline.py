@@ -121,7 +121,7 @@ def build_pipeline(
     if sources is None and config.source != "live":
         sources = expand_inputs(config.input or bundled_sample())
     sources = list(sources or [])
-    rules = field_rules(load_schema("quote"))
+    rules = field_rules(load_schema("quote", 1))
     scale = price_rule(rules).scale
     run_id = run_id or uuid.uuid4().hex[:12]
     started_at = time.time() if started_at is None else started_at

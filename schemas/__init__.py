@@ -11,6 +11,7 @@ every record they accept also passes fastavro's own validation and round-trips t
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -57,15 +58,57 @@ def schema_path(name: str, version: int) -> Path:
     return SCHEMA_DIR / f"{name}.v{version}.avsc"
 
 
-@lru_cache(maxsize=None)
-def load_schema(name: str, version: int = 1) -> dict[str, Any]:
-    """Read and parse a schema with fastavro; raises :class:`SchemaError` with the path if it fails."""
-    path = schema_path(name, version)
+_FILE_NAME = re.compile(r"^(?P<name>[a-z][a-z0-9_]*)\.v(?P<version>[1-9][0-9]*)\.avsc$")
+
+
+def catalogue(directory: Path = SCHEMA_DIR) -> dict[str, list[int]]:
+    """Every schema name in ``directory`` with its versions, in order (from the file names)."""
+    found: dict[str, list[int]] = {}
+    for path in directory.glob("*.avsc"):
+        match = _FILE_NAME.match(path.name)
+        if match:
+            found.setdefault(match["name"], []).append(int(match["version"]))
+    return {name: sorted(versions) for name, versions in sorted(found.items())}
+
+
+def latest_version(name: str) -> int:
+    """The highest version of schema ``name``; raises :class:`SchemaError` if there is none."""
+    versions = catalogue().get(name)
+    if not versions:
+        raise SchemaError(f"no schema named {name!r} in {SCHEMA_DIR} (have: {', '.join(catalogue()) or 'none'})")
+    return versions[-1]
+
+
+def load_file(path: Path | str) -> dict[str, Any]:
+    """Parse any ``.avsc`` file with fastavro; raises :class:`SchemaError` with the path."""
+    path = Path(path)
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-        return fastavro.parse_schema(raw)
+        return fastavro.parse_schema(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, ValueError, fastavro.schema.SchemaParseException) as exc:
         raise SchemaError(f"cannot load schema {path}: {exc}") from exc
+
+
+@lru_cache(maxsize=None)
+def load_schema(name: str, version: int = 1) -> dict[str, Any]:
+    """Schema ``name`` at ``version``, parsed once (cached); raises :class:`SchemaError`.
+
+    The file must say its own version (a top-level ``"version"``) and it must match its name,
+    so a copied file that was not bumped is caught.
+    """
+    path = schema_path(name, version)
+    schema = load_file(path)
+    declared = json.loads(path.read_text(encoding="utf-8")).get("version")
+    if declared != version:
+        raise SchemaError(f"{path} declares \"version\": {declared!r}, but its name says {version}")
+    return schema
+
+
+def fingerprint(schema: dict[str, Any]) -> int:
+    """The schema's CRC-64-AVRO (Rabin) fingerprint of its Parsing Canonical Form, as an unsigned
+    64-bit integer: what Avro's single-object encoding puts after its marker (little-endian)."""
+    canonical = fastavro.schema.to_parsing_canonical_form(schema)
+    # fastavro gives the fingerprint's bytes little-endian, as Java does, in hex.
+    return int.from_bytes(bytes.fromhex(fastavro.schema.fingerprint(canonical, "CRC-64-AVRO")), "little")
 
 
 def _field_rule(field: dict[str, Any]) -> FieldRule:
