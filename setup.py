@@ -27,5 +27,6 @@ setup(
         # The development quote feed (python -m beam_pipeline.feed) and the live source speak websockets.
         "websockets>=14",
     ],
-    extras_require={"test": ["pytest>=8", "hypothesis>=6.100"]},
+    # avro: the Apache reference library, to prove our Avro files and encodings interoperate.
+    extras_require={"test": ["pytest>=8", "hypothesis>=6.100", "avro>=1.11"]},
 )
