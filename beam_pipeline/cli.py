@@ -81,15 +81,15 @@ def help_text() -> str:
     return parser.format_help()
 
 
-def prepare_output_dir(path: str) -> None:
-    """Create ``--output_dir`` now, so an unwritable place fails before the run, not after it."""
+def prepare_output_dir(path: str, flag: str = "--output_dir") -> None:
+    """Create an output folder now, so an unwritable place fails before the run, not after it."""
     try:
         if not FileSystems.exists(path):
             FileSystems.mkdirs(path)
     except Exception as exc:  # Beam wraps OSError in its own IOError types
-        raise UsageError(f"--output_dir {path}: cannot create it ({exc})") from None
+        raise UsageError(f"{flag} {path}: cannot create it ({exc})") from None
     if FileSystems.get_scheme(path) is None and not os.path.isdir(path):
-        raise UsageError(f"--output_dir {path}: not a directory")
+        raise UsageError(f"{flag} {path}: not a directory")
 
 
 _CHECK_LABELS = {"balanced": "mid-price counts", "windows_balanced": "window counts"}
@@ -210,7 +210,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_live(config, sources)
             standard.streaming = True  # an unbounded source: say so to the runner
         runner = make_runner(options, unbounded_source=live)
-        prepare_output_dir(config.output_dir)  # the last check: a usage error leaves no folder behind
+        prepare_output_dir(config.output_dir)  # the last checks: a usage error leaves no folder behind
+        if config.avro_output:
+            prepare_output_dir(config.avro_output, "--avro_output")
         run_id = uuid.uuid4().hex[:12]
         pipeline = build_pipeline(options, sources, runner=runner, run_id=run_id, started_at=started_at)
     except (UsageError, InputError, RunnerError, SchemaError, ModeError) as exc:

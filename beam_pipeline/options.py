@@ -53,6 +53,11 @@ class QuoteOptions(PipelineOptions):
             help=f"CSV bytes per block travelling through the pipeline (default: {DEFAULT_BLOCK_BYTES})",
         )
         parser.add_argument(
+            "--avro_output", default=None,
+            help="also write valid quotes (quote schema, latest version) and mid prices (mid_price schema) "
+            "as Avro container files (deflate) in this folder, one file per block (default: none)",
+        )
+        parser.add_argument(
             "--progress", default="auto", choices=("auto", "off"),
             help="print a progress line on stderr for runs longer than a few seconds (default: auto)",
         )
@@ -144,6 +149,8 @@ def check(options: QuoteOptions, streaming: bool = False) -> list[str]:
         problems.append(f"--block_bytes must be at least 1024, got {options.block_bytes}")
     if not options.output_dir.strip():
         problems.append("--output_dir must not be empty")
+    if options.avro_output is not None and not options.avro_output.strip():
+        problems.append("--avro_output must not be empty")
     problems += _live_problems(options)
     return problems
 

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -22,7 +23,8 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from beam_pipeline.options import LIVE_SOURCES, QuoteOptions, watermark_lag, window_config
 from runners import make_runner
-from schemas import field_rules, load_schema
+from schemas import field_rules, latest_version, load_schema
+from transforms.avro import WriteAvroBlocks, check_mid_scale, mid_price_records, quote_records
 from transforms.csv_blocks import HeaderError, read_header
 from transforms.feeds import HistoricalFeed, QuoteFeed
 from transforms.fetch import ReadFeed, ReplayAsStream, ReplayHistorical, plan_stream_replay
@@ -162,6 +164,9 @@ def build_pipeline(
         )
     normalized = replay["blocks"] | "NormalizeQuotes" >> NormalizeQuotes(rules)
     priced = normalized.valid | "ComputeMidPrices" >> ComputeMidPrices(config.latency_threshold_ms, scale=scale)
+    if config.avro_output:
+        write_avro(normalized.valid, config.avro_output, scale, config.latency_threshold_ms, run_id)
+        extra["avro_output"] = config.avro_output
     outputs = {
         "mid_prices.log": priced.mid_prices,
         "errors.log": priced.errors,
@@ -203,6 +208,20 @@ def build_pipeline(
         tally_names={"windows.jsonl": "panes_by_timing"},
     )
     return pipeline
+
+
+def write_avro(valid, directory: str, scale: int, latency_threshold_ms: int, run_id: str) -> None:
+    """``--avro_output``: valid quotes and mid prices as Avro files, each with its latest schema."""
+    quote_schema = load_schema("quote", latest_version("quote"))
+    mid_schema = load_schema("mid_price", latest_version("mid_price"))
+    check_mid_scale(mid_schema, scale)
+    _ = valid | "WriteQuotesAvro" >> WriteAvroBlocks(
+        directory, "quotes", quote_schema, functools.partial(quote_records, scale=scale), run_id
+    )
+    _ = valid | "WriteMidPricesAvro" >> WriteAvroBlocks(
+        directory, "mid_prices", mid_schema,
+        functools.partial(mid_price_records, scale=scale, latency_threshold_ms=latency_threshold_ms), run_id,
+    )
 
 
 def live_feed(config: QuoteOptions, sources: Sequence[str], run_id: str) -> QuoteFeed:

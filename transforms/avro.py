@@ -1,4 +1,4 @@
-"""Avro in: container files read with a reader schema, and single-object messages decoded.
+"""Avro in and out: files read with a reader schema, single-object messages, quotes written as Avro.
 
 Beam's ``ReadFromAvro`` reads every file with its own writer schema; a pipeline whose records
 must have *one* shape, whatever version wrote them, needs the reader schema too. These read with
@@ -12,20 +12,26 @@ fastavro, which applies Avro's resolution rules (defaults, aliases, unions, prom
   (:mod:`schemas.single_object`) -> ``records``, and ``dead_letters`` (``dead_letter`` schema
   dicts with the message in base64 and the reason) for messages that do not decode, e.g. from an
   unknown writer schema.
+* ``WriteAvroBlocks``: quote blocks as Avro container files (deflate), with the records
+  :func:`quote_records` or :func:`mid_price_records` make of them.
 """
 
 from __future__ import annotations
 
 import base64
 import logging
+from decimal import Decimal
 from typing import Callable, Iterable, Iterator, Sequence
 
 import apache_beam as beam
 import fastavro
+import pyarrow as pa
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from schemas import SchemaError
+from transforms.midprice import split_by_latency
 from schemas.compat import can_read
 from schemas.single_object import DecodeError, SingleObjectDecoder
 
@@ -129,3 +135,92 @@ class DecodeAvroMessages(beam.PTransform):
         return messages | "Decode" >> beam.ParDo(
             _DecodeFn(self._reader_schema, self._writer_schemas, self._source)
         ).with_outputs(DEAD_LETTERS, main="records")
+
+
+# --------------------------------------------------------------------------- Avro out
+
+
+def _decimals(unscaled, exponent: int) -> list:
+    return [Decimal(int(value)).scaleb(exponent) for value in unscaled]
+
+
+def quote_records(valid: pa.RecordBatch, scale: int, tenant: str = "default") -> list[dict]:
+    """Valid quotes (:data:`transforms.normalize.VALID_SCHEMA`) as ``quote`` v2 records."""
+    columns = valid.to_pydict()
+    bids = _decimals(columns["bid"], -scale)
+    asks = _decimals(columns["ask"], -scale)
+    return [
+        {
+            "timestamp": columns["event_us"][i],
+            "symbol": columns["symbol"][i],
+            "bid_price": bids[i],
+            "bid_size": columns["bid_size"][i],
+            "ask_price": asks[i],
+            "ask_size": columns["ask_size"][i],
+            "arrival_latency_ms": columns["latency"][i],
+            "tenant": tenant,
+            "venue": None,
+        }
+        for i in range(valid.num_rows)
+    ]
+
+
+def mid_price_records(valid: pa.RecordBatch, scale: int, latency_threshold_ms: int | None = None) -> list[dict]:
+    """``mid_price`` v1 records of the valid quotes that get a mid (those not latency-filtered,
+    as in ``mid_prices.log``). The mid has one more decimal place than the prices, so
+    ``(bid + ask) / 2`` is exact."""
+    filtered = split_by_latency(valid, latency_threshold_ms)
+    if filtered.any():
+        valid = valid.filter(pa.array(~filtered))
+    columns = valid.to_pydict()
+    doubled = [bid + ask for bid, ask in zip(columns["bid"], columns["ask"])]
+    mids = _decimals([value * 5 for value in doubled], -(scale + 1))
+    return [
+        {"timestamp": columns["event_us"][i], "symbol": columns["symbol"][i], "mid": mids[i],
+         "mode": columns["mode"][i]}
+        for i in range(valid.num_rows)
+    ]
+
+
+def check_mid_scale(mid_schema: dict, price_scale: int) -> None:
+    """The mid_price schema's decimal must hold a mid of prices with ``price_scale`` exactly."""
+    mid = next(f for f in mid_schema["fields"] if f["name"] == "mid")["type"]
+    if mid.get("scale") != price_scale + 1:
+        raise SchemaError(f"mid_price.mid must have scale {price_scale + 1} for prices of scale {price_scale}, "
+                          f"has {mid.get('scale')}")
+
+
+class _WriteAvroFn(beam.DoFn):
+    def __init__(self, directory: str, name: str, schema: dict, to_records: Callable, run_id: str):
+        self._directory = directory
+        self._name = name
+        self._schema = schema
+        self._to_records = to_records
+        self._run_id = run_id
+        self._written = Metrics.counter(self.__class__, f"avro_{name}_written")
+
+    def process(self, block) -> Iterator[str]:
+        records = self._to_records(block.batch)
+        if not records:
+            return
+        path = FileSystems.join(self._directory, f"{self._name}-{self._run_id}-{block.seq:06d}.avro")
+        with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as stream:
+            fastavro.writer(stream, self._schema, records, codec="deflate")
+        self._written.inc(len(records))
+        yield path
+
+
+class WriteAvroBlocks(beam.PTransform):
+    """Quote blocks -> one Avro container file (deflate) per block: ``<name>-<run id>-<seq>.avro``.
+
+    ``to_records`` turns a block's batch into records of ``schema`` (see :func:`quote_records`).
+    Outputs the paths written. Each file is complete on its own, so a live run's files can be
+    read while it goes on, and a run never overwrites another's (the run id).
+    """
+
+    def __init__(self, directory: str, name: str, schema: dict, to_records: Callable, run_id: str):
+        super().__init__()
+        self._fn = _WriteAvroFn(directory, name, schema, to_records, run_id)
+
+    def expand(self, blocks):
+        return blocks | "WriteAvro" >> beam.ParDo(self._fn)
