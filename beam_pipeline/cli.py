@@ -34,9 +34,11 @@ from beam_pipeline.pipeline import (
     bundled_sample,
     check_headers,
     expand_inputs,
+    input_opener,
 )
 from runners import RunnerError, is_direct, make_runner
-from schemas import SchemaError
+from schemas import SchemaError, load_schema
+from transforms.avro import AVRO_SUFFIX
 from transforms.modes import ModeError, PositionStore, forget_run, replay_layout, run_control
 from transforms.sinks import balance
 
@@ -205,7 +207,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if problems:
             raise UsageError("; ".join(problems))
         sources = [] if config.source == "live" else expand_inputs(config.input or bundled_sample())
-        check_headers(sources)
+        if config.reader_schema_version is not None:
+            if not any(path.endswith(AVRO_SUFFIX) for path in sources):
+                raise UsageError("--reader_schema_version applies to .avro inputs, and --input has none")
+            load_schema("quote", config.reader_schema_version)  # a SchemaError names what exists
+        check_headers(sources, input_opener(config))
         if live:
             check_live(config, sources)
             standard.streaming = True  # an unbounded source: say so to the runner

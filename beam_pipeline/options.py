@@ -53,6 +53,11 @@ class QuoteOptions(PipelineOptions):
             help=f"CSV bytes per block travelling through the pipeline (default: {DEFAULT_BLOCK_BYTES})",
         )
         parser.add_argument(
+            "--reader_schema_version", type=int, default=None,
+            help="for .avro inputs: the quote schema version to read them with (default: the latest); "
+            "files written with other versions are resolved to it",
+        )
+        parser.add_argument(
             "--avro_output", default=None,
             help="also write valid quotes (quote schema, latest version) and mid prices (mid_price schema) "
             "as Avro container files (deflate) in this folder, one file per block (default: none)",

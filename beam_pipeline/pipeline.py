@@ -23,8 +23,8 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from beam_pipeline.options import LIVE_SOURCES, QuoteOptions, watermark_lag, window_config
 from runners import make_runner
-from schemas import field_rules, latest_version, load_schema
-from transforms.avro import WriteAvroBlocks, check_mid_scale, mid_price_records, quote_records
+from schemas import SchemaError, field_rules, latest_version, load_schema
+from transforms.avro import InputOpener, WriteAvroBlocks, check_mid_scale, mid_price_records, quote_records
 from transforms.csv_blocks import HeaderError, read_header
 from transforms.feeds import HistoricalFeed, QuoteFeed
 from transforms.fetch import ReadFeed, ReplayAsStream, ReplayHistorical, plan_stream_replay
@@ -88,16 +88,23 @@ def expand_inputs(pattern: str) -> list[str]:
     return paths
 
 
-def check_headers(paths: Sequence[str]) -> None:
-    """Read every file's header now, so a wrong file fails before the pipeline starts."""
+def check_headers(paths: Sequence[str], open_file=None) -> None:
+    """Read every file's header now, so a wrong file fails before the pipeline starts (an Avro
+    file: its writer schema against the reader schema)."""
+    open_file = open_file or FileSystems.open
     for path in paths:
         try:
-            with FileSystems.open(path) as stream:
+            with open_file(path) as stream:
                 read_header(stream, path)
-        except HeaderError as exc:
+        except (HeaderError, SchemaError) as exc:
             raise InputError(str(exc)) from None
         except OSError as exc:
             raise InputError(f"{path}: {exc}") from None
+
+
+def input_opener(options: QuoteOptions) -> InputOpener:
+    """Opens ``--input`` files: CSV as they are, ``.avro`` with ``--reader_schema_version``."""
+    return InputOpener(options.reader_schema_version or latest_version("quote"))
 
 
 def build_pipeline(
@@ -147,6 +154,7 @@ def build_pipeline(
             early_delay_us=windowing.trigger.early_delay_us if windowing else None,
             default_symbol=default_symbol,
             block_bytes=config.block_bytes,
+            open_file=input_opener(config),
         )
         replay = pipeline | "ReplayHistoricalStream" >> ReplayAsStream(plan, sources)
         extra["stream_steps"] = {"row_slices": plan.row_steps, "watermark_steps": plan.watermark_steps}
@@ -161,6 +169,7 @@ def build_pipeline(
             default_symbol=default_symbol,
             block_bytes=config.block_bytes,
             show_progress=config.progress == "auto",
+            open_file=input_opener(config),
         )
     normalized = replay["blocks"] | "NormalizeQuotes" >> NormalizeQuotes(rules)
     priced = normalized.valid | "ComputeMidPrices" >> ComputeMidPrices(config.latency_threshold_ms, scale=scale)
@@ -233,7 +242,7 @@ def live_feed(config: QuoteOptions, sources: Sequence[str], run_id: str) -> Quot
         sources,
         default_symbol=config.symbol.strip(),
         block_bytes=config.block_bytes,
-        open_file=FileSystems.open,
+        open_file=input_opener(config),
         rate=config.replay_rate,
         max_rows=replay_block_rows(config.replay_rate),
     )

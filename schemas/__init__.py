@@ -96,6 +96,9 @@ def load_schema(name: str, version: int = 1) -> dict[str, Any]:
     so a copied file that was not bumped is caught.
     """
     path = schema_path(name, version)
+    if not path.exists():
+        have = ", ".join(map(str, catalogue().get(name, []))) or "none"
+        raise SchemaError(f"schema {name!r} has no version {version}: no file {path} (versions: {have})")
     schema = load_file(path)
     declared = json.loads(path.read_text(encoding="utf-8")).get("version")
     if declared != version:

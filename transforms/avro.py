@@ -19,9 +19,12 @@ fastavro, which applies Avro's resolution rules (defaults, aliases, unions, prom
 from __future__ import annotations
 
 import base64
+import csv
+import io
 import logging
+from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import BinaryIO, Callable, Iterable, Iterator, Sequence
 
 import apache_beam as beam
 import fastavro
@@ -30,7 +33,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from schemas import SchemaError
+from schemas import SchemaError, load_schema
 from transforms.midprice import split_by_latency
 from schemas.compat import can_read
 from schemas.single_object import DecodeError, SingleObjectDecoder
@@ -43,13 +46,122 @@ def read_avro_file(path: str, reader_schema: dict, open_file: Callable = FileSys
     """The records of one Avro container file, resolved to ``reader_schema``; raises SchemaError
     when the file's writer schema cannot be read with it."""
     with open_file(path) as stream:
+        yield from _resolved_records(stream, path, reader_schema)
+
+
+def _resolved_records(stream, path: str, reader_schema: dict) -> Iterator[dict]:
+    """A reader over an open container file; checks the writer schema before the first record."""
+    try:
         reader = fastavro.reader(stream, reader_schema=reader_schema)
-        writer_schema = fastavro.parse_schema(reader.writer_schema)
-        problems = can_read(reader_schema, writer_schema)
-        if problems:
-            raise SchemaError(f"{path}: written with a schema the reader schema cannot read: "
-                              + "; ".join(map(str, problems)))
-        yield from reader
+    except Exception as exc:  # not an Avro file, or a broken header  # noqa: BLE001
+        raise SchemaError(f"{path}: not a readable Avro container file ({exc})") from None
+    problems = can_read(reader_schema, fastavro.parse_schema(reader.writer_schema))
+    if problems:
+        raise SchemaError(f"{path}: written with a schema the reader schema cannot read: "
+                          + "; ".join(map(str, problems)))
+    return reader
+
+
+# --------------------------------------------------------------------------- Avro quotes as replay input
+
+AVRO_SUFFIX = ".avro"
+#: The CSV header an Avro quote file is replayed under (the canonical column names).
+QUOTE_COLUMNS = ("timestamp", "symbol", "bid_price", "bid_size", "ask_price", "ask_size", "latency_ms")
+
+
+def _text(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, datetime):
+        return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
+    return str(value)
+
+
+def quote_row(record: dict) -> list[str]:
+    """A ``quote`` record (any version, as resolved) as CSV fields in :data:`QUOTE_COLUMNS` order.
+
+    The timestamp is written to the microsecond (output lines still show milliseconds unless the
+    quote has sub-millisecond precision); prices keep their exact decimals; a null is empty.
+    """
+    latency = record.get("arrival_latency_ms", record.get("latency_ms"))
+    return [_text(record.get(name)) for name in QUOTE_COLUMNS[:-1]] + [_text(latency)]
+
+
+def quote_csv_chunks(records: Iterable[dict], rows_per_chunk: int = 4096) -> Iterator[bytes]:
+    """The header line, then the records as CSV, in chunks of bytes."""
+    yield (",".join(QUOTE_COLUMNS) + "\n").encode("utf-8")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    count = 0
+    for record in records:
+        writer.writerow(quote_row(record))
+        count += 1
+        if count == rows_per_chunk:
+            yield buffer.getvalue().encode("utf-8")
+            buffer.seek(0)
+            buffer.truncate()
+            count = 0
+    if count:
+        yield buffer.getvalue().encode("utf-8")
+
+
+class _ChunkStream(io.RawIOBase):
+    """A read-only binary stream over an iterator of byte chunks."""
+
+    def __init__(self, chunks: Iterator[bytes], on_close: Callable[[], None]):
+        super().__init__()
+        self._chunks = chunks
+        self._pending = b""
+        self._on_close = on_close
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._pending:
+            self._pending = next(self._chunks, b"")
+            if not self._pending:
+                return 0
+        count = min(len(buffer), len(self._pending))
+        buffer[:count] = self._pending[:count]
+        self._pending = self._pending[count:]
+        return count
+
+    def close(self) -> None:
+        if not self.closed:
+            self._on_close()
+        super().close()
+
+
+def open_avro_quotes(path: str, reader_schema: dict, open_file: Callable = FileSystems.open) -> BinaryIO:
+    """An Avro quote file, opened as the CSV the historical replay reads (streamed, not loaded).
+
+    So Avro input gets everything a CSV gets: arrival order, the domain rules, dead letters. A
+    dead letter's ``line`` is the record's number plus one (the header counts as line 1).
+    Raises SchemaError at once if the file cannot be read with ``reader_schema``.
+    """
+    stream = open_file(path)
+    try:
+        records = _resolved_records(stream, path, reader_schema)
+    except Exception:
+        stream.close()
+        raise
+    return io.BufferedReader(_ChunkStream(quote_csv_chunks(records), stream.close), buffer_size=1 << 16)
+
+
+class InputOpener:
+    """Opens replay inputs: ``.avro`` files as CSV (with the ``quote`` reader schema of
+    ``reader_version``), anything else as it is. Picklable, for the replay's ``open_file``."""
+
+    def __init__(self, reader_version: int):
+        self.reader_version = reader_version
+
+    def __call__(self, path: str) -> BinaryIO:
+        if path.endswith(AVRO_SUFFIX):
+            return open_avro_quotes(path, load_schema("quote", self.reader_version))
+        return FileSystems.open(path)
 
 
 def match_files(pattern: str) -> list[str]:

@@ -53,10 +53,11 @@ def block_timestamp(block: QuoteBlock) -> Timestamp:
 
 
 class _ReplayFn(beam.DoFn):
-    def __init__(self, default_symbol: str, block_bytes: int, show_progress: bool):
+    def __init__(self, default_symbol: str, block_bytes: int, show_progress: bool, open_file):
         self._default_symbol = default_symbol
         self._block_bytes = block_bytes
         self._show_progress = show_progress
+        self._open_file = open_file
         self._records = Metrics.counter(self.__class__, "records_in")
         self._blocks = Metrics.counter(self.__class__, "blocks")
 
@@ -67,7 +68,7 @@ class _ReplayFn(beam.DoFn):
             sizes = [m.size_in_bytes for r in FileSystems.match(list(sources)) for m in r.metadata_list]
             progress = Progress(sum(sizes))
         feed = HistoricalFeed(
-            sources, default_symbol=self._default_symbol, block_bytes=self._block_bytes, open_file=FileSystems.open
+            sources, default_symbol=self._default_symbol, block_bytes=self._block_bytes, open_file=self._open_file
         )
         for seq, block in enumerate(feed.blocks(0, on_block=progress.advance if progress else None)):
             self._blocks.inc()
@@ -91,15 +92,17 @@ class ReplayHistorical(beam.PTransform):
         default_symbol: symbol of rows in files without a symbol column.
         block_bytes: about how much CSV goes into one block.
         show_progress: print a progress line on stderr for long runs.
+        open_file: opens an input as a CSV byte stream (default Beam's ``FileSystems.open``;
+            ``transforms.avro.InputOpener`` also opens Avro quote files).
     """
 
     def __init__(self, sources: Sequence[str], *, default_symbol: str = "UNKNOWN",
-                 block_bytes: int = DEFAULT_BLOCK_BYTES, show_progress: bool = False):
+                 block_bytes: int = DEFAULT_BLOCK_BYTES, show_progress: bool = False, open_file=None):
         super().__init__()
         if not sources:
             raise ValueError("ReplayHistorical needs at least one input file")
         self._sources = tuple(sources)
-        self._fn = _ReplayFn(default_symbol, block_bytes, show_progress)
+        self._fn = _ReplayFn(default_symbol, block_bytes, show_progress, open_file or FileSystems.open)
 
     def expand(self, pbegin):
         return (
@@ -117,11 +120,13 @@ def plan_stream_replay(
     early_delay_us: int | None = None,
     default_symbol: str = "UNKNOWN",
     block_bytes: int = DEFAULT_BLOCK_BYTES,
+    open_file=None,
 ) -> StreamPlan:
     """Read the files now and cut their arrival-ordered rows into stream steps (see
     :func:`transforms.stream_replay.plan_steps`). Everything is held in memory."""
     replay = HistoricalReplay(
-        tuple(sources), default_symbol=default_symbol, block_bytes=block_bytes, open_file=FileSystems.open
+        tuple(sources), default_symbol=default_symbol, block_bytes=block_bytes,
+        open_file=open_file or FileSystems.open,
     )
     steps = tuple(plan_steps(replay, lag_us, window, early_delay_us))
     stats = replay.stats.as_dict()
