@@ -271,18 +271,18 @@ class LiveFeed:
         """Yield blocks from one connection; returns ``(ended, next position)``."""
         while not stopping():
             received: list[Message] = []
-            ended = False
+            lost = False
             try:
                 received.append(self._message(connection.recv(self.poll_seconds), position))
                 while len(received) < self.max_rows:
-                    received.append(self._message(connection.recv(0), _next(received[-1].seq)))
+                    received.append(self._message(connection.recv(0), received[-1].seq + 1))
             except TimeoutError:
                 pass
             except closed_error as exc:
                 code = exc.rcvd.code if exc.rcvd is not None else None
                 if code == 1008:  # policy violation: the feed refuses our request (e.g. a bad from)
                     raise LiveFeedError(f"{self.url}: the feed refused the connection ({exc.rcvd.reason})") from None
-                ended = None  # lost: reconnect after yielding what arrived
+                lost = True  # reconnect, after yielding what arrived
             block, position, eos = self._to_block(received, position)
             if block is not None:
                 yield block
@@ -290,7 +290,7 @@ class LiveFeed:
                 self._stats.end_of_stream += 1
                 LOG.info("live feed %s: end of stream at seq %s", self.url, position)
                 return True, position
-            if ended is None:
+            if lost:
                 return False, position
         return False, position
 
@@ -326,10 +326,6 @@ class LiveFeed:
         if newest is not None:
             self._newest_arrival_us = newest
         return FeedBlock(batch, kept[0].seq, kept[-1].seq + 1, self.sources), position, eos
-
-
-def _next(seq: int) -> int:
-    return seq + 1
 
 
 def _sleep(seconds: float, stopping: Stopping) -> None:

@@ -66,6 +66,21 @@ def when_input_ends() -> WhenInputEnds:
     return WhenInputEnds()
 
 
+def combine_when_ended(pipeline, pcolls: Sequence, combine_fn: beam.CombineFn, label: str):
+    """All elements of ``pcolls`` combined into one, once the input has ended.
+
+    A marker (:data:`_NO_PARTS`, which the combine must ignore) joins them, so the one result
+    exists, and every declared file gets created, even when nothing was written.
+    """
+    marker = pipeline | "NoPartsMarker" >> beam.Create([_NO_PARTS])
+    return (
+        [marker, *pcolls]
+        | "AllParts" >> beam.Flatten()
+        | "WhenInputEnds" >> when_input_ends()
+        | label >> beam.CombineGlobally(combine_fn).without_defaults()
+    )
+
+
 def staging_dir(output_dir: str, run_id: str) -> str:
     return FileSystems.join(output_dir, f".tmp-{run_id}")
 
@@ -167,14 +182,9 @@ class WriteOrderedText(beam.PTransform):
             chunks | f"WriteParts[{name}]" >> beam.ParDo(_WritePartFn(self._tmp_dir, name))
             for name, chunks in chunks_by_name.items()
         ]
-        # One marker, so the list below exists (and every file is created) even with no parts.
         pipeline = next(iter(chunks_by_name.values())).pipeline
-        marker = pipeline | "NoPartsMarker" >> beam.Create([_NO_PARTS])
         return (
-            [marker, *parts]
-            | "AllParts" >> beam.Flatten()
-            | "WhenInputEnds" >> when_input_ends()
-            | "CollectParts" >> beam.CombineGlobally(beam.combiners.ToListCombineFn()).without_defaults()
+            combine_when_ended(pipeline, parts, beam.combiners.ToListCombineFn(), "CollectParts")
             | "Publish" >> beam.ParDo(_PublishFn(self._output_dir, self._tmp_dir, names))
         )
 
@@ -367,10 +377,4 @@ class AppendText(beam.PTransform):
             for name, chunks in chunks_by_name.items()
         ]
         pipeline = next(iter(chunks_by_name.values())).pipeline
-        marker = pipeline | "NothingAppendedMarker" >> beam.Create([_NO_PARTS])
-        return (
-            [marker, *written]
-            | "AllAppends" >> beam.Flatten()
-            | "WhenInputEnds" >> when_input_ends()
-            | "Summarize" >> beam.CombineGlobally(SummarizeAppends(names)).without_defaults()
-        )
+        return combine_when_ended(pipeline, written, SummarizeAppends(names), "Summarize")
