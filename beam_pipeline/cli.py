@@ -98,7 +98,9 @@ _CHECK_LABELS = {"balanced": "mid-price counts", "windows_balanced": "window cou
 
 
 def _summary(output_dir: str, metrics: dict) -> str:
-    names = {metric: name for name, metric in {**OUTPUTS, **WINDOW_OUTPUTS}.items()}
+    partitions = metrics.get("partitions", {})
+    where = "tenant=*/" if partitions else ""
+    names = {metric: where + name for name, metric in {**OUTPUTS, **WINDOW_OUTPUTS}.items()}
     width = max(len(FileSystems.join(output_dir, name)) for name in [*names.values(), "metrics.json"])
 
     def row(metric: str, text: str) -> str:
@@ -133,6 +135,9 @@ def _summary(output_dir: str, metrics: dict) -> str:
                 f"{metrics['windows_emitted']:,} panes ({timing or 'none'}), {metrics['windowing']['window']}"),
             row("late_dropped", f"{metrics['late_dropped']:,} quotes past their window's allowed lateness"),
         ]
+    if partitions:
+        tenants = ", ".join(partition.split("=", 1)[1] for partition in partitions)
+        lines.append(f"  {len(partitions)} tenant partitions in {output_dir}: {tenants}")
     checks = metrics["balance_terms"]
     for check, terms in checks.items():
         label = _CHECK_LABELS.get(check, check) if len(checks) > 1 else "counts"

@@ -63,6 +63,11 @@ class QuoteOptions(PipelineOptions):
             "as Avro container files (deflate) in this folder, one file per block (default: none)",
         )
         parser.add_argument(
+            "--partition_by_tenant", action="store_true", default=False,
+            help="write mid prices, errors, dead letters, windows and late quotes per tenant, to "
+            "OUTPUT_DIR/tenant=<t>/<file> (dead letters whose tenant cannot be read: tenant=_unattributed)",
+        )
+        parser.add_argument(
             "--progress", default="auto", choices=("auto", "off"),
             help="print a progress line on stderr for runs longer than a few seconds (default: auto)",
         )

@@ -171,8 +171,11 @@ def build_pipeline(
             show_progress=config.progress == "auto",
             open_file=input_opener(config),
         )
-    normalized = replay["blocks"] | "NormalizeQuotes" >> NormalizeQuotes(rules)
-    priced = normalized.valid | "ComputeMidPrices" >> ComputeMidPrices(config.latency_threshold_ms, scale=scale)
+    per_tenant = config.partition_by_tenant
+    normalized = replay["blocks"] | "NormalizeQuotes" >> NormalizeQuotes(rules, partition_by_tenant=per_tenant)
+    priced = normalized.valid | "ComputeMidPrices" >> ComputeMidPrices(
+        config.latency_threshold_ms, scale=scale, partition_by_tenant=per_tenant
+    )
     if config.avro_output:
         write_avro(normalized.valid, config.avro_output, scale, config.latency_threshold_ms, run_id)
         extra["avro_output"] = config.avro_output
@@ -186,10 +189,10 @@ def build_pipeline(
     counts = replay["counts"]
     if windowing:
         windowed = normalized.valid | "WindowQuotes" >> WindowQuoteBlocks(windowing, lag_us)
-        panes = windowed["panes"] | "PanesToText" >> PanesToText(scale, windowing.accumulation)
+        panes = windowed["panes"] | "PanesToText" >> PanesToText(scale, windowing.accumulation, per_tenant)
         outputs["windows.jsonl"] = panes["chunks"]
         late_sources = sources if not live else [*sources, config.live_url]
-        outputs["late.jsonl"] = windowed["late"] | "LateToText" >> LateToText(late_sources, windowing, scale)
+        outputs["late.jsonl"] = windowed["late"] | "LateToText" >> LateToText(late_sources, windowing, scale, per_tenant)
         metric_names.update(WINDOW_OUTPUTS)
         in_panes = "quotes_in_panes" if windowing.accumulation == "discarding" else "windowed_quotes"
         balances["windows_balanced"] = [in_panes, "late_dropped", "dead_lettered"]
@@ -203,10 +206,12 @@ def build_pipeline(
         if streaming:
             extra["watermark_lag"] = duration_text(lag_us)
 
+    if per_tenant:
+        extra["partition_by_tenant"] = True
     if live:
-        published = outputs | "AppendOutputs" >> AppendText(config.output_dir)
+        published = outputs | "AppendOutputs" >> AppendText(config.output_dir, per_tenant)
     else:
-        published = outputs | "WriteOutputs" >> WriteOrderedText(config.output_dir, run_id)
+        published = outputs | "WriteOutputs" >> WriteOrderedText(config.output_dir, run_id, per_tenant)
     _ = published | "WriteMetrics" >> WriteRunMetrics(
         config.output_dir,
         counts,

@@ -87,11 +87,11 @@ def _arrival_ordered(path: str, index: int, default_symbol: str, counts: Counts)
                 dead.append(quotes.dead_letter_json(path, line, raw, out_of_order_reason(arrival, newest)))
                 continue
             newest = max(newest, event_us)
-            symbol, bid, ask, bid_size, ask_size = quotes.parse_content(fields, PRICES)
+            symbol, bid, ask, bid_size, ask_size, tenant = quotes.parse_content(fields, PRICES)
         except Rejected as rejected:
             dead.append(quotes.dead_letter_json(path, line, raw, rejected.reason))
             continue
-        quote = quotes.Quote(event_us, symbol, bid, ask, bid_size, ask_size, latency)
+        quote = quotes.Quote(event_us, symbol, bid, ask, bid_size, ask_size, latency, tenant)
         heap.push(arrival, index, line, (line, quote))
         for line_of, ready in heap.pop_before(newest):
             yield ready.arrival_us, index, line_of, ready
@@ -102,38 +102,40 @@ def _arrival_ordered(path: str, index: int, default_symbol: str, counts: Counts)
 def batch_panes(quoted: Sequence[tuple[int, int, quotes.Quote]], window: WindowSpec) -> list[Pane]:
     """Every window's one on-time pane, from ``(file, line, quote)`` s, without Beam.
 
-    Fixed and sliding windows by arithmetic on the timestamp; sessions by sorting each symbol's
+    Fixed and sliding windows by arithmetic on the timestamp; sessions by sorting each (tenant, symbol)'s
     quotes by time (to the millisecond, as windows are) and starting a new session where the
     gap to the session's last quote is reached.
     """
-    stats: dict[tuple[str, int, int], PaneStats] = {}
+    stats: dict[tuple[tuple[str, str], int, int], PaneStats] = {}
 
-    def add(symbol: str, start: int, end: int, file: int, line: int, quote: quotes.Quote, home: int) -> None:
+    def add(key: tuple[str, str], start: int, end: int, file: int, line: int, quote: quotes.Quote, home: int) -> None:
         item = PaneQuote(quote.event_us, file, line, quote.bid + quote.ask, quote.ask - quote.bid, home)
-        stats[(symbol, start, end)] = add_quote(stats.get((symbol, start, end)), item)
+        stats[(key, start, end)] = add_quote(stats.get((key, start, end)), item)
 
     if window.kind != "session":
         for file, line, quote in quoted:
             windows = window.windows(quote.event_us)
             home = windows[-1][0] if window.kind == "sliding" else ANY_WINDOW
             for start, end in windows:
-                add(quote.symbol, start, end, file, line, quote, home)
+                add((quote.tenant, quote.symbol), start, end, file, line, quote, home)
     else:
-        by_symbol: dict[str, list[tuple[int, int, int, quotes.Quote]]] = {}
+        by_key: dict[tuple[str, str], list[tuple[int, int, int, quotes.Quote]]] = {}
         for file, line, quote in quoted:
-            by_symbol.setdefault(quote.symbol, []).append((window_time(quote.event_us), file, line, quote))
-        for symbol, items in by_symbol.items():
+            by_key.setdefault((quote.tenant, quote.symbol), []).append((window_time(quote.event_us), file, line, quote))
+        for key, items in by_key.items():
             items.sort()
             session: list[tuple[int, int, int, quotes.Quote]] = []
             for item in [*items, None]:
                 if session and (item is None or item[0] >= session[-1][0] + window.gap_us):
                     start, end = session[0][0], max(i[0] for i in session) + window.gap_us
                     for _, file, line, quote in session:
-                        add(symbol, start, end, file, line, quote, ANY_WINDOW)
+                        add(key, start, end, file, line, quote, ANY_WINDOW)
                     session = []
                 if item is not None:
                     session.append(item)
-    panes = [Pane(symbol, start, end, "ON_TIME", 0, pane) for (symbol, start, end), pane in stats.items()]
+    panes = [
+        Pane(symbol, start, end, "ON_TIME", 0, pane, tenant) for ((tenant, symbol), start, end), pane in stats.items()
+    ]
     return sorted(panes, key=pane_sort_key)
 
 

@@ -66,7 +66,7 @@ def _resolved_records(stream, path: str, reader_schema: dict) -> Iterator[dict]:
 
 AVRO_SUFFIX = ".avro"
 #: The CSV header an Avro quote file is replayed under (the canonical column names).
-QUOTE_COLUMNS = ("timestamp", "symbol", "bid_price", "bid_size", "ask_price", "ask_size", "latency_ms")
+QUOTE_COLUMNS = ("timestamp", "symbol", "bid_price", "bid_size", "ask_price", "ask_size", "latency_ms", "tenant")
 
 
 def _text(value) -> str:
@@ -83,10 +83,12 @@ def quote_row(record: dict) -> list[str]:
     """A ``quote`` record (any version, as resolved) as CSV fields in :data:`QUOTE_COLUMNS` order.
 
     The timestamp is written to the microsecond (output lines still show milliseconds unless the
-    quote has sub-millisecond precision); prices keep their exact decimals; a null is empty.
+    quote has sub-millisecond precision); prices keep their exact decimals; a null is empty (a v1
+    record has no tenant: empty, which normalize reads as the default tenant).
     """
-    latency = record.get("arrival_latency_ms", record.get("latency_ms"))
-    return [_text(record.get(name)) for name in QUOTE_COLUMNS[:-1]] + [_text(latency)]
+    fields = {name: record.get(name) for name in QUOTE_COLUMNS}
+    fields["latency_ms"] = record.get("arrival_latency_ms", record.get("latency_ms"))
+    return [_text(fields[name]) for name in QUOTE_COLUMNS]
 
 
 def quote_csv_chunks(records: Iterable[dict], rows_per_chunk: int = 4096) -> Iterator[bytes]:
@@ -256,7 +258,7 @@ def _decimals(unscaled, exponent: int) -> list:
     return [Decimal(int(value)).scaleb(exponent) for value in unscaled]
 
 
-def quote_records(valid: pa.RecordBatch, scale: int, tenant: str = "default") -> list[dict]:
+def quote_records(valid: pa.RecordBatch, scale: int) -> list[dict]:
     """Valid quotes (:data:`transforms.normalize.VALID_SCHEMA`) as ``quote`` v2 records."""
     columns = valid.to_pydict()
     bids = _decimals(columns["bid"], -scale)
@@ -270,7 +272,7 @@ def quote_records(valid: pa.RecordBatch, scale: int, tenant: str = "default") ->
             "ask_price": asks[i],
             "ask_size": columns["ask_size"][i],
             "arrival_latency_ms": columns["latency"][i],
-            "tenant": tenant,
+            "tenant": columns["tenant"][i],
             "venue": None,
         }
         for i in range(valid.num_rows)
@@ -278,7 +280,7 @@ def quote_records(valid: pa.RecordBatch, scale: int, tenant: str = "default") ->
 
 
 def mid_price_records(valid: pa.RecordBatch, scale: int, latency_threshold_ms: int | None = None) -> list[dict]:
-    """``mid_price`` v1 records of the valid quotes that get a mid (those not latency-filtered,
+    """``mid_price`` v2 records of the valid quotes that get a mid (those not latency-filtered,
     as in ``mid_prices.log``). The mid has one more decimal place than the prices, so
     ``(bid + ask) / 2`` is exact."""
     filtered = split_by_latency(valid, latency_threshold_ms)
@@ -289,7 +291,7 @@ def mid_price_records(valid: pa.RecordBatch, scale: int, latency_threshold_ms: i
     mids = _decimals([value * 5 for value in doubled], -(scale + 1))
     return [
         {"timestamp": columns["event_us"][i], "symbol": columns["symbol"][i], "mid": mids[i],
-         "mode": columns["mode"][i]}
+         "mode": columns["mode"][i], "tenant": columns["tenant"][i]}
         for i in range(valid.num_rows)
     ]
 

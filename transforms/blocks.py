@@ -48,6 +48,8 @@ class TextChunk:
         lines: how many lines ``data`` holds.
         tally: (name, count) pairs summed into ``metrics.json`` (e.g. dead letters per reason).
         keyed: see ``data``.
+        partition: the sub-directory of the output directory the lines go to (``tenant=<t>`` with
+            ``--partition_by_tenant``, see :mod:`transforms.tenants`); ``""``: the output directory.
     """
 
     seq: int
@@ -55,6 +57,7 @@ class TextChunk:
     lines: int
     tally: tuple[tuple[str, int], ...] = ()
     keyed: bool = False
+    partition: str = ""
 
 
 _HEADER = struct.Struct("<qI")

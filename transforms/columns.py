@@ -166,6 +166,24 @@ def parse_symbols(column: pa.Array) -> tuple[pa.Array, Rejects]:
     return trimmed, rejects
 
 
+def parse_tenants(column: pa.Array) -> tuple[pa.Array, Rejects]:
+    """Tenants with white space trimmed; null or empty is the default tenant (see
+    :func:`transforms.quotes.parse_tenant`); a name that is not a safe directory name is rejected."""
+    if column.null_count == len(column):  # no tenant column: every quote is the default tenant's
+        return pa.repeat(pa.scalar(quotes.DEFAULT_TENANT), len(column)), {}
+    trimmed = pc.utf8_trim_whitespace(column)
+    empty = pc.fill_null(pc.equal(trimmed, ""), True)
+    tenants = pc.if_else(empty, quotes.DEFAULT_TENANT, trimmed)
+    ok = pc.match_substring_regex(tenants, quotes.TENANT_PATTERN).to_numpy(zero_copy_only=False)
+    rejects: Rejects = {}
+    for index in np.flatnonzero(~ok).tolist():
+        try:
+            quotes.parse_tenant(column[index].as_py())
+        except Rejected as rejected:
+            rejects[index] = rejected.reason
+    return tenants, rejects
+
+
 def crossed_rejects(bid: np.ndarray, ask: np.ndarray, bid_text: pa.Array, ask_text: pa.Array) -> Rejects:
     """Reasons for rows whose bid is above their ask."""
     rejects: Rejects = {}

@@ -21,7 +21,7 @@ import pyarrow.csv as pa_csv
 from transforms.quotes import Rejected
 
 #: Canonical column names, in the order the block schema holds them.
-FIELDS = ("timestamp", "symbol", "bid_price", "bid_size", "ask_price", "ask_size", "latency_ms")
+FIELDS = ("timestamp", "symbol", "bid_price", "bid_size", "ask_price", "ask_size", "latency_ms", "tenant")
 REQUIRED = ("timestamp", "bid_price", "ask_price")
 ALIASES = {"bid": "bid_price", "ask": "ask_price", "latency": "latency_ms"}
 

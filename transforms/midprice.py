@@ -22,6 +22,7 @@ from apache_beam.metrics import Metrics
 from transforms import columns
 from transforms.blocks import QuoteBlock, TextChunk
 from transforms.replay import HISTORICAL
+from transforms.tenants import split_by_tenant
 
 ERRORS = "errors"
 
@@ -58,25 +59,30 @@ def latency_error_text(late: pa.RecordBatch, threshold_ms: int) -> bytes:
 
 
 class _MidPriceFn(beam.DoFn):
-    def __init__(self, threshold_ms: int | None, scale: int):
+    def __init__(self, threshold_ms: int | None, scale: int, partitioned: bool):
         self._threshold_ms = threshold_ms
         self._scale = scale
+        self._partitioned = partitioned
         self._mids = Metrics.counter(self.__class__, "mid_prices")
         self._filtered = Metrics.counter(self.__class__, "latency_filtered")
 
     def process(self, block: QuoteBlock) -> Iterator[TextChunk | beam.pvalue.TaggedOutput]:
-        late = split_by_latency(block.batch, self._threshold_ms)
+        for partition, rows in split_by_tenant(block.batch, self._partitioned):
+            yield from self._chunks(block.seq, rows, partition)
+
+    def _chunks(self, seq: int, rows: pa.RecordBatch, partition: str):
+        late = split_by_latency(rows, self._threshold_ms)
         if late.any():
-            too_late = block.batch.filter(pa.array(late))
+            too_late = rows.filter(pa.array(late))
             self._filtered.inc(too_late.num_rows)
             text = latency_error_text(too_late, self._threshold_ms)
-            yield beam.pvalue.TaggedOutput(ERRORS, TextChunk(block.seq, text, too_late.num_rows))
-            on_time = block.batch.filter(pa.array(~late))
+            yield beam.pvalue.TaggedOutput(ERRORS, TextChunk(seq, text, too_late.num_rows, partition=partition))
+            on_time = rows.filter(pa.array(~late))
         else:
-            on_time = block.batch
+            on_time = rows
         if on_time.num_rows:
             self._mids.inc(on_time.num_rows)
-            yield TextChunk(block.seq, mid_price_text(on_time, self._scale), on_time.num_rows)
+            yield TextChunk(seq, mid_price_text(on_time, self._scale), on_time.num_rows, partition=partition)
 
 
 class ComputeMidPrices(beam.PTransform):
@@ -86,18 +92,20 @@ class ComputeMidPrices(beam.PTransform):
         latency_threshold_ms: historical quotes (``mode`` column) with a greater latency go to
             ``errors``; live quotes are never filtered. None: no filter at all.
         scale: the prices' decimal scale (from the schema).
+        partition_by_tenant: one chunk per tenant of each block (``tenant=<t>`` partitions).
     """
 
-    def __init__(self, latency_threshold_ms: int | None, scale: int = 8):
+    def __init__(self, latency_threshold_ms: int | None, scale: int = 8, partition_by_tenant: bool = False):
         super().__init__()
         if latency_threshold_ms is not None and latency_threshold_ms < 0:
             raise ValueError(f"latency_threshold_ms must be >= 0, got {latency_threshold_ms}")
         self._threshold_ms = latency_threshold_ms
         self._scale = scale
+        self._partitioned = partition_by_tenant
 
     def expand(self, valid_blocks):
         return valid_blocks | "MidOrLatencyError" >> (
-            beam.ParDo(_MidPriceFn(self._threshold_ms, self._scale))
+            beam.ParDo(_MidPriceFn(self._threshold_ms, self._scale, self._partitioned))
             .with_output_types(TextChunk)
             .with_outputs(ERRORS, main="mid_prices")
         )

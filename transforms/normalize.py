@@ -27,6 +27,7 @@ from schemas import FieldRule, SchemaError
 from transforms import columns
 from transforms.blocks import QuoteBlock, TextChunk
 from transforms.quotes import PriceRule, dead_letter_json, reject_code
+from transforms.tenants import dead_letter_tenants, split_by_tenant
 
 VALID_SCHEMA = pa.schema(
     [
@@ -42,6 +43,7 @@ VALID_SCHEMA = pa.schema(
         pa.field("bid_size", pa.float64()),
         pa.field("ask_size", pa.float64()),
         pa.field("mode", pa.string()),
+        pa.field("tenant", pa.string()),
     ]
 )
 
@@ -81,6 +83,8 @@ def normalize_batch(batch: pa.RecordBatch, prices: PriceRule) -> tuple[pa.Record
     first(rejects)
     ask_size, rejects = _sizes(rows.column("ask_size"), "ask_size")
     first(rejects)
+    tenant, rejects = columns.parse_tenants(rows.column("tenant"))
+    first(rejects)
     ok = np.ones(count, dtype=bool)
     ok[list(reasons)] = False
     # Only rows with two valid prices can be crossed; the others already have a reason.
@@ -102,6 +106,7 @@ def normalize_batch(batch: pa.RecordBatch, prices: PriceRule) -> tuple[pa.Record
             pa.array(bid_size, from_pandas=True),
             pa.array(ask_size, from_pandas=True),
             rows.column("mode"),
+            tenant,
         ],
         schema=VALID_SCHEMA,
     )
@@ -128,12 +133,21 @@ def _sizes(column: pa.Array, field: str) -> tuple[np.ndarray, dict[int, str]]:
 
 def _dead(rows: pa.RecordBatch, reasons: pa.Array) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(
-        [rows.column("file"), rows.column("line"), rows.column("raw"), reasons],
-        names=["file", "line", "raw", "reject"],
+        [rows.column("file"), rows.column("line"), rows.column("raw"), reasons, dead_letter_tenants(rows)],
+        names=["file", "line", "raw", "reject", "tenant"],
     )
 
 
-def dead_letter_chunk(seq: int, dead: pa.RecordBatch, sources: tuple[str, ...]) -> TextChunk:
+def dead_letter_chunks(
+    seq: int, dead: pa.RecordBatch, sources: tuple[str, ...], partitioned: bool = False
+) -> Iterator[TextChunk]:
+    """:func:`dead_letter_chunk` s of a block's dead letters: one, or one per tenant (see
+    :func:`transforms.tenants.dead_letter_tenants`) when ``partitioned``."""
+    for partition, rows in split_by_tenant(dead, partitioned):
+        yield dead_letter_chunk(seq, rows, sources, partition)
+
+
+def dead_letter_chunk(seq: int, dead: pa.RecordBatch, sources: tuple[str, ...], partition: str = "") -> TextChunk:
     """``dead_letter.jsonl`` lines sorted by (file, line), keyed so the sink can merge parts."""
     order = np.lexsort((dead.column("line").to_numpy(), dead.column("file").to_numpy()))
     files = dead.column("file").to_numpy()[order].tolist()
@@ -145,12 +159,13 @@ def dead_letter_chunk(seq: int, dead: pa.RecordBatch, sources: tuple[str, ...]) 
         for file, line, raw, reason in zip(files, lines, raws, reasons)
     )
     tally = tuple(sorted(Counter(reject_code(reason) for reason in reasons).items()))
-    return TextChunk(seq, text.encode("utf-8"), len(lines), tally, keyed=True)
+    return TextChunk(seq, text.encode("utf-8"), len(lines), tally, keyed=True, partition=partition)
 
 
 class _NormalizeFn(beam.DoFn):
-    def __init__(self, prices: PriceRule):
+    def __init__(self, prices: PriceRule, partitioned: bool):
         self._prices = prices
+        self._partitioned = partitioned
         self._valid = Metrics.counter(self.__class__, "valid_quotes")
         self._dead = Metrics.counter(self.__class__, "dead_lettered")
 
@@ -159,7 +174,8 @@ class _NormalizeFn(beam.DoFn):
         self._valid.inc(valid.num_rows)
         if dead.num_rows:
             self._dead.inc(dead.num_rows)
-            yield beam.pvalue.TaggedOutput(DEAD_LETTERS, dead_letter_chunk(block.seq, dead, block.sources))
+            for chunk in dead_letter_chunks(block.seq, dead, block.sources, self._partitioned):
+                yield beam.pvalue.TaggedOutput(DEAD_LETTERS, chunk)
         if valid.num_rows:
             yield QuoteBlock(block.seq, valid, block.sources)
 
@@ -169,15 +185,17 @@ class NormalizeQuotes(beam.PTransform):
 
     Args:
         rules: the quote schema compiled with :func:`schemas.field_rules`.
+        partition_by_tenant: dead letters in one chunk per tenant (``tenant=<t>`` partitions).
     """
 
-    def __init__(self, rules: Mapping[str, FieldRule]):
+    def __init__(self, rules: Mapping[str, FieldRule], partition_by_tenant: bool = False):
         super().__init__()
         self._prices = price_rule(rules)
+        self._partitioned = partition_by_tenant
 
     def expand(self, blocks):
         return blocks | "CheckSchemaAndRules" >> (
-            beam.ParDo(_NormalizeFn(self._prices))
+            beam.ParDo(_NormalizeFn(self._prices, self._partitioned))
             .with_output_types(QuoteBlock)
             .with_outputs(DEAD_LETTERS, main="valid")
         )

@@ -39,6 +39,7 @@ REJECT_CODES = {
     "out_of_order": "the row arrives before rows already replayed (input not sorted by timestamp)",
     "bad_json": "a live message is not a JSON object (cut short, not JSON, or not an object)",
     "bad_field": "a live message's quote field is not a string or a number",
+    "bad_tenant": "the tenant is not a name of letters, digits, '_', '.' and '-' (it names a directory)",
 }
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -203,6 +204,30 @@ def parse_symbol(text: str) -> str:
     return symbol
 
 
+#: A tenant without a tenant field (quote v1 data, a CSV without the column, an empty value).
+DEFAULT_TENANT = "default"
+#: What a tenant name may be: it becomes a directory name with ``--partition_by_tenant``.
+TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_TENANT = re.compile(TENANT_PATTERN)
+
+
+def parse_tenant(text: str | None) -> str:
+    """A tenant name, white space trimmed; none or empty is :data:`DEFAULT_TENANT`.
+
+    A name is 1 to 64 letters, digits, ``_``, ``.`` or ``-`` and starts with a letter or digit, so
+    it is always a safe directory name (no ``/``, no ``..``, nothing hidden).
+    """
+    tenant = (text or "").strip()
+    if not tenant:
+        return DEFAULT_TENANT
+    if not _TENANT.match(tenant):
+        raise Rejected(
+            "bad_tenant",
+            f"tenant {text!r} must be 1 to 64 letters, digits, '_', '.' or '-', starting with a letter or digit",
+        )
+    return tenant
+
+
 def check_not_crossed(bid: int, ask: int, bid_text: str, ask_text: str) -> None:
     """A quote whose bid is above its ask has no meaningful mid price."""
     if bid > ask:
@@ -258,6 +283,7 @@ class Quote(NamedTuple):
     bid_size: float | None
     ask_size: float | None
     latency_ms: int | None
+    tenant: str = DEFAULT_TENANT
 
     @property
     def arrival_us(self) -> int:
@@ -272,18 +298,22 @@ class PriceRule:
     scale: int
 
 
-def parse_content(fields: dict[str, str | None], prices: PriceRule) -> tuple[str, int, int, float | None, float | None]:
+def parse_content(
+    fields: dict[str, str | None], prices: PriceRule
+) -> tuple[str, int, int, float | None, float | None, str]:
     """Validate everything but timestamp and latency, in schema field order, then the bid/ask rule.
 
-    Returns ``(symbol, bid, ask, bid_size, ask_size)`` with prices scaled by ``10**prices.scale``.
+    Returns ``(symbol, bid, ask, bid_size, ask_size, tenant)`` with prices scaled by
+    ``10**prices.scale``.
     """
     symbol = parse_symbol(fields.get("symbol") or "")
     bid = parse_price(fields.get("bid_price") or "", "bid_price", prices.precision, prices.scale)
     bid_size = parse_size(fields.get("bid_size"), "bid_size")
     ask = parse_price(fields.get("ask_price") or "", "ask_price", prices.precision, prices.scale)
     ask_size = parse_size(fields.get("ask_size"), "ask_size")
+    tenant = parse_tenant(fields.get("tenant"))
     check_not_crossed(bid, ask, fields.get("bid_price") or "", fields.get("ask_price") or "")
-    return symbol, bid, ask, bid_size, ask_size
+    return symbol, bid, ask, bid_size, ask_size, tenant
 
 
 def dead_letter_json(source: str, line: int, raw: str, reason: str) -> str:

@@ -8,6 +8,10 @@ A crashed run leaves staging files and parts in a hidden ``.tmp-<run id>`` folde
 half-written output under the real name. Every declared output is created, empty if need be.
 
 Files go through Beam's ``FileSystems``, so ``--output_dir`` may be any filesystem Beam knows.
+
+A chunk may name a *partition* (``tenant=<t>``, see :mod:`transforms.tenants`): its lines go to
+``<output_dir>/<partition>/<name>``. A partitioned sink writes every declared file in every
+partition it has seen, empty if need be, and none at the top of the output directory.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ class PartFile:
     lines: int
     tally: tuple[tuple[str, int], ...]
     keyed: bool
+    partition: str = ""
 
 
 class WhenInputEnds(beam.PTransform):
@@ -91,11 +96,12 @@ class _WritePartFn(beam.DoFn):
         self._name = name
 
     def process(self, chunk: TextChunk) -> Iterator[PartFile]:
-        path = FileSystems.join(self._tmp_dir, f"{self._name}.{chunk.seq:012d}.part")
+        where = f"{chunk.partition}." if chunk.partition else ""
+        path = FileSystems.join(self._tmp_dir, f"{where}{self._name}.{chunk.seq:012d}.part")
         # A retried bundle rewrites the same path with the same bytes: writing is idempotent.
         with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as part:
             part.write(chunk.data)
-        yield PartFile(self._name, chunk.seq, path, chunk.lines, chunk.tally, chunk.keyed)
+        yield PartFile(self._name, chunk.seq, path, chunk.lines, chunk.tally, chunk.keyed, chunk.partition)
 
 
 def _open(path: str):
@@ -117,27 +123,40 @@ def _copy_in_order(parts: Sequence[PartFile], target) -> None:
             shutil.copyfileobj(source, target, 1 << 20)
 
 
-def publish(output_dir: str, tmp_dir: str, names: Iterable[str], parts: Iterable[PartFile]) -> dict[str, dict]:
+def publish(
+    output_dir: str, tmp_dir: str, names: Iterable[str], parts: Iterable[PartFile], partitioned: bool = False
+) -> dict[str, dict]:
     """Concatenate each output's parts in ``seq`` order, then rename every output into place.
 
-    Returns ``{name: {"lines": n, "tally": {...}}}``.
+    Returns ``{name: {"lines": n, "tally": {...}}}``; when ``partitioned``, each entry also has
+    ``"partitions": {partition: lines}``, and every name is written in every partition of the
+    parts (a part without a partition is refused: it would mix partitioned and unpartitioned files).
     """
-    by_name: dict[str, list[PartFile]] = {name: [] for name in names}
+    names = list(names)
+    groups: dict[tuple[str, str], list[PartFile]] = {}
     for part in parts:
-        by_name[part.name].append(part)
-    summary: dict[str, dict] = {}
+        if bool(part.partition) != partitioned:
+            raise ValueError(f"part {part.path} has partition {part.partition!r} in a sink with partitioned={partitioned}")
+        groups.setdefault((part.partition, part.name), []).append(part)
+    partitions = sorted({partition for partition, _ in groups}) if partitioned else [""]
+    summary: dict[str, dict] = {name: {"lines": 0, "tally": {}} for name in names}
     staged: list[tuple[str, str]] = []
-    for name, group in by_name.items():
-        group.sort(key=lambda p: p.seq)
-        staging = FileSystems.join(tmp_dir, f"{name}.staging")
-        with FileSystems.create(staging, compression_type=CompressionTypes.UNCOMPRESSED) as target:
-            _copy_in_order(group, target)
-        tally: dict[str, int] = {}
-        for part in group:
-            for key, count in part.tally:
-                tally[key] = tally.get(key, 0) + count
-        summary[name] = {"lines": sum(p.lines for p in group), "tally": dict(sorted(tally.items()))}
-        staged.append((staging, FileSystems.join(output_dir, name)))
+    for partition in partitions:
+        target_dir = FileSystems.join(output_dir, partition) if partition else output_dir
+        if partition and not FileSystems.exists(target_dir):
+            FileSystems.mkdirs(target_dir)
+        for name in names:
+            group = sorted(groups.get((partition, name), []), key=lambda p: p.seq)
+            where = f"{partition}." if partition else ""
+            staging = FileSystems.join(tmp_dir, f"{where}{name}.staging")
+            with FileSystems.create(staging, compression_type=CompressionTypes.UNCOMPRESSED) as target:
+                _copy_in_order(group, target)
+            lines = sum(p.lines for p in group)
+            tally = [pair for part in group for pair in part.tally]
+            _add_counts(summary[name], lines, tally, {partition: lines} if partitioned else {})
+            staged.append((staging, FileSystems.join(target_dir, name)))
+    for entry in summary.values():
+        entry["tally"] = dict(sorted(entry["tally"].items()))
     for staging, final in staged:
         if FileSystems.exists(final):
             FileSystems.delete([final])
@@ -147,17 +166,23 @@ def publish(output_dir: str, tmp_dir: str, names: Iterable[str], parts: Iterable
 
 
 class _PublishFn(beam.DoFn):
-    def __init__(self, output_dir: str, tmp_dir: str, names: Sequence[str]):
+    def __init__(self, output_dir: str, tmp_dir: str, names: Sequence[str], partitioned: bool):
         self._output_dir = output_dir
         self._tmp_dir = tmp_dir
         self._names = tuple(names)
+        self._partitioned = partitioned
 
     def process(self, parts: list[PartFile | str]) -> Iterator[dict]:
         if not FileSystems.exists(self._tmp_dir):
             FileSystems.mkdirs(self._tmp_dir)
-        summary = publish(self._output_dir, self._tmp_dir, self._names, [p for p in parts if p != _NO_PARTS])
+        parts = [p for p in parts if p != _NO_PARTS]
+        summary = publish(self._output_dir, self._tmp_dir, self._names, parts, self._partitioned)
         for name, info in summary.items():
-            LOG.info("wrote %s (%d lines)", FileSystems.join(self._output_dir, name), info["lines"])
+            if self._partitioned:
+                LOG.info("wrote %s in %d partitions of %s (%d lines)", name, len(info["partitions"]),
+                         self._output_dir, info["lines"])
+            else:
+                LOG.info("wrote %s (%d lines)", FileSystems.join(self._output_dir, name), info["lines"])
         yield summary
 
 
@@ -168,13 +193,14 @@ class WriteOrderedText(beam.PTransform):
     element-wise stages produce); everything is gathered once the input ends.
 
     Outputs one element: ``{file name: {"lines": n, "tally": {key: count}}}``, once every file
-    is in place.
+    is in place. ``partitioned``: the chunks name partitions, see :func:`publish`.
     """
 
-    def __init__(self, output_dir: str, run_id: str):
+    def __init__(self, output_dir: str, run_id: str, partitioned: bool = False):
         super().__init__()
         self._output_dir = output_dir
         self._tmp_dir = staging_dir(output_dir, run_id)
+        self._partitioned = partitioned
 
     def expand(self, chunks_by_name: Mapping[str, beam.PCollection]):
         names = list(chunks_by_name)
@@ -185,7 +211,7 @@ class WriteOrderedText(beam.PTransform):
         pipeline = next(iter(chunks_by_name.values())).pipeline
         return (
             combine_when_ended(pipeline, parts, beam.combiners.ToListCombineFn(), "CollectParts")
-            | "Publish" >> beam.ParDo(_PublishFn(self._output_dir, self._tmp_dir, names))
+            | "Publish" >> beam.ParDo(_PublishFn(self._output_dir, self._tmp_dir, names, self._partitioned))
         )
 
 
@@ -241,6 +267,12 @@ class _MetricsFn(beam.DoFn):
         for file_name, metric in self._metric_names.items():
             if summary[file_name]["tally"]:
                 metrics[self._tally_names.get(file_name, f"{metric}_by_reason")] = summary[file_name]["tally"]
+        partitions: dict[str, dict[str, int]] = {}
+        for file_name, metric in self._metric_names.items():
+            for partition, lines in summary[file_name].get("partitions", {}).items():
+                partitions.setdefault(partition, {})[metric] = lines
+        if partitions:
+            metrics["partitions"] = dict(sorted(partitions.items()))
         metrics.update(self._extra)
         metrics["run_seconds"] = round(self._clock() - self._started_at, 3)
         for name, ok in checks.items():
@@ -298,29 +330,54 @@ def strip_sort_keys(data: bytes) -> bytes:
 
 
 class _AppendFn(beam.DoFn):
-    """Append each chunk to one local file as it comes, and flush it: readers see lines at once."""
+    """Append each chunk to its local file as it comes, and flush it: readers see lines at once.
 
-    def __init__(self, path: str, name: str):
-        self._path = path
+    Not ``partitioned``: the file ``<output_dir>/<name>`` exists from the start. Partitioned:
+    ``<output_dir>/<partition>/<name>`` is created with its partition's first chunk.
+    """
+
+    def __init__(self, output_dir: str, name: str, partitioned: bool):
+        self._output_dir = output_dir
         self._name = name
-        self._file = None
+        self._partitioned = partitioned
+        self._files: dict[str, object] = {}
 
     def setup(self):
-        self._file = open(self._path, "ab")  # pylint: disable=consider-using-with
+        if not self._partitioned:
+            self._open("")
 
-    def process(self, chunk: TextChunk) -> Iterator[tuple[str, int, tuple]]:
-        self._file.write(strip_sort_keys(chunk.data) if chunk.keyed else chunk.data)
-        self._file.flush()
-        yield self._name, chunk.lines, chunk.tally
+    def _open(self, partition: str):
+        handle = self._files.get(partition)
+        if handle is None:
+            directory = os.path.join(self._output_dir, partition)
+            os.makedirs(directory, exist_ok=True)
+            handle = self._files[partition] = open(os.path.join(directory, self._name), "ab")  # pylint: disable=consider-using-with
+        return handle
+
+    def process(self, chunk: TextChunk) -> Iterator[tuple[str, int, tuple, str]]:
+        handle = self._open(chunk.partition)
+        handle.write(strip_sort_keys(chunk.data) if chunk.keyed else chunk.data)
+        handle.flush()
+        yield self._name, chunk.lines, chunk.tally, chunk.partition
 
     def teardown(self):
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        for handle in self._files.values():
+            handle.close()
+        self._files = {}
+
+
+def _add_counts(entry: dict, lines: int, tally: Iterable[tuple[str, int]], partitions: Mapping[str, int]) -> None:
+    entry["lines"] += lines
+    for key, count in tally:
+        entry["tally"][key] = entry["tally"].get(key, 0) + count
+    for partition, count in partitions.items():
+        entry.setdefault("partitions", {})
+        entry["partitions"][partition] = entry["partitions"].get(partition, 0) + count
 
 
 class SummarizeAppends(beam.CombineFn):
-    """``(name, lines, tally)`` per appended chunk -> ``{name: {"lines": n, "tally": {...}}}``."""
+    """``(name, lines, tally, partition)`` per appended chunk -> ``{name: {"lines": n, "tally": {...}}}``
+    (and ``"partitions": {partition: lines}`` for chunks that name one), as :func:`publish`."""
 
     def __init__(self, names: Sequence[str]):
         self._names = tuple(names)
@@ -331,23 +388,22 @@ class SummarizeAppends(beam.CombineFn):
     def add_input(self, accumulator: dict, written) -> dict:
         if written == _NO_PARTS:
             return accumulator
-        name, lines, tally = written
-        entry = accumulator[name]
-        entry["lines"] += lines
-        for key, count in tally:
-            entry["tally"][key] = entry["tally"].get(key, 0) + count
+        name, lines, tally, partition = written
+        _add_counts(accumulator[name], lines, tally, {partition: lines} if partition else {})
         return accumulator
 
     def merge_accumulators(self, accumulators: Iterable[dict]) -> dict:
         merged = self.create_accumulator()
         for accumulator in accumulators:
             for name, entry in accumulator.items():
-                self.add_input(merged, (name, entry["lines"], tuple(entry["tally"].items())))
+                _add_counts(merged[name], entry["lines"], entry["tally"].items(), entry.get("partitions", {}))
         return merged
 
     def extract_output(self, accumulator: dict) -> dict:
         for entry in accumulator.values():
             entry["tally"] = dict(sorted(entry["tally"].items()))
+            if "partitions" in entry:
+                entry["partitions"] = dict(sorted(entry["partitions"].items()))
         return accumulator
 
 
@@ -366,14 +422,15 @@ class AppendText(beam.PTransform):
     files instead (Beam's ``WriteToFiles``).
     """
 
-    def __init__(self, output_dir: str):
+    def __init__(self, output_dir: str, partitioned: bool = False):
         super().__init__()
         self._output_dir = output_dir
+        self._partitioned = partitioned
 
     def expand(self, chunks_by_name: Mapping[str, beam.PCollection]):
         names = list(chunks_by_name)
         written = [
-            chunks | f"Append[{name}]" >> beam.ParDo(_AppendFn(os.path.join(self._output_dir, name), name))
+            chunks | f"Append[{name}]" >> beam.ParDo(_AppendFn(self._output_dir, name, self._partitioned))
             for name, chunks in chunks_by_name.items()
         ]
         pipeline = next(iter(chunks_by_name.values())).pipeline

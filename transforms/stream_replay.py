@@ -28,6 +28,7 @@ from typing import Iterable, Iterator, NamedTuple
 
 import pyarrow as pa
 
+from transforms.quotes import DEFAULT_TENANT
 from transforms.windowing import INFINITE, WindowSpec, watermark_after
 
 
@@ -72,7 +73,7 @@ def plan_steps(
         early_delay_us: with processing-time early panes, processing time (= arrival time) is
             advanced at least this often while quotes arrive.
     """
-    session_ends: dict[str | None, list[int]] = {}  # per symbol: ends of sessions with data
+    session_ends: dict[tuple, list[int]] = {}  # per (tenant, symbol): ends of sessions with data
     clock_due: list[int] = []  # arrival times by which processing time must have moved
     watermark = clock = None
     for batch in batches:
@@ -80,15 +81,15 @@ def plan_steps(
             yield Step("rows", batch, 0)  # nothing for the watermark to decide
             continue
         start = 0
-        symbols = batch.column("symbol").to_pylist()
+        keys = window_keys(batch)
         events = batch.column("event_us").to_pylist()
         arrivals = batch.column("arrival_us").to_pylist()
-        for index, (symbol, event, arrival) in enumerate(zip(symbols, events, arrivals)):
+        for index, (key, event, arrival) in enumerate(zip(keys, events, arrivals)):
             if arrival is None:
                 continue
             stamp = watermark_after(arrival, lag_us)
             advance = stamp is not None and _passes_a_window_end(
-                window, session_ends.setdefault(symbol, []), event, watermark, stamp
+                window, session_ends.setdefault(key, []), event, watermark, stamp
             )
             tick = early_delay_us is not None and (clock is None or (clock_due and clock_due[0] <= arrival))
             if (advance or tick) and index > start:
@@ -108,6 +109,15 @@ def plan_steps(
             yield Step("rows", _compact(batch.slice(start)), 0)
 
 
+def window_keys(batch: pa.RecordBatch) -> list[tuple[str, str]]:
+    """Each raw row's ``(tenant, symbol)``, trimmed as normalize will (no tenant: the default one)."""
+    symbols = [(symbol or "").strip() for symbol in batch.column("symbol").to_pylist()]
+    if "tenant" not in batch.schema.names:
+        return [(DEFAULT_TENANT, symbol) for symbol in symbols]
+    tenants = [(tenant or "").strip() or DEFAULT_TENANT for tenant in batch.column("tenant").to_pylist()]
+    return list(zip(tenants, symbols))
+
+
 def _passes_a_window_end(
     window: WindowSpec, session_ends: list[int], event_us: int, watermark: int | None, stamp: int
 ) -> bool:
@@ -116,7 +126,7 @@ def _passes_a_window_end(
     It must when a window the quote joins ends after the stream's watermark but not after the
     quote's stamp: under the true watermark that window has already fired its on-time pane, so
     the quote belongs in a late pane. Fixed and sliding windows: the quote's own windows. Session
-    windows: also every session of the symbol, since the quote may merge into one of them.
+    windows: also every session of the tenant's symbol, since the quote may merge into one of them.
     """
     if window.kind != "session":
         return any((watermark is None or watermark < end) and end <= stamp for _, end in window.windows(event_us))

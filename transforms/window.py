@@ -38,6 +38,7 @@ from apache_beam.utils.windowed_value import PaneInfoTiming, WindowedValue
 
 from transforms.blocks import QuoteBlock, TextChunk
 from transforms.sinks import when_input_ends
+from transforms.tenants import group_by_partition
 from transforms.windowing import (
     INFINITE,
     Pane,
@@ -113,10 +114,11 @@ def window_into(config: WindowConfig) -> beam.WindowInto:
 def stamped_quotes(block: QuoteBlock, lag_us: int | float) -> list[StampedQuote]:
     """The quotes of a valid block, each stamped with the watermark after its arrival."""
     batch = block.batch
-    columns = [batch.column(name).to_pylist() for name in ("symbol", "event_us", "arrival_us", "bid", "ask", "file", "line")]
+    names = ("symbol", "event_us", "arrival_us", "bid", "ask", "file", "line", "tenant")
+    columns = [batch.column(name).to_pylist() for name in names]
     return [
-        StampedQuote(symbol, event, arrival, watermark_after(arrival, lag_us), bid, ask, file, line)
-        for symbol, event, arrival, bid, ask, file, line in zip(*columns)
+        StampedQuote(symbol, event, arrival, watermark_after(arrival, lag_us), bid, ask, file, line, tenant)
+        for symbol, event, arrival, bid, ask, file, line, tenant in zip(*columns)
     ]
 
 
@@ -171,7 +173,7 @@ def _counts(tally: Counter) -> beam.pvalue.TaggedOutput:
 
 
 class _RouteLateFn(beam.DoFn):
-    """Quotes some window still takes -> ``(symbol, PaneStats)``; the others -> ``late``."""
+    """Quotes some window still takes -> ``((tenant, symbol), PaneStats)``; the others -> ``late``."""
 
     def __init__(self, config: WindowConfig):
         self._config = config
@@ -197,7 +199,7 @@ class _RouteLateFn(beam.DoFn):
         if config.window.kind == "sliding" and missed_windows(quote.event_us, quote.watermark_us, config):
             self._partial.inc()
             self._tally["partially_late"] += 1
-        yield quote.symbol, stats_of(PaneQuote.of(quote, home_window_start(quote.event_us, quote.watermark_us, config)))
+        yield quote.key, stats_of(PaneQuote.of(quote, home_window_start(quote.event_us, quote.watermark_us, config)))
 
     def finish_bundle(self):
         if self._tally:
@@ -207,8 +209,8 @@ class _RouteLateFn(beam.DoFn):
 class _BucketFn(beam.DoFn):
     """Batch (no watermark, nothing late): a valid block -> pre-aggregated stats.
 
-    Fixed and sliding windows: ``((symbol, start, end), PaneStats)`` once per window the block
-    has quotes for, to be combined by key. Sessions: ``(symbol, [Session, ...])``, the block's own
+    Fixed and sliding windows: ``((key, start, end), PaneStats)`` once per window the block has
+    quotes for, to be combined by key; a key is ``(tenant, symbol)``. Sessions: ``(key, [Session, ...])``, the block's own
     sessions, to be merged with the other blocks' by :class:`MergeSessionsFn`.
     """
 
@@ -218,22 +220,23 @@ class _BucketFn(beam.DoFn):
 
     def process(self, block: QuoteBlock):
         batch = block.batch
-        names = ("symbol", "event_us", "file", "line", "bid", "ask")
-        buckets = bucket_stats(self._window, *(batch.column(name).to_pylist() for name in names))
+        keys = list(zip(batch.column("tenant").to_pylist(), batch.column("symbol").to_pylist()))
+        names = ("event_us", "file", "line", "bid", "ask")
+        buckets = bucket_stats(self._window, keys, *(batch.column(name).to_pylist() for name in names))
         if self._window.kind == "session":
             yield from block_sessions(self._window, buckets).items()
         else:
-            per_window: dict[tuple[str, int, int], PaneStats] = {}
-            for (symbol, moment), stats in buckets.items():
+            per_window: dict[tuple[tuple[str, str], int, int], PaneStats] = {}
+            for (key, moment), stats in buckets.items():
                 for start, end in self._window.windows(moment):
-                    per_window[(symbol, start, end)] = merge_stats(per_window.get((symbol, start, end)), stats)
+                    per_window[(key, start, end)] = merge_stats(per_window.get((key, start, end)), stats)
             yield from per_window.items()
         self._windowed.inc(batch.num_rows)
         yield _counts(Counter(windowed_quotes=batch.num_rows))
 
 
 class MergeSessionsFn(beam.CombineFn):
-    """Lists of one symbol's sessions -> all of them merged (:func:`transforms.windowing.merge_sessions`)."""
+    """Lists of one key's sessions -> all of them merged (:func:`transforms.windowing.merge_sessions`)."""
 
     def create_accumulator(self) -> list[Session]:
         return []
@@ -248,27 +251,29 @@ class MergeSessionsFn(beam.CombineFn):
         return accumulator
 
 
-def _on_time_pane(keyed: tuple[tuple[str, int, int], PaneStats]) -> Pane:
-    (symbol, start, end), stats = keyed
-    return Pane(symbol, start, end, "ON_TIME", 0, stats)
+def _on_time_pane(keyed: tuple[tuple[tuple[str, str], int, int], PaneStats]) -> Pane:
+    ((tenant, symbol), start, end), stats = keyed
+    return Pane(symbol, start, end, "ON_TIME", 0, stats, tenant)
 
 
-def _session_panes(keyed: tuple[str, list[Session]]) -> Iterator[Pane]:
-    symbol, sessions = keyed
+def _session_panes(keyed: tuple[tuple[str, str], list[Session]]) -> Iterator[Pane]:
+    (tenant, symbol), sessions = keyed
     for session in sessions:
-        yield Pane(symbol, session.start_us, session.end_us, "ON_TIME", 0, session.stats)
+        yield Pane(symbol, session.start_us, session.end_us, "ON_TIME", 0, session.stats, tenant)
 
 
 class _PaneFn(beam.DoFn):
-    def process(self, keyed: tuple[str, PaneStats], window=beam.DoFn.WindowParam, pane=beam.DoFn.PaneInfoParam):
-        symbol, stats = keyed
+    def process(
+        self, keyed: tuple[tuple[str, str], PaneStats], window=beam.DoFn.WindowParam, pane=beam.DoFn.PaneInfoParam
+    ):
+        (tenant, symbol), stats = keyed
         if stats is not None:  # Beam may fire an empty pane at a window's end: nothing to report
             timing = PaneInfoTiming.to_string(pane.timing)
-            yield Pane(symbol, window.start.micros, window.end.micros, timing, pane.index, stats)
+            yield Pane(symbol, window.start.micros, window.end.micros, timing, pane.index, stats, tenant)
 
 
 class WindowQuotes(beam.PTransform):
-    """:class:`StampedQuote` s (timestamped at event time) -> per-symbol window panes.
+    """:class:`StampedQuote` s (timestamped at event time) -> window panes per tenant and symbol.
 
     Returns a dict of PCollections:
 
@@ -305,9 +310,9 @@ class WindowQuoteBlocks(beam.PTransform):
     watermark and goes through :class:`WindowQuotes`, Beam's windows and triggers.
 
     Batch (``lag_us`` None): there is no watermark, no quote can be late and every window fires
-    exactly one pane, on time. Each block is pre-aggregated per symbol and time bucket
+    exactly one pane, on time. Each block is pre-aggregated per (tenant, symbol) and time bucket
     (:func:`transforms.windowing.bucket_stats`); fixed and sliding windows are then combined by
-    ``(symbol, window)`` key and sessions merged per symbol (:class:`MergeSessionsFn`), in the
+    ``(tenant, symbol, window)`` key and sessions merged per (tenant, symbol) (:class:`MergeSessionsFn`), in the
     global window. Beam's Python trigger driver costs about half a millisecond per window and
     re-scans a key's windows whenever one fires: 200,000 quotes took 88 s in one-second windows
     and 27 s in sessions through it, against seconds this way. Tests compare the bytes with the
@@ -341,12 +346,18 @@ class WindowQuoteBlocks(beam.PTransform):
 # --------------------------------------------------------------------------- text out
 
 
-def panes_chunk(panes: Sequence[Pane], scale: int) -> TextChunk:
+def panes_chunk(panes: Sequence[Pane], scale: int, partition: str = "") -> TextChunk:
     """All ``windows.jsonl`` lines, in :func:`pane_sort_key` order; tally by pane timing."""
     ordered = sorted(panes, key=pane_sort_key)
     text = "".join(pane_json(pane, scale) + "\n" for pane in ordered)
     tally = tuple(sorted(Counter(pane.timing for pane in ordered).items()))
-    return TextChunk(0, text.encode("utf-8"), len(ordered), tally)
+    return TextChunk(0, text.encode("utf-8"), len(ordered), tally, partition=partition)
+
+
+def panes_chunks(panes: Sequence[Pane], scale: int, partitioned: bool = False) -> list[TextChunk]:
+    """:func:`panes_chunk` of all panes, or of each tenant's (``tenant=<t>`` partitions)."""
+    groups = group_by_partition(panes, lambda pane: pane.tenant, partitioned)
+    return [panes_chunk(group, scale, partition) for partition, group in groups.items()]
 
 
 def pane_counts(panes: Sequence[Pane], accumulation: str) -> dict:
@@ -362,20 +373,30 @@ def pane_counts(panes: Sequence[Pane], accumulation: str) -> dict:
     return counts
 
 
-def late_chunk(quotes: Sequence[StampedQuote], sources: Sequence[str], config: WindowConfig, scale: int) -> TextChunk:
+def late_chunk(
+    quotes: Sequence[StampedQuote], sources: Sequence[str], config: WindowConfig, scale: int, partition: str = ""
+) -> TextChunk:
     """All ``late.jsonl`` lines, in arrival order (ties by file, then line)."""
     ordered = sorted(quotes, key=lambda q: (q.arrival_us, q.file, q.line))
     text = "".join(late_json(q, sources[q.file], config, scale) + "\n" for q in ordered)
-    return TextChunk(0, text.encode("utf-8"), len(ordered))
+    return TextChunk(0, text.encode("utf-8"), len(ordered), partition=partition)
+
+
+def late_chunks(
+    quotes: Sequence[StampedQuote], sources: Sequence[str], config: WindowConfig, scale: int, partitioned: bool = False
+) -> list[TextChunk]:
+    """:func:`late_chunk` of all late quotes, or of each tenant's (``tenant=<t>`` partitions)."""
+    groups = group_by_partition(quotes, lambda quote: quote.tenant, partitioned)
+    return [late_chunk(group, sources, config, scale, partition) for partition, group in groups.items()]
 
 
 class _ChunkFn(beam.DoFn):
-    def __init__(self, to_chunk, to_counts=None):
-        self._to_chunk = to_chunk
+    def __init__(self, to_chunks, to_counts=None):
+        self._to_chunks = to_chunks
         self._to_counts = to_counts
 
     def process(self, items: list):
-        yield self._to_chunk(items)
+        yield from self._to_chunks(items)
         if self._to_counts:
             yield beam.pvalue.TaggedOutput(COUNTS, self._to_counts(items))
 
@@ -394,16 +415,18 @@ class PanesToText(beam.PTransform):
     both back in the global window under the default trigger, like the other outputs.
 
     Panes are few (one per window and symbol, not per quote), so they are gathered and sorted.
+    With ``partition_by_tenant``, one chunk per tenant.
     """
 
-    def __init__(self, scale: int, accumulation: str):
+    def __init__(self, scale: int, accumulation: str, partition_by_tenant: bool = False):
         super().__init__()
         self._scale = scale
         self._accumulation = accumulation
+        self._partitioned = partition_by_tenant
 
     def expand(self, panes):
         fn = _ChunkFn(
-            functools.partial(panes_chunk, scale=self._scale),
+            functools.partial(panes_chunks, scale=self._scale, partitioned=self._partitioned),
             functools.partial(pane_counts, accumulation=self._accumulation),
         )
         lines = _gathered(panes, "Panes") | "PanesToLines" >> beam.ParDo(fn).with_outputs(COUNTS, main="chunks")
@@ -414,15 +437,17 @@ class PanesToText(beam.PTransform):
 
 
 class LateToText(beam.PTransform):
-    """Late quotes -> one ``late.jsonl`` TextChunk."""
+    """Late quotes -> one ``late.jsonl`` TextChunk (one per tenant with ``partition_by_tenant``)."""
 
-    def __init__(self, sources: Sequence[str], config: WindowConfig, scale: int):
+    def __init__(self, sources: Sequence[str], config: WindowConfig, scale: int, partition_by_tenant: bool = False):
         super().__init__()
-        self._to_chunk = functools.partial(late_chunk, sources=tuple(sources), config=config, scale=scale)
+        self._to_chunks = functools.partial(
+            late_chunks, sources=tuple(sources), config=config, scale=scale, partitioned=partition_by_tenant
+        )
 
     def expand(self, late):
         return (
             _gathered(late, "Late")
-            | "LateToLines" >> beam.ParDo(_ChunkFn(self._to_chunk))
+            | "LateToLines" >> beam.ParDo(_ChunkFn(self._to_chunks))
             | "LateLinesInGlobalWindow" >> beam.WindowInto(windows.GlobalWindows())
         )

@@ -25,9 +25,9 @@ import math
 import re
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import NamedTuple, Sequence
+from typing import Hashable, NamedTuple, Sequence
 
-from transforms.quotes import decimal_text, format_timestamp, half_text
+from transforms.quotes import DEFAULT_TENANT, decimal_text, format_timestamp, half_text
 
 KINDS = ("fixed", "sliding", "session")
 ACCUMULATION_MODES = ("discarding", "accumulating")
@@ -315,6 +315,12 @@ class StampedQuote(NamedTuple):
     ask: int
     file: int = 0
     line: int = 0
+    tenant: str = DEFAULT_TENANT
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """What windows are kept per: ``(tenant, symbol)``."""
+        return self.tenant, self.symbol
 
 
 class PaneQuote(NamedTuple):
@@ -405,14 +411,15 @@ def bucket_width(window: WindowSpec) -> int:
 
 def bucket_stats(
     window: WindowSpec,
-    symbols: Sequence[str],
+    keys: Sequence[Hashable],
     events: Sequence[int],
     files: Sequence[int],
     lines: Sequence[int],
     bids: Sequence[int],
     asks: Sequence[int],
 ) -> dict[tuple[str, int], PaneStats]:
-    """Pre-aggregated stats per ``(symbol, bucket start)`` (see :func:`bucket_width`).
+    """Pre-aggregated stats per ``(key, bucket start)`` (see :func:`bucket_width`); a key is what
+    windows are kept per, ``(tenant, symbol)`` in the pipeline.
 
     A batch run has no watermark, so no quote can be late and a bucket's quotes can be combined
     before Beam windows them: timestamped at its start, a bucket lands in exactly the windows
@@ -420,10 +427,10 @@ def bucket_stats(
     """
     width = bucket_width(window)
     sliding = window.kind == "sliding"
-    partial: dict[tuple[str, int], list] = {}
-    for symbol, event, file, line, bid, ask in zip(symbols, events, files, lines, bids, asks):
+    partial: dict[tuple[Hashable, int], list] = {}
+    for quote_key, event, file, line, bid, ask in zip(keys, events, files, lines, bids, asks):
         moment = window_time(event)
-        key = (symbol, moment - moment % width)
+        key = (quote_key, moment - moment % width)
         mid2, spread, order = bid + ask, ask - bid, (event, file, line)
         acc = partial.get(key)
         if acc is None:
@@ -442,14 +449,14 @@ def bucket_stats(
         if spread > acc[8]:
             acc[8] = spread
     result = {}
-    for (symbol, start), acc in partial.items():
+    for (quote_key, start), acc in partial.items():
         home = window.windows(start)[-1][0] if sliding else ANY_WINDOW
-        result[(symbol, start)] = PaneStats(*acc, ((home, acc[0]),))
+        result[(quote_key, start)] = PaneStats(*acc, ((home, acc[0]),))
     return result
 
 
 class Session(NamedTuple):
-    """A session window ``[start, end)`` of one symbol with the stats of its quotes."""
+    """A session window ``[start, end)`` of one key (tenant and symbol) with the stats of its quotes."""
 
     start_us: int
     end_us: int
@@ -472,16 +479,18 @@ def merge_sessions(*groups: Sequence[Session]) -> list[Session]:
     return merged
 
 
-def block_sessions(window: WindowSpec, buckets: dict[tuple[str, int], PaneStats]) -> dict[str, list[Session]]:
-    """Per symbol, the sessions of one block's millisecond buckets (see :func:`bucket_stats`)."""
-    by_symbol: dict[str, list[Session]] = {}
-    for (symbol, moment), stats in buckets.items():
-        by_symbol.setdefault(symbol, []).append(Session(moment, moment + window.gap_us, stats))
-    return {symbol: merge_sessions(sessions) for symbol, sessions in by_symbol.items()}
+def block_sessions(
+    window: WindowSpec, buckets: dict[tuple[Hashable, int], PaneStats]
+) -> dict[Hashable, list[Session]]:
+    """Per key, the sessions of one block's millisecond buckets (see :func:`bucket_stats`)."""
+    by_key: dict[Hashable, list[Session]] = {}
+    for (key, moment), stats in buckets.items():
+        by_key.setdefault(key, []).append(Session(moment, moment + window.gap_us, stats))
+    return {key: merge_sessions(sessions) for key, sessions in by_key.items()}
 
 
 class Pane(NamedTuple):
-    """One fired pane of one symbol's window: a ``windows.jsonl`` line."""
+    """One fired pane of one tenant's symbol's window: a ``windows.jsonl`` line."""
 
     symbol: str
     start_us: int
@@ -489,6 +498,7 @@ class Pane(NamedTuple):
     timing: str
     index: int
     stats: PaneStats
+    tenant: str = DEFAULT_TENANT
 
     @property
     def home_count(self) -> int:
@@ -534,6 +544,7 @@ def pane_json(pane: Pane, scale: int) -> str:
 
     return _json(
         {
+            "tenant": pane.tenant,
             "symbol": pane.symbol,
             "window_start": iso_utc(pane.start_us),
             "window_end": iso_utc(pane.end_us),
@@ -553,8 +564,8 @@ def pane_json(pane: Pane, scale: int) -> str:
 
 
 def pane_sort_key(pane: Pane) -> tuple:
-    """``windows.jsonl`` order: by window, then symbol, then pane index (runner independent)."""
-    return (pane.start_us, pane.end_us, pane.symbol, pane.index, pane.timing)
+    """``windows.jsonl`` order: by window, then tenant and symbol, then pane index (runner independent)."""
+    return (pane.start_us, pane.end_us, pane.tenant, pane.symbol, pane.index, pane.timing)
 
 
 def late_reason(quote: StampedQuote, config: WindowConfig) -> str:
@@ -572,6 +583,7 @@ def late_json(quote: StampedQuote, source: str, config: WindowConfig, scale: int
         {
             "source": source,
             "line": quote.line,
+            "tenant": quote.tenant,
             "symbol": quote.symbol,
             "timestamp": iso_utc(quote.event_us),
             "arrival": iso_utc(quote.arrival_us),

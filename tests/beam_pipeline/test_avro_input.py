@@ -93,8 +93,12 @@ def test_an_old_reader_cannot_see_a_renamed_field(tmp_path):
 def test_rows_are_exact_text():
     record = {"timestamp": dt.datetime(2024, 1, 1, 0, 0, 0, 250, tzinfo=UTC), "symbol": "A,B",
               "bid_price": Decimal("1.10000000"), "bid_size": 3.5, "ask_price": Decimal("2.00000000"),
-              "ask_size": None, "arrival_latency_ms": 7}
-    assert quote_row(record) == ["2024-01-01 00:00:00.000250", "A,B", "1.10000000", "3.5", "2.00000000", "", "7"]
+              "ask_size": None, "arrival_latency_ms": 7, "tenant": "acme"}
+    assert quote_row(record) == [
+        "2024-01-01 00:00:00.000250", "A,B", "1.10000000", "3.5", "2.00000000", "", "7", "acme"]
+    v1_record = {**record, "latency_ms": record["arrival_latency_ms"]}
+    del v1_record["tenant"], v1_record["arrival_latency_ms"]
+    assert quote_row(v1_record)[-2:] == ["7", ""]  # no tenant in v1: empty, the default tenant
     text = b"".join(quote_csv_chunks([record] * 5, rows_per_chunk=2)).decode()
     assert text.count('"A,B"') == 5 and text.startswith("timestamp,symbol,bid_price")
 
@@ -104,7 +108,7 @@ def test_an_avro_file_streams_as_csv_lines(tmp_path):
     with open_avro_quotes(str(path), load_schema("quote", 2), open_file=lambda p: open(p, "rb")) as stream:
         lines = stream.read().decode().splitlines()
     assert len(lines) == 1 + len(QUOTES)
-    assert lines[2].split(",")[-1] == "1"  # latency_ms of the second quote, through the alias
+    assert lines[2].split(",")[-2:] == ["1", "default"]  # latency through the alias; tenant's default
 
 
 @pytest.mark.parametrize(

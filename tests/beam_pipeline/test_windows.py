@@ -89,6 +89,7 @@ class TestStreamingReplayOfASmallFile:
             {
                 "source": str(late_data),
                 "line": 6,
+                "tenant": "default",
                 "symbol": "B",
                 "timestamp": "2024-01-01T00:00:00.120Z",
                 "arrival": "2024-01-01T00:00:00.320Z",

@@ -34,7 +34,7 @@ def test_rules_compiled_from_the_avsc():
 
 def avro_record(fields, latency="5"):
     """A quote the row rules accept, as the Avro record it stands for."""
-    symbol, bid, ask, bid_size, ask_size = quotes.parse_content(fields, PRICES)
+    symbol, bid, ask, bid_size, ask_size, _tenant = quotes.parse_content(fields, PRICES)
     scale = Decimal(10) ** -PRICES.scale
     return {
         "timestamp": quotes.parse_timestamp("2024-01-01 00:00:00.5"),

@@ -140,7 +140,7 @@ class TestRecord:
         return {**base, **overrides}
 
     def test_valid(self):
-        assert quotes.parse_content(self.fields(), self.PRICES) == ("AAPL", 110_000_000, 120_000_000, 5.0, None)
+        assert quotes.parse_content(self.fields(), self.PRICES) == ("AAPL", 110_000_000, 120_000_000, 5.0, None, "default")
 
     def test_equal_bid_and_ask_is_not_crossed(self):
         assert quotes.parse_content(self.fields(ask_price="1.1"), self.PRICES)[1:3] == (110_000_000, 110_000_000)

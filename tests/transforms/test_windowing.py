@@ -608,14 +608,14 @@ class TestFormats:
             StampedQuote("EURUSD", T0 + 200 * MS, T0 + 201 * MS, T0, 100_000_000, 130_000_000, 0, 4),
         ]
         stats = fold([PaneQuote.of(q, ANY_WINDOW) for q in quotes])
-        return Pane("EURUSD", T0, T0 + S, "ON_TIME", 0, stats), scale
+        return Pane("EURUSD", T0, T0 + S, "ON_TIME", 0, stats, "acme"), scale
 
     def test_pane_json_worked_example_is_exact(self):
         pane, scale = self._worked_pane()
         line = w.pane_json(pane, scale)
         # mids 1.15, 1.150000005, 1.15; spreads 0.1, 0.09999999, 0.3 -> mean 0.49999999/3 = 0.1666666633..
         assert line == (
-            '{"symbol": "EURUSD", "window_start": "2024-06-03T07:00:00.000Z", '
+            '{"tenant": "acme", "symbol": "EURUSD", "window_start": "2024-06-03T07:00:00.000Z", '
             '"window_end": "2024-06-03T07:00:01.000Z", "timing": "ON_TIME", "pane_index": 0, "count": 3, '
             '"open": 1.15, "high": 1.150000005, "low": 1.15, "close": 1.150000005, '
             '"mean_spread": 0.1666666633, "max_spread": 0.3, '
@@ -624,15 +624,19 @@ class TestFormats:
         assert json.loads(line)["open"] == 1.15
 
     @FEWER
-    @given(pane_quotes(), st.integers(0, 12), st.sampled_from(w.TIMINGS), st.integers(0, 5), st.text(max_size=8))
-    def test_pane_json_is_json_with_exact_numbers(self, quotes, scale, timing, index, symbol):
+    @given(
+        pane_quotes(), st.integers(0, 12), st.sampled_from(w.TIMINGS), st.integers(0, 5), st.text(max_size=8),
+        st.text(max_size=8),
+    )
+    def test_pane_json_is_json_with_exact_numbers(self, quotes, scale, timing, index, symbol, tenant):
         stats = fold(quotes)
-        pane = Pane(symbol, T0, T0 + S, timing, index, stats)
+        pane = Pane(symbol, T0, T0 + S, timing, index, stats, tenant)
         line = w.pane_json(pane, scale)
         assert "\n" not in line and "e" not in re.sub(r'"(?:[^"\\]|\\.)*"', "", line).lower()
         fields = json.loads(line, parse_float=Decimal)
         oracle = oracle_stats(quotes)
         assert fields == {
+            "tenant": tenant,
             "symbol": symbol,
             "window_start": w.iso_utc(T0),
             "window_end": w.iso_utc(T0 + S),
@@ -649,7 +653,7 @@ class TestFormats:
             "last_quote": w.iso_utc(oracle.last[0]),
         }
 
-    def test_pane_sort_key_orders_by_window_symbol_index(self):
+    def test_pane_sort_key_orders_by_window_tenant_symbol_index(self):
         stats = w.stats_of(PaneQuote(T0, 0, 2, 2, 0, ANY_WINDOW))
         panes = [
             Pane("B", T0, T0 + S, "ON_TIME", 0, stats),
@@ -657,14 +661,17 @@ class TestFormats:
             Pane("A", T0 - S, T0, "LATE", 3, stats),
             Pane("A", T0, T0 + 2 * S, "EARLY", 0, stats),
             Pane("A", T0, T0 + S, "EARLY", 0, stats),
+            Pane("A", T0, T0 + S, "ON_TIME", 0, stats, "zeta"),
+            Pane("Z", T0, T0 + S, "ON_TIME", 0, stats, "acme"),
         ]
         ordered = sorted(panes, key=w.pane_sort_key)
-        assert [(p.start_us - T0, p.end_us - T0, p.symbol, p.index) for p in ordered] == [
-            (-S, 0, "A", 3), (0, S, "A", 0), (0, S, "A", 1), (0, S, "B", 0), (0, 2 * S, "A", 0)]
+        assert [(p.start_us - T0, p.end_us - T0, p.tenant, p.symbol, p.index) for p in ordered] == [
+            (-S, 0, "default", "A", 3), (0, S, "acme", "Z", 0), (0, S, "default", "A", 0), (0, S, "default", "A", 1),
+            (0, S, "default", "B", 0), (0, S, "zeta", "A", 0), (0, 2 * S, "default", "A", 0)]
 
     def test_late_json_fields_and_reason(self):
         config = WindowConfig(WindowSpec("fixed", size_us=S), allowed_lateness_us=500 * MS)
-        quote = StampedQuote("EURUSD", T0 + 100 * MS, T0 + 2 * S, T0 + 1_600 * MS, 110_000_000, 120_000_050, 1, 42)
+        quote = StampedQuote("EURUSD", T0 + 100 * MS, T0 + 2 * S, T0 + 1_600 * MS, 110_000_000, 120_000_050, 1, 42, "acme")
         assert w.is_dropped(quote.event_us, quote.watermark_us, config)
         line = w.late_json(quote, "quotes.csv", config, 8)
         fields = json.loads(line, parse_float=Decimal)
@@ -675,6 +682,7 @@ class TestFormats:
         assert fields == {
             "source": "quotes.csv",
             "line": 42,
+            "tenant": "acme",
             "symbol": "EURUSD",
             "timestamp": "2024-06-03T07:00:00.100Z",
             "arrival": "2024-06-03T07:00:02.000Z",

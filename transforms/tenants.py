@@ -1,0 +1,77 @@
+"""Tenants: whose quote a record is, and the output partition it is written to.
+
+Quote v2 carries a ``tenant`` (:func:`transforms.quotes.parse_tenant`: a safe directory name,
+``"default"`` when absent). Windows are kept per ``(tenant, symbol)``. With
+``--partition_by_tenant`` every per-record output (mid prices, latency errors, dead letters,
+window panes, late quotes) is written to ``<output_dir>/tenant=<t>/<file>`` instead of
+``<output_dir>/<file>``: the producing stage splits each block's lines by tenant into
+:class:`~transforms.blocks.TextChunk` s that name their partition, and the sinks keep one file
+per partition and name.
+
+A dead letter whose tenant cannot be known (a line that does not split into fields, a frame that
+is not JSON, a tenant that is not a valid name) goes to the :data:`UNATTRIBUTED` partition, never
+to another tenant's files.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Iterator, TypeVar
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from transforms.quotes import DEFAULT_TENANT, TENANT_PATTERN
+
+#: The tenant of dead letters that cannot be attributed (not a valid tenant name: it starts with "_").
+UNATTRIBUTED = "_unattributed"
+
+T = TypeVar("T")
+
+
+def partition_name(tenant: str) -> str:
+    """The output sub-directory of a tenant, Hive style: ``tenant=<t>``."""
+    return f"tenant={tenant}"
+
+
+def dead_letter_tenants(rows: pa.RecordBatch) -> pa.Array:
+    """The tenant of each rejected raw row (:data:`transforms.replay.BLOCK_SCHEMA` columns).
+
+    A row whose fields could not be split (its ``timestamp``, a required column, is null) or
+    whose tenant is not a valid name is :data:`UNATTRIBUTED`; a row without a tenant is the
+    default tenant's, as it would have been had it been valid.
+    """
+    count = rows.num_rows
+    if count == 0:
+        return pa.array([], type=pa.string())
+    raw = rows.column("tenant")
+    trimmed = pc.utf8_trim_whitespace(pc.fill_null(raw, ""))
+    tenants = pc.if_else(pc.equal(trimmed, ""), DEFAULT_TENANT, trimmed)
+    known = pc.and_(
+        rows.column("timestamp").is_valid(), pc.match_substring_regex(tenants, TENANT_PATTERN)
+    )
+    return pc.if_else(known, tenants, UNATTRIBUTED)
+
+
+def split_by_tenant(batch: pa.RecordBatch, partitioned: bool) -> Iterator[tuple[str, pa.RecordBatch]]:
+    """``(partition, rows)`` per tenant of the batch's ``tenant`` column, in tenant order; rows keep
+    their order. Not ``partitioned``: the whole batch, under the root partition ``""``."""
+    if not partitioned:
+        yield "", batch
+        return
+    tenants = batch.column("tenant")
+    unique = pc.unique(tenants).to_pylist()
+    if len(unique) == 1:
+        yield partition_name(unique[0]), batch
+        return
+    values = tenants.to_numpy(zero_copy_only=False)
+    for tenant in sorted(unique):
+        yield partition_name(tenant), batch.filter(pa.array(values == tenant))
+
+
+def group_by_partition(items: Iterable[T], tenant_of: Callable[[T], str], partitioned: bool) -> dict[str, list[T]]:
+    """Items by output partition, in partition order, each list in the items' order (everything
+    under the root partition ``""`` when not ``partitioned``)."""
+    groups: dict[str, list[T]] = {}
+    for item in items:
+        groups.setdefault(partition_name(tenant_of(item)) if partitioned else "", []).append(item)
+    return dict(sorted(groups.items()))
