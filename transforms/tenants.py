@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Iterator, TypeVar
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from transforms.quotes import DEFAULT_TENANT, TENANT_PATTERN
+from transforms import columns
 
 #: The tenant of dead letters that cannot be attributed (not a valid tenant name: it starts with "_").
 UNATTRIBUTED = "_unattributed"
@@ -40,16 +40,10 @@ def dead_letter_tenants(rows: pa.RecordBatch) -> pa.Array:
     whose tenant is not a valid name is :data:`UNATTRIBUTED`; a row without a tenant is the
     default tenant's, as it would have been had it been valid.
     """
-    count = rows.num_rows
-    if count == 0:
-        return pa.array([], type=pa.string())
-    raw = rows.column("tenant")
-    trimmed = pc.utf8_trim_whitespace(pc.fill_null(raw, ""))
-    tenants = pc.if_else(pc.equal(trimmed, ""), DEFAULT_TENANT, trimmed)
-    known = pc.and_(
-        rows.column("timestamp").is_valid(), pc.match_substring_regex(tenants, TENANT_PATTERN)
-    )
-    return pc.if_else(known, tenants, UNATTRIBUTED)
+    tenants, rejects = columns.parse_tenants(rows.column("tenant"))
+    known = rows.column("timestamp").is_valid().to_numpy(zero_copy_only=False).copy()
+    known[list(rejects)] = False
+    return pc.if_else(pa.array(known, type=pa.bool_()), tenants, UNATTRIBUTED)
 
 
 def split_by_tenant(batch: pa.RecordBatch, partitioned: bool) -> Iterator[tuple[str, pa.RecordBatch]]:
