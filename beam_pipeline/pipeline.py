@@ -177,7 +177,7 @@ def build_pipeline(
         config.latency_threshold_ms, scale=scale, partition_by_tenant=per_tenant
     )
     if config.avro_output:
-        write_avro(normalized.valid, config.avro_output, scale, config.latency_threshold_ms, run_id)
+        write_avro(normalized.valid, config.avro_output, scale, config.latency_threshold_ms, run_id, per_tenant)
         extra["avro_output"] = config.avro_output
     outputs = {
         "mid_prices.log": priced.mid_prices,
@@ -224,17 +224,21 @@ def build_pipeline(
     return pipeline
 
 
-def write_avro(valid, directory: str, scale: int, latency_threshold_ms: int, run_id: str) -> None:
-    """``--avro_output``: valid quotes and mid prices as Avro files, each with its latest schema."""
+def write_avro(
+    valid, directory: str, scale: int, latency_threshold_ms: int, run_id: str, partition_by_tenant: bool = False
+) -> None:
+    """``--avro_output``: valid quotes and mid prices as Avro files, each with its latest schema
+    (per tenant, in ``tenant=<t>`` folders, with ``partition_by_tenant``)."""
     quote_schema = load_schema("quote", latest_version("quote"))
     mid_schema = load_schema("mid_price", latest_version("mid_price"))
     check_mid_scale(mid_schema, scale)
     _ = valid | "WriteQuotesAvro" >> WriteAvroBlocks(
-        directory, "quotes", quote_schema, functools.partial(quote_records, scale=scale), run_id
+        directory, "quotes", quote_schema, functools.partial(quote_records, scale=scale), run_id, partition_by_tenant
     )
     _ = valid | "WriteMidPricesAvro" >> WriteAvroBlocks(
         directory, "mid_prices", mid_schema,
         functools.partial(mid_price_records, scale=scale, latency_threshold_ms=latency_threshold_ms), run_id,
+        partition_by_tenant,
     )
 
 

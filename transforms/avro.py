@@ -35,6 +35,7 @@ from apache_beam.metrics import Metrics
 
 from schemas import SchemaError, load_schema
 from transforms.midprice import split_by_latency
+from transforms.tenants import split_by_tenant
 from schemas.compat import can_read
 from schemas.single_object import DecodeError, SingleObjectDecoder
 
@@ -305,23 +306,26 @@ def check_mid_scale(mid_schema: dict, price_scale: int) -> None:
 
 
 class _WriteAvroFn(beam.DoFn):
-    def __init__(self, directory: str, name: str, schema: dict, to_records: Callable, run_id: str):
+    def __init__(self, directory: str, name: str, schema: dict, to_records: Callable, run_id: str, partitioned: bool):
         self._directory = directory
         self._name = name
         self._schema = schema
         self._to_records = to_records
         self._run_id = run_id
+        self._partitioned = partitioned
         self._written = Metrics.counter(self.__class__, f"avro_{name}_written")
 
     def process(self, block) -> Iterator[str]:
-        records = self._to_records(block.batch)
-        if not records:
-            return
-        path = FileSystems.join(self._directory, f"{self._name}-{self._run_id}-{block.seq:06d}.avro")
-        with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as stream:
-            fastavro.writer(stream, self._schema, records, codec="deflate")
-        self._written.inc(len(records))
-        yield path
+        for partition, rows in split_by_tenant(block.batch, self._partitioned):
+            records = self._to_records(rows)
+            if not records:
+                continue
+            directory = FileSystems.join(self._directory, partition) if partition else self._directory
+            path = FileSystems.join(directory, f"{self._name}-{self._run_id}-{block.seq:06d}.avro")
+            with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as stream:
+                fastavro.writer(stream, self._schema, records, codec="deflate")
+            self._written.inc(len(records))
+            yield path
 
 
 class WriteAvroBlocks(beam.PTransform):
@@ -329,12 +333,14 @@ class WriteAvroBlocks(beam.PTransform):
 
     ``to_records`` turns a block's batch into records of ``schema`` (see :func:`quote_records`).
     Outputs the paths written. Each file is complete on its own, so a live run's files can be
-    read while it goes on, and a run never overwrites another's (the run id).
+    read while it goes on, and a run never overwrites another's (the run id). ``partition_by_tenant``:
+    one file per tenant of the block, in ``<directory>/tenant=<t>/``.
     """
 
-    def __init__(self, directory: str, name: str, schema: dict, to_records: Callable, run_id: str):
+    def __init__(self, directory: str, name: str, schema: dict, to_records: Callable, run_id: str,
+                 partition_by_tenant: bool = False):
         super().__init__()
-        self._fn = _WriteAvroFn(directory, name, schema, to_records, run_id)
+        self._fn = _WriteAvroFn(directory, name, schema, to_records, run_id, partition_by_tenant)
 
     def expand(self, blocks):
         return blocks | "WriteAvro" >> beam.ParDo(self._fn)

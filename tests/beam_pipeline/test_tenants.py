@@ -12,6 +12,7 @@ import pytest
 
 from beam_pipeline import cli
 from beam_pipeline.reference import run_reference
+from tests.beam_pipeline.test_avro_output import read_with_apache_avro
 from transforms.tenants import UNATTRIBUTED
 from transforms.windowing import parse_window
 
@@ -194,3 +195,19 @@ def test_without_partitioning_the_outputs_stay_at_the_top(tmp_path, write_csv):
     assert not list(out.glob("tenant=*"))
     assert "partitions" not in json.loads((out / "metrics.json").read_text())
     assert (out / "mid_prices.log").read_text().count("\n") > 20
+
+
+def test_avro_output_is_partitioned_too(tmp_path, write_csv):
+    rows = sorted(clean_rows("acme", 1, 120) + clean_rows("zeta", 2, 120))
+    source = write_csv(HEADER + "".join(line for _, line in rows))
+    out, avro_dir = tmp_path / "out", tmp_path / "avro"
+    metrics = run(source, out, "--avro_output", str(avro_dir), "--block_bytes", "2048")
+    assert sorted(p.name for p in avro_dir.iterdir()) == ["tenant=acme", "tenant=zeta"]
+    for tenant in ("acme", "zeta"):
+        folder = avro_dir / f"tenant={tenant}"
+        assert len(list(folder.glob("quotes-*.avro"))) > 1  # several blocks, each split by tenant
+        mids, _ = read_with_apache_avro(sorted(folder.glob("mid_prices-*.avro")))
+        quotes, _ = read_with_apache_avro(sorted(folder.glob("quotes-*.avro")))
+        assert {r["tenant"] for r in mids} == {r["tenant"] for r in quotes} == {tenant}
+        assert len(mids) == metrics["partitions"][f"tenant={tenant}"]["mid_prices"]
+        assert len(quotes) == len(mids) + metrics["partitions"][f"tenant={tenant}"]["latency_filtered"]
