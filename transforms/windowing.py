@@ -519,12 +519,24 @@ class _Raw(str):
     """A decimal text to be written into JSON as a number literal, digit for digit."""
 
 
+#: What ``json.dumps`` does with a str (``ensure_ascii``), without its per-call set-up: a pane
+#: line has a dozen values and a run can have hundreds of thousands of panes.
+_json_string = json.encoder.encode_basestring_ascii
+
+
+def _json_value(value) -> str:
+    if isinstance(value, _Raw):
+        return value
+    if isinstance(value, str):
+        return _json_string(value)
+    if type(value) is int:  # not bool, which json writes as true/false
+        return str(value)
+    return json.dumps(value)
+
+
 def _json(fields: dict) -> str:
-    parts = []
-    for key, value in fields.items():
-        text = value if isinstance(value, _Raw) else json.dumps(value)
-        parts.append(f"{json.dumps(key)}: {text}")
-    return "{" + ", ".join(parts) + "}"
+    """One JSON object, as ``json.dumps`` writes it, with :class:`_Raw` values as number literals."""
+    return "{" + ", ".join(f"{_json_string(key)}: {_json_value(value)}" for key, value in fields.items()) + "}"
 
 
 def mean_text(total: int, count: int, scale: int, extra_digits: int = 2) -> str:
