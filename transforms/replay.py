@@ -21,6 +21,7 @@ import pyarrow as pa
 from transforms import columns
 from transforms.arrival import ALL_READ, NOTHING_READ, BlockArrivalBuffer, out_of_order_mask, out_of_order_reason
 from transforms.csv_blocks import SPLIT_SCHEMA, CsvLayout, line_blocks, read_header, split_block
+from transforms.quotes import DEFAULT_TENANT
 
 #: The rows the replay yields: the raw fields, where they came from, and what ordering needs.
 BLOCK_SCHEMA = pa.schema(
@@ -178,7 +179,11 @@ class HistoricalReplay:
             rejected_parts.append(block.filter(pa.array(bad)))
         if split.rejected_lines:
             rejected_parts.append(
-                _unsplit_rows(cursor.index, split.rejected_lines, split.rejected_raw, split.rejected_reasons)
+                _unsplit_rows(
+                    cursor.index, split.rejected_lines, split.rejected_raw, split.rejected_reasons,
+                    # A file without a tenant column is all the default tenant's, its broken lines too.
+                    None if cursor.layout.has("tenant") else DEFAULT_TENANT,
+                )
             )
         return accepted, pa.concat_batches(rejected_parts) if rejected_parts else None
 
@@ -203,9 +208,12 @@ def _reason_column(count: int, reasons: dict[int, str]) -> pa.Array:
     return pa.array(values, type=pa.string())
 
 
-def _unsplit_rows(file_index: int, lines: list[int], raws: list[str], reasons: list[str]) -> pa.RecordBatch:
+def _unsplit_rows(
+    file_index: int, lines: list[int], raws: list[str], reasons: list[str], tenant: str | None
+) -> pa.RecordBatch:
     count = len(lines)
     arrays = {
+        "tenant": pa.array([tenant] * count, type=pa.string()),
         "file": pa.array(np.full(count, file_index, dtype=np.int32)),
         "line": pa.array(lines, type=pa.int64()),
         "raw": pa.array(raws, type=pa.string()),

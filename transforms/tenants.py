@@ -36,12 +36,14 @@ def partition_name(tenant: str) -> str:
 def dead_letter_tenants(rows: pa.RecordBatch) -> pa.Array:
     """The tenant of each rejected raw row (:data:`transforms.replay.BLOCK_SCHEMA` columns).
 
-    A row whose fields could not be split (its ``timestamp``, a required column, is null) or
-    whose tenant is not a valid name is :data:`UNATTRIBUTED`; a row without a tenant is the
-    default tenant's, as it would have been had it been valid.
+    A row whose fields could not be split (its ``timestamp``, a required column, is null, and so
+    is its tenant) or whose tenant is not a valid name is :data:`UNATTRIBUTED`; a row without a
+    tenant is the default tenant's, as it would have been had it been valid (the replay gives the
+    broken lines of a file without a tenant column the default tenant).
     """
     tenants, rejects = columns.parse_tenants(rows.column("tenant"))
-    known = rows.column("timestamp").is_valid().to_numpy(zero_copy_only=False).copy()
+    known = pc.or_(rows.column("timestamp").is_valid(), rows.column("tenant").is_valid())
+    known = known.to_numpy(zero_copy_only=False).copy()
     known[list(rejects)] = False
     return pc.if_else(pa.array(known, type=pa.bool_()), tenants, UNATTRIBUTED)
 

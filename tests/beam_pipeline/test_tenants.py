@@ -211,3 +211,15 @@ def test_avro_output_is_partitioned_too(tmp_path, write_csv):
         assert {r["tenant"] for r in mids} == {r["tenant"] for r in quotes} == {tenant}
         assert len(mids) == metrics["partitions"][f"tenant={tenant}"]["mid_prices"]
         assert len(quotes) == len(mids) + metrics["partitions"][f"tenant={tenant}"]["latency_filtered"]
+
+
+def test_a_file_without_tenants_is_all_the_default_tenants_broken_lines_included(tmp_path, write_csv):
+    source = write_csv("timestamp,bid,ask\n2024-01-01 00:00:00,1,2\n2024-01-01 00:00:01,1\n"
+                       '2024-01-01 00:00:02,"1,2\n2024-01-01 00:00:03,x,2\n')
+    out = tmp_path / "out"
+    metrics = run(source, out)
+    assert [p.name for p in out.iterdir() if p.is_dir()] == ["tenant=default"]
+    dead = (out / "tenant=default" / "dead_letter.jsonl").read_text()
+    assert [json.loads(line)["reason"].split(":")[0] for line in dead.splitlines()] == [
+        "wrong_field_count", "bad_csv", "bad_price"]
+    assert metrics["partitions"]["tenant=default"]["dead_lettered"] == 3

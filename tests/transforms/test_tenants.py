@@ -75,9 +75,10 @@ class TestDeadLetterTenants:
             {"timestamp": "t", "tenant": ""},
             {"timestamp": "t", "tenant": "../zeta"},  # not a name: nobody's
             {"timestamp": None, "tenant": None, "raw": "a,line,that,did,not,split"},  # unsplit: nobody's
+            {"timestamp": None, "tenant": DEFAULT_TENANT},  # unsplit, in a file without a tenant column
         ])
         assert dead_letter_tenants(rows).to_pylist() == [
-            "acme", DEFAULT_TENANT, DEFAULT_TENANT, UNATTRIBUTED, UNATTRIBUTED]
+            "acme", DEFAULT_TENANT, DEFAULT_TENANT, UNATTRIBUTED, UNATTRIBUTED, DEFAULT_TENANT]
 
     def test_normalize_attributes_each_rejected_row(self):
         base = {"timestamp": "2024-01-01", "event_us": 0, "arrival_us": 0, "latency": 0, "symbol": "X",
