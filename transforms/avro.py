@@ -35,7 +35,7 @@ from apache_beam.metrics import Metrics
 
 from schemas import SchemaError, load_schema
 from transforms.midprice import split_by_latency
-from transforms.tenants import split_by_tenant
+from transforms.tenants import partition_dir, split_by_tenant
 from schemas.compat import can_read
 from schemas.single_object import DecodeError, SingleObjectDecoder
 
@@ -320,8 +320,7 @@ class _WriteAvroFn(beam.DoFn):
             records = self._to_records(rows)
             if not records:
                 continue
-            directory = FileSystems.join(self._directory, partition) if partition else self._directory
-            path = FileSystems.join(directory, f"{self._name}-{self._run_id}-{block.seq:06d}.avro")
+            path = FileSystems.join(partition_dir(self._directory, partition), f"{self._name}-{self._run_id}-{block.seq:06d}.avro")
             with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as stream:
                 fastavro.writer(stream, self._schema, records, codec="deflate")
             self._written.inc(len(records))

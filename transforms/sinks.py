@@ -32,6 +32,7 @@ from apache_beam.transforms import trigger
 from apache_beam.transforms.window import GlobalWindows
 
 from transforms.blocks import TextChunk
+from transforms.tenants import partition_dir
 
 LOG = logging.getLogger(__name__)
 _KEY_WIDTH = 20  # width of the sort key in keyed chunks (see TextChunk)
@@ -86,6 +87,11 @@ def combine_when_ended(pipeline, pcolls: Sequence, combine_fn: beam.CombineFn, l
     )
 
 
+def _staged_name(partition: str, name: str) -> str:
+    """A file's name in the flat staging folder: ``<partition>.<name>``, or ``<name>``."""
+    return f"{partition}.{name}" if partition else name
+
+
 def staging_dir(output_dir: str, run_id: str) -> str:
     return FileSystems.join(output_dir, f".tmp-{run_id}")
 
@@ -96,8 +102,7 @@ class _WritePartFn(beam.DoFn):
         self._name = name
 
     def process(self, chunk: TextChunk) -> Iterator[PartFile]:
-        where = f"{chunk.partition}." if chunk.partition else ""
-        path = FileSystems.join(self._tmp_dir, f"{where}{self._name}.{chunk.seq:012d}.part")
+        path = FileSystems.join(self._tmp_dir, f"{_staged_name(chunk.partition, self._name)}.{chunk.seq:012d}.part")
         # A retried bundle rewrites the same path with the same bytes: writing is idempotent.
         with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as part:
             part.write(chunk.data)
@@ -142,13 +147,12 @@ def publish(
     summary: dict[str, dict] = {name: {"lines": 0, "tally": {}} for name in names}
     staged: list[tuple[str, str]] = []
     for partition in partitions:
-        target_dir = FileSystems.join(output_dir, partition) if partition else output_dir
+        target_dir = partition_dir(output_dir, partition)
         if partition and not FileSystems.exists(target_dir):
             FileSystems.mkdirs(target_dir)
         for name in names:
             group = sorted(groups.get((partition, name), []), key=lambda p: p.seq)
-            where = f"{partition}." if partition else ""
-            staging = FileSystems.join(tmp_dir, f"{where}{name}.staging")
+            staging = FileSystems.join(tmp_dir, f"{_staged_name(partition, name)}.staging")
             with FileSystems.create(staging, compression_type=CompressionTypes.UNCOMPRESSED) as target:
                 _copy_in_order(group, target)
             lines = sum(p.lines for p in group)
@@ -349,7 +353,7 @@ class _AppendFn(beam.DoFn):
     def _open(self, partition: str):
         handle = self._files.get(partition)
         if handle is None:
-            directory = os.path.join(self._output_dir, partition)
+            directory = partition_dir(self._output_dir, partition)
             os.makedirs(directory, exist_ok=True)
             handle = self._files[partition] = open(os.path.join(directory, self._name), "ab")  # pylint: disable=consider-using-with
         return handle

@@ -27,7 +27,9 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator, NamedTuple
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from transforms import columns
 from transforms.quotes import DEFAULT_TENANT
 from transforms.windowing import INFINITE, WindowSpec, watermark_after
 
@@ -110,12 +112,12 @@ def plan_steps(
 
 
 def window_keys(batch: pa.RecordBatch) -> list[tuple[str, str]]:
-    """Each raw row's ``(tenant, symbol)``, trimmed as normalize will (no tenant: the default one)."""
-    symbols = [(symbol or "").strip() for symbol in batch.column("symbol").to_pylist()]
+    """Each raw row's ``(tenant, symbol)`` as normalize will read them (no tenant: the default one)."""
+    symbols = pc.utf8_trim_whitespace(batch.column("symbol")).to_pylist()
     if "tenant" not in batch.schema.names:
         return [(DEFAULT_TENANT, symbol) for symbol in symbols]
-    tenants = [(tenant or "").strip() or DEFAULT_TENANT for tenant in batch.column("tenant").to_pylist()]
-    return list(zip(tenants, symbols))
+    tenants, _rejects = columns.parse_tenants(batch.column("tenant"))
+    return list(zip(tenants.to_pylist(), symbols))
 
 
 def _passes_a_window_end(

@@ -19,6 +19,7 @@ from typing import Callable, Iterable, Iterator, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from apache_beam.io.filesystems import FileSystems
 
 from transforms import columns
 
@@ -31,6 +32,11 @@ T = TypeVar("T")
 def partition_name(tenant: str) -> str:
     """The output sub-directory of a tenant, Hive style: ``tenant=<t>``."""
     return f"tenant={tenant}"
+
+
+def partition_dir(root: str, partition: str) -> str:
+    """Where a partition's files go: ``root/<partition>``, or ``root`` itself for the root partition ``""``."""
+    return FileSystems.join(root, partition) if partition else root
 
 
 def dead_letter_tenants(rows: pa.RecordBatch) -> pa.Array:
