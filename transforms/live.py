@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ import pyarrow as pa
 from transforms import columns
 from transforms.csv_blocks import ALIASES, FIELDS
 from transforms.feeds import FeedBlock, Stopping, never
+from transforms.resilience import backoff_delay
 from transforms.replay import BLOCK_SCHEMA, LIVE, mode_column
 
 LOG = logging.getLogger(__name__)
@@ -145,23 +145,6 @@ def newest_arrival(batch: pa.RecordBatch) -> int | None:
     import pyarrow.compute as pc
 
     return pc.max(batch.column("arrival_us")).as_py()
-
-
-def backoff_delay(attempt: int, initial: float, maximum: float, unit_random: float, factor: float = 2.0) -> float:
-    """Seconds to wait before retry ``attempt`` (1, 2, ...): exponential, capped, "equal jitter".
-
-    Half the capped delay is fixed and half is random (``unit_random`` in [0, 1)), so clients that
-    lost the same server do not all come back at the same instant, and none retries at once.
-    """
-    if attempt < 1:
-        raise ValueError(f"attempt counts from 1, got {attempt}")
-    # Compare exponents, not powers: factor ** attempt overflows a float long before any cap matters.
-    exponent = attempt - 1
-    if initial <= 0 or factor <= 1 or exponent * math.log(factor) < math.log(maximum / initial):
-        capped = min(maximum, initial * factor**exponent)
-    else:
-        capped = maximum
-    return capped / 2 + capped / 2 * unit_random
 
 
 def with_from(url: str, position: int | None) -> str:
