@@ -1,0 +1,133 @@
+"""The products job: paginated product APIs → ``summary.json`` (``--job products``).
+
+::
+
+    python -m beam_pipeline --job products --endpoints URL1,URL2,URL3 [--output_dir DIR]
+    python -m beam_pipeline --job products --mock      # starts the bundled mock APIs on 127.0.0.1
+
+The graph: ``FetchPaginated`` (every page of every endpoint, concurrently, rate-limited, retried,
+behind a circuit breaker) → ``NormalizeProducts`` (the unified ``product`` record, dead letters
+with reasons, one product per id) → ``WriteSummary`` (``summary.json``, ``products.jsonl``,
+``dead_letter.jsonl``). Pages that fail after their retries are ``errors`` in the summary, never
+a crash: the job finishes with the endpoints that answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import uuid
+from contextlib import ExitStack
+from typing import Sequence
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from beam_pipeline.options import ProductOptions, QuoteOptions
+from runners import make_runner
+from schemas import load_schema
+from transforms.fetch import FetchPaginated
+from transforms.paginate import Endpoint, FetchConfig, parse_endpoints
+from transforms.products import DEAD_LETTERS, PRODUCTS, NormalizeProducts, WriteSummary
+
+LOG = logging.getLogger(__name__)
+
+#: Quote-job flags that mean nothing to the products job (a one-line usage error if given).
+QUOTE_ONLY = ("input", "avro_output", "reader_schema_version", "live_url", "window", "port")
+
+
+def fetch_config(options: ProductOptions) -> FetchConfig:
+    """The fetch settings of the flags; ValueError names a bad one."""
+    return FetchConfig(
+        rate=options.max_requests_per_second,
+        timeout=options.http_timeout,
+        max_retries=options.max_retries,
+        breaker_failures=options.breaker_failures,
+        breaker_cooldown=options.breaker_cooldown,
+    )
+
+
+def check(options: PipelineOptions) -> list[str]:
+    """Problems with the products job's flags (empty when all is well)."""
+    config, quote = options.view_as(ProductOptions), options.view_as(QuoteOptions)
+    problems = [f"--{flag} is a quotes-job flag, not for --job products"
+                for flag in QUOTE_ONLY if getattr(quote, flag) is not None]
+    if quote.source != "historical":
+        problems.append("--source is a quotes-job flag, not for --job products")
+    if config.mock == bool(config.endpoints):
+        problems.append("--job products needs either --endpoints URL[,URL...] or --mock")
+    if config.endpoints:
+        try:
+            parse_endpoints(config.endpoints)
+        except ValueError as exc:
+            problems.append(str(exc))
+    try:
+        fetch_config(config)
+    except ValueError as exc:
+        problems.append(f"products job: {exc}")
+    return problems
+
+
+def build_products_pipeline(options: PipelineOptions, endpoints: Sequence[Endpoint], *, run_id: str | None = None,
+                            started_at: float | None = None, runner=None) -> beam.Pipeline:
+    """The products pipeline (see the module docstring); runs nothing."""
+    config = options.view_as(ProductOptions)
+    output_dir = options.view_as(QuoteOptions).output_dir
+    run_id = run_id or uuid.uuid4().hex[:12]
+    started_at = time.time() if started_at is None else started_at
+    pipeline = beam.Pipeline(runner=runner or make_runner(options), options=options)
+    fetched = pipeline | "FetchPaginated" >> FetchPaginated(endpoints, fetch_config(config))
+    normalized = fetched["pages"] | "NormalizeProducts" >> NormalizeProducts(load_schema("product", 1))
+    extra = {"run": {"run_id": run_id, "endpoints": {e.name: e.url for e in endpoints}}}
+    _ = {
+        PRODUCTS: normalized[PRODUCTS],
+        DEAD_LETTERS: normalized[DEAD_LETTERS],
+        "errors": fetched["errors"],
+        "reports": fetched["reports"],
+    } | "WriteSummary" >> WriteSummary(output_dir, run_id, started_at, extra=extra)
+    return pipeline
+
+
+def run(options: PipelineOptions, started_at: float, prog: str) -> int:
+    """Run the products job; the exit code (0 done and balanced, 1 run failed or unbalanced)."""
+    import json
+
+    config = options.view_as(ProductOptions)
+    output_dir = options.view_as(QuoteOptions).output_dir
+    with ExitStack() as stack:
+        if config.mock:
+            from beam_pipeline.mock_api import start_product_apis
+
+            servers = stack.enter_context(start_product_apis())
+            endpoints = parse_endpoints(",".join(server.url for server in servers))
+            print(f"{prog}: mock product APIs: {','.join(e.url for e in endpoints)}", file=sys.stderr, flush=True)
+        else:
+            endpoints = parse_endpoints(config.endpoints)
+        LOG.info("fetching %d endpoint(s) into %s", len(endpoints), output_dir)
+        build_products_pipeline(options, endpoints, started_at=started_at).run().wait_until_finish()
+    with FileSystems.open(FileSystems.join(output_dir, "summary.json")) as stream:
+        document = json.load(stream)
+    print(summary_text(output_dir, document))
+    return 0 if document["counts"]["balanced"] else 1
+
+
+def summary_text(output_dir: str, document: dict) -> str:
+    """What the CLI prints at the end of a products run."""
+    summary, counts = document["summary"], document["counts"]
+    lines = [
+        f"{summary['total_products']} products from {len(summary['sources'])} sources in "
+        f"{summary['processing_time_seconds']:.1f} s (pages fetched: {summary['success_rate']:.1%})",
+    ]
+    for name, source in summary["sources"].items():
+        lines.append(
+            f"  {name:<12} {source['shape'] or '?':<7} pages {source['pages']} ok / {source['pages_failed']} failed, "
+            f"{source['requests']} requests, {source['retries']} retries, {source['rate_limited']} rate-limited, "
+            f"breaker {source['breaker_state']}"
+        )
+    balance = "balanced" if counts["balanced"] else "NOT balanced"
+    lines.append(f"  items {counts['items_received']} = {counts['products']} products + "
+                 f"{counts['dead_lettered']} dead letters ({balance})")
+    lines.append(f"  {output_dir}/summary.json, products.jsonl, dead_letter.jsonl; {len(document['errors'])} errors")
+    return "\n".join(lines)
