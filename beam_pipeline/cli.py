@@ -25,7 +25,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from beam_pipeline import options as options_module
 from beam_pipeline.control import HOST as CONTROL_HOST
 from beam_pipeline.control import ControlServer, start_stdin_commands, stop_on_signals
-from beam_pipeline.options import LIVE_SOURCES, QuoteOptions
+from beam_pipeline.options import LIVE_SOURCES, ProductOptions, QuoteOptions
 from beam_pipeline.pipeline import (
     OUTPUTS,
     WINDOW_OUTPUTS,
@@ -80,6 +80,7 @@ def help_text() -> str:
         "--streaming, --direct_num_workers N.",
     )
     QuoteOptions._add_argparse_args(parser)  # pylint: disable=protected-access
+    ProductOptions._add_argparse_args(parser)  # pylint: disable=protected-access
     return parser.format_help()
 
 
@@ -187,6 +188,22 @@ def steering(config: QuoteOptions, run_id: str) -> Iterator[None]:
         yield
 
 
+def _products(options: PipelineOptions, started_at: float) -> int:
+    """``--job products``: check its flags, then run it (see :mod:`beam_pipeline.products`)."""
+    from beam_pipeline import products
+
+    problems = products.check(options)
+    if problems:
+        raise UsageError("; ".join(problems))
+    prepare_output_dir(options.view_as(QuoteOptions).output_dir)
+    try:
+        return products.run(options, started_at, PROG)
+    except Exception as exc:  # the run itself failed: show why, with the trace for a bug report
+        traceback.print_exc()
+        print(f"{PROG}: run failed: {exc}", file=sys.stderr)
+        return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
@@ -196,6 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         options = parse_options(argv)
         config = options.view_as(QuoteOptions)
+        if config.job == "products":
+            return _products(options, started_at)
         standard = options.view_as(StandardOptions)
         live = config.source in LIVE_SOURCES
         problems = options_module.check(config, streaming=live or bool(standard.streaming))

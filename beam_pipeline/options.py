@@ -15,10 +15,10 @@ from transforms.windowing import (
     parse_window,
 )
 
-SOURCES = ("historical", "live", "replay")
+SOURCES = ("historical", "live", "replay", "webhook")
 #: Sources that read the live feed: unbounded, run until the feed ends or SIGINT/SIGTERM.
 LIVE_SOURCES = ("live", "replay")
-JOBS = ("quotes",)
+JOBS = ("quotes", "products")
 
 
 class QuoteOptions(PipelineOptions):
@@ -27,7 +27,9 @@ class QuoteOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         parser.add_argument(
-            "--job", default="quotes", choices=JOBS, help="which pipeline to run (default: quotes)"
+            "--job", default="quotes", choices=JOBS,
+            help="which pipeline to run: quotes (mid prices, windows) or products (paginated HTTP APIs "
+            "to summary.json; see --endpoints) (default: quotes)"
         )
         parser.add_argument(
             "--source", default="historical", choices=SOURCES,
@@ -85,6 +87,25 @@ class QuoteOptions(PipelineOptions):
         live.add_argument(
             "--replay_rate", type=float, default=0.0,
             help="--source replay: historical quotes per second (default: 0, as fast as possible)",
+        )
+        webhook = parser.add_argument_group("webhook ingestion (--source webhook)")
+        webhook.add_argument(
+            "--port", type=int, default=None,
+            help="--source webhook: serve POST /webhook, GET /healthz and GET /metrics on 127.0.0.1 at "
+            "this port (0: any free port, printed at start)",
+        )
+        webhook.add_argument(
+            "--webhook_token", default=None,
+            help="--source webhook: require 'Authorization: Bearer TOKEN' on POST /webhook (default: none)",
+        )
+        webhook.add_argument(
+            "--webhook_max_body", type=int, default=1 << 20,
+            help="--source webhook: largest request body in bytes, larger is 413 (default: 1 MiB)",
+        )
+        webhook.add_argument(
+            "--webhook_buffer", type=int, default=10_000,
+            help="--source webhook: quotes accepted but not yet read by the pipeline; beyond it, "
+            "POST /webhook answers 429 with Retry-After (default: 10000)",
         )
         windowing = parser.add_argument_group("event-time windows (windows.jsonl, late.jsonl)")
         windowing.add_argument(
@@ -184,3 +205,40 @@ def _live_problems(options: QuoteOptions) -> list[str]:
     if options.replay_rate < 0:
         problems.append(f"--replay_rate must not be negative, got {options.replay_rate:g}")
     return problems
+
+
+class ProductOptions(PipelineOptions):
+    """Options of the products job (``--job products``): paginated HTTP APIs to ``summary.json``."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        products = parser.add_argument_group("products job (--job products)")
+        products.add_argument(
+            "--endpoints", default=None,
+            help="comma-separated product API urls (http://...); each one's JSON shape is recognised "
+            "from its first page",
+        )
+        products.add_argument(
+            "--mock", action="store_true", default=False,
+            help="start the bundled mock product APIs on 127.0.0.1 and fetch from them (instead of --endpoints)",
+        )
+        products.add_argument(
+            "--max_requests_per_second", type=float, default=5.0,
+            help="client-side limit per endpoint, a token bucket (default: 5)",
+        )
+        products.add_argument(
+            "--http_timeout", type=float, default=5.0, help="seconds before a request times out (default: 5)"
+        )
+        products.add_argument(
+            "--max_retries", type=int, default=3,
+            help="retries of a timed-out or 5xx request, with exponential backoff and jitter (default: 3)",
+        )
+        products.add_argument(
+            "--breaker_failures", type=int, default=3,
+            help="consecutive failed requests that open an endpoint's circuit breaker (default: 3)",
+        )
+        products.add_argument(
+            "--breaker_cooldown", type=float, default=2.0,
+            help="seconds an open breaker waits before one half-open probe; if the probe fails too, "
+            "the endpoint's remaining pages are given up (default: 2)",
+        )
