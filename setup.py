@@ -26,6 +26,11 @@ setup(
         "numpy>=1.26",
         # The development quote feed (python -m beam_pipeline.feed) and the live source speak websockets.
         "websockets>=14",
+        # HTTP: the paginated product APIs' client, the webhook endpoint, the downstream API sink and
+        # the bundled mock servers (one async library for client and server, with real timeouts).
+        "aiohttp>=3.9",
+        # GET /metrics in Prometheus' text format (webhook ingestion).
+        "prometheus_client>=0.20",
     ],
     # avro: the Apache reference library, to prove our Avro files and encodings interoperate.
     extras_require={"test": ["pytest>=8", "hypothesis>=6.100", "avro>=1.11"]},
