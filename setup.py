@@ -29,6 +29,8 @@ setup(
         # HTTP: the paginated product APIs' client, the webhook endpoint, the downstream API sink and
         # the bundled mock servers (one async library for client and server, with real timeouts).
         "aiohttp>=3.9",
+        # The downstream API sink (DeliverToApi) posts batches with a plain blocking session.
+        "requests>=2.31",
         # GET /metrics in Prometheus' text format (webhook ingestion).
         "prometheus_client>=0.20",
     ],
