@@ -30,3 +30,5 @@ def setup(level: int = logging.INFO) -> None:
         root.addHandler(handler)
     root.setLevel(logging.WARNING)
     logging.getLogger("beam_pipeline").setLevel(level)
+    # The downstream sink's live report (a line a second while it delivers) is meant to be seen.
+    logging.getLogger("transforms.deliver").setLevel(level)

@@ -28,9 +28,10 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from beam_pipeline.options import ProductOptions, QuoteOptions
 from runners import make_runner
 from schemas import load_schema
+from transforms.deliver import DeliverToApi
 from transforms.fetch import FetchPaginated
 from transforms.paginate import Endpoint, FetchConfig, parse_endpoints
-from transforms.products import DEAD_LETTERS, PRODUCTS, NormalizeProducts, WriteSummary
+from transforms.products import DEAD_LETTERS, PRODUCTS, NormalizeProducts, WriteSummary, product_record
 
 LOG = logging.getLogger(__name__)
 
@@ -58,6 +59,14 @@ def check(options: PipelineOptions) -> list[str]:
         problems.append("--source is a quotes-job flag, not for --job products")
     if config.mock == bool(config.endpoints):
         problems.append("--job products needs either --endpoints URL[,URL...] or --mock")
+    if config.deliver_mock and config.deliver_url:
+        problems.append("--deliver_url and --deliver_mock do not go together")
+    if config.deliver_url and not config.deliver_url.startswith(("http://", "https://")):
+        problems.append(f"--deliver_url must be an http(s) url, got {config.deliver_url!r}")
+    if not config.deliver_rate > 0:
+        problems.append(f"--deliver_rate must be positive, got {config.deliver_rate:g}")
+    if config.deliver_batch_size < 1:
+        problems.append(f"--deliver_batch_size must be at least 1, got {config.deliver_batch_size}")
     if config.endpoints:
         try:
             parse_endpoints(config.endpoints)
@@ -70,9 +79,16 @@ def check(options: PipelineOptions) -> list[str]:
     return problems
 
 
+def product_key(product: dict) -> str:
+    """What a delivered product's idempotency key is made from: its id, unique across sources."""
+    return product["id"]
+
+
 def build_products_pipeline(options: PipelineOptions, endpoints: Sequence[Endpoint], *, run_id: str | None = None,
-                            started_at: float | None = None, runner=None) -> beam.Pipeline:
-    """The products pipeline (see the module docstring); runs nothing."""
+                            started_at: float | None = None, runner=None,
+                            deliver_url: str | None = None) -> beam.Pipeline:
+    """The products pipeline (see the module docstring); runs nothing. With ``deliver_url``, the
+    products also go to that API through :class:`~transforms.deliver.DeliverToApi`."""
     config = options.view_as(ProductOptions)
     output_dir = options.view_as(QuoteOptions).output_dir
     run_id = run_id or uuid.uuid4().hex[:12]
@@ -81,12 +97,23 @@ def build_products_pipeline(options: PipelineOptions, endpoints: Sequence[Endpoi
     fetched = pipeline | "FetchPaginated" >> FetchPaginated(endpoints, fetch_config(config))
     normalized = fetched["pages"] | "NormalizeProducts" >> NormalizeProducts(load_schema("product", 1))
     extra = {"run": {"run_id": run_id, "endpoints": {e.name: e.url for e in endpoints}}}
-    _ = {
+    inputs = {
         PRODUCTS: normalized[PRODUCTS],
         DEAD_LETTERS: normalized[DEAD_LETTERS],
         "errors": fetched["errors"],
         "reports": fetched["reports"],
-    } | "WriteSummary" >> WriteSummary(output_dir, run_id, started_at, extra=extra)
+    }
+    if deliver_url:
+        delivered = (
+            normalized[PRODUCTS]
+            | "ProductsAsJson" >> beam.Map(product_record)
+            | "DeliverToApi" >> DeliverToApi(deliver_url, batch_size=config.deliver_batch_size,
+                                             rate=config.deliver_rate, key_fn=product_key)
+        )
+        inputs["delivery"] = delivered["report"]
+        inputs["delivery_dead_letters"] = delivered["dead_letters"]
+        extra["run"]["deliver_url"] = deliver_url
+    _ = inputs | "WriteSummary" >> WriteSummary(output_dir, run_id, started_at, extra=extra)
     return pipeline
 
 
@@ -105,12 +132,20 @@ def run(options: PipelineOptions, started_at: float, prog: str) -> int:
             print(f"{prog}: mock product APIs: {','.join(e.url for e in endpoints)}", file=sys.stderr, flush=True)
         else:
             endpoints = parse_endpoints(config.endpoints)
+        deliver_url = config.deliver_url
+        if config.deliver_mock:
+            from beam_pipeline.mock_api import MockDownstreamApi
+
+            deliver_url = stack.enter_context(MockDownstreamApi()).url
+            print(f"{prog}: mock downstream API: {deliver_url}", file=sys.stderr, flush=True)
         LOG.info("fetching %d endpoint(s) into %s", len(endpoints), output_dir)
-        build_products_pipeline(options, endpoints, started_at=started_at).run().wait_until_finish()
+        pipeline = build_products_pipeline(options, endpoints, started_at=started_at, deliver_url=deliver_url)
+        pipeline.run().wait_until_finish()
     with FileSystems.open(FileSystems.join(output_dir, "summary.json")) as stream:
         document = json.load(stream)
     print(summary_text(output_dir, document))
-    return 0 if document["counts"]["balanced"] else 1
+    delivery = document.get("delivery")
+    return 0 if document["counts"]["balanced"] and (delivery is None or delivery["balanced"]) else 1
 
 
 def summary_text(output_dir: str, document: dict) -> str:
@@ -129,5 +164,12 @@ def summary_text(output_dir: str, document: dict) -> str:
     balance = "balanced" if counts["balanced"] else "NOT balanced"
     lines.append(f"  items {counts['items_received']} = {counts['products']} products + "
                  f"{counts['dead_lettered']} dead letters ({balance})")
+    delivery = document.get("delivery")
+    if delivery:
+        lines.append(
+            f"  delivered {delivery['delivered']} of {delivery['received']} ({delivery['duplicates']} already there), "
+            f"{delivery['dead_lettered']} dead-lettered; {delivery['requests']} requests, error rate "
+            f"{delivery['error_rate']:.1%}, {delivery['rate_limited']} rate-limited, max backlog {delivery['max_backlog']}"
+        )
     lines.append(f"  {output_dir}/summary.json, products.jsonl, dead_letter.jsonl; {len(document['errors'])} errors")
     return "\n".join(lines)

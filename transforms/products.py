@@ -132,12 +132,16 @@ def normalize_item(shape: str, source: str, item: Any, fetched_at: float) -> dic
     }
 
 
-def product_json(product: Mapping) -> str:
-    """One product as compact JSON (price as a number, ``processed_at`` as ISO 8601 UTC)."""
+def product_record(product: Mapping) -> dict:
+    """A product as JSON values: price as a number, ``processed_at`` as ISO 8601 UTC."""
     micros = product["processed_at"]
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(micros // 1_000_000)) + f".{micros % 1_000_000:06d}Z"
-    record = {**product, "price": float(product["price"]), "processed_at": stamp}
-    return json.dumps(record, separators=(",", ":"), sort_keys=False)
+    return {**product, "price": float(product["price"]), "processed_at": stamp}
+
+
+def product_json(product: Mapping) -> str:
+    """One product as compact JSON (see :func:`product_record`)."""
+    return json.dumps(product_record(product), separators=(",", ":"))
 
 
 def dead_letter(page: Page, index: int, item: Any, reason: str) -> dict:
@@ -361,7 +365,7 @@ class _WriteSummaryFn(beam.DoFn):
         self.output_dir, self.tmp_dir = output_dir, tmp_dir
         self.started_at, self.clock, self.extra = started_at, clock, dict(extra)
 
-    def process(self, _, product_parts, dead_parts, errors, reports, stats):
+    def process(self, _, product_parts, dead_parts, errors, reports, stats, delivery, delivery_dead):
         product_paths = [path for path, _ in product_parts]
         dead_paths = [path for path, _ in dead_parts]
         products = sum(count for _, count in product_parts)
@@ -373,6 +377,8 @@ class _WriteSummaryFn(beam.DoFn):
         counts = counts_balance(reports, products, dead)
         summary = summary_head(reports, products, self.clock() - self.started_at)
         document = {"summary": summary, **(stats or stats_of({})), "counts": counts, **self.extra}
+        if delivery:
+            document["delivery"] = delivery_block(delivery[0], products, delivery_dead)
         path = FileSystems.join(self.output_dir, "summary.json")
         with FileSystems.create(path) as stream:
             _stream_summary(stream, document, merged_lines(product_paths, product_sort_key), errors)
@@ -381,6 +387,14 @@ class _WriteSummaryFn(beam.DoFn):
         LOG.info("products: %s products, %s dead letters, %s failed pages in %s", products, dead,
                  len(errors), path)
         yield counts
+
+
+def delivery_block(report: Mapping, products: int, dead_letters: Sequence[Mapping]) -> dict:
+    """``summary.json``'s ``delivery``: the sink's report, its dead letters, and whether every
+    product was delivered or dead-lettered (``balanced``)."""
+    settled = report["delivered"] + report["dead_lettered"]
+    return {**report, "products": products, "balanced": settled == products == report["received"],
+            "dead_letters": sorted(dead_letters, key=lambda letter: letter["key"])}
 
 
 def summary_head(reports: Sequence[Mapping], products: int, seconds: float) -> dict:
@@ -418,7 +432,8 @@ def _write_lines(output_dir: str, name: str, lines: Iterator[str]) -> None:
 class WriteSummary(beam.PTransform):
     """Writes ``products.jsonl`` (sorted by id), ``dead_letter.jsonl`` and ``summary.json``.
 
-    Takes ``{"products", "dead_letters", "errors", "reports"}`` PCollections. Products and dead
+    Takes ``{"products", "dead_letters", "errors", "reports"}`` PCollections, and optionally
+    ``"delivery"`` (:class:`~transforms.deliver.DeliverToApi`'s report) and ``"delivery_dead_letters"``. Products and dead
     letters go through sorted part files merged at the end, so no stage holds all products; the
     summary streams ``products`` from them. Emits the counts (items received = products + dead
     letters, ``balanced``). ``clock`` gives the end time for ``processing_time_seconds``.
@@ -437,6 +452,7 @@ class WriteSummary(beam.PTransform):
             _SortedPartFn(self.tmp_dir, _dead_letter_line))
         stats = inputs[PRODUCTS] | "ProductStats" >> beam.CombineGlobally(ProductStats())
         pipeline = inputs[PRODUCTS].pipeline
+        nothing = pipeline | "NoDelivery" >> beam.Create([])
         return (
             pipeline
             | "SummaryTrigger" >> beam.Create([None])
@@ -447,6 +463,8 @@ class WriteSummary(beam.PTransform):
                 beam.pvalue.AsList(inputs["errors"]),
                 beam.pvalue.AsList(inputs["reports"]),
                 beam.pvalue.AsSingleton(stats),
+                beam.pvalue.AsList(inputs.get("delivery", nothing)),
+                beam.pvalue.AsList(inputs.get("delivery_dead_letters", nothing)),
             )
         )
 

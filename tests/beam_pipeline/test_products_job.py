@@ -86,3 +86,25 @@ def test_usage_errors_are_one_line_exit_2(argv, message, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_products_delivered_downstream_once_even_when_the_job_runs_again(tmp_path):
+    from beam_pipeline.mock_api import MockDownstreamApi
+
+    with start_product_apis(failure_rate=0.0, seed=4) as servers, \
+            MockDownstreamApi(failure_rate=0.15, rate_limit=5.0, seed=3) as downstream:
+        urls = ",".join(server.url for server in servers)
+        argv = ["--job", "products", "--endpoints", urls, "--deliver_url", downstream.url, "--deliver_rate", "8",
+                "--deliver_batch_size", "40"]
+        assert main([*argv, "--output_dir", str(tmp_path / "first")]) == 0
+        assert main([*argv, "--output_dir", str(tmp_path / "again")]) == 0
+        accepted = [key for key, _ in downstream.accepted()]
+        stats = downstream.stats()
+    first, again = read(tmp_path / "first"), read(tmp_path / "again")
+    products = len(first["products"])
+    assert len(accepted) == len(set(accepted)) == products, "every product stored once, across both runs"
+    assert stats["rate_limited"] > 0 and stats["failed_before_apply"] + stats["failed_after_apply"] > 0
+    delivery = first["delivery"]
+    assert delivery["balanced"] and delivery["delivered"] == products and delivery["dead_letters"] == []
+    assert delivery["rate_limited"] == stats["rate_limited"] - again["delivery"]["rate_limited"]
+    assert again["delivery"]["duplicates"] == products, "the second run's products were all already there"
