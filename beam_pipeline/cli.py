@@ -25,7 +25,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from beam_pipeline import options as options_module
 from beam_pipeline.control import HOST as CONTROL_HOST
 from beam_pipeline.control import ControlServer, start_stdin_commands, stop_on_signals
-from beam_pipeline.options import LIVE_SOURCES, ProductOptions, QuoteOptions
+from beam_pipeline.options import UNBOUNDED_SOURCES, ProductOptions, QuoteOptions
 from beam_pipeline.pipeline import (
     OUTPUTS,
     WINDOW_OUTPUTS,
@@ -37,10 +37,13 @@ from beam_pipeline.pipeline import (
     input_opener,
 )
 from runners import RunnerError, is_direct, make_runner
-from schemas import SchemaError, load_schema
+from schemas import SchemaError, field_rules, load_schema
 from transforms.avro import AVRO_SUFFIX
 from transforms.modes import ModeError, PositionStore, forget_run, replay_layout, run_control
+from transforms.normalize import price_rule
 from transforms.sinks import balance
+from transforms.webhook import PATH as WEBHOOK_PATH
+from transforms.webhook import WebhookInbox, WebhookPolicy, WebhookServer, registered_inbox
 
 LOG = logging.getLogger("beam_pipeline")
 PROG = "beam_pipeline"
@@ -119,6 +122,8 @@ def _summary(output_dir: str, metrics: dict) -> str:
     elif source == "replay":
         origin = (f"from {len(metrics['inputs'])} file(s) ({metrics.get('historical_records', 0):,}) "
                   f"and the live feed {metrics['live_url']} ({metrics.get('live_records', 0):,})")
+    elif source == "webhook":
+        origin = f"from the webhook {metrics['webhook_url']}"
     else:
         origin = f"from {len(metrics['inputs'])} file(s)"
     lines = [
@@ -129,6 +134,11 @@ def _summary(output_dir: str, metrics: dict) -> str:
             f"{metrics['latency_filtered']:,} quotes over the {metrics['latency_threshold_ms']} ms latency threshold"),
         row("dead_lettered", f"{metrics['dead_lettered']:,} rejected rows, each with its reason"),
     ]
+    if source == "webhook":
+        refused = metrics.get("webhook_requests_rejected", {})
+        by_status = ", ".join(f"{count:,} x {status}" for status, count in refused.items())
+        lines.insert(1, f"  webhook: {metrics.get('webhook_requests_accepted', 0):,} requests accepted (202), "
+                        f"{sum(refused.values()):,} refused{f' ({by_status})' if by_status else ''}")
     if "windowing" in metrics:
         timing = ", ".join(f"{count:,} {name}" for name, count in metrics.get("panes_by_timing", {}).items())
         lines += [
@@ -148,9 +158,13 @@ def _summary(output_dir: str, metrics: dict) -> str:
 
 def check_live(config: QuoteOptions, sources: Sequence[str]) -> None:
     """What a live run needs before it starts: a local output folder, a reachable feed, and saved
-    replay state (if any) that belongs to these inputs. Raises UsageError or ModeError."""
+    replay state (if any) that belongs to these inputs. Raises UsageError or ModeError.
+
+    A webhook run has no feed to reach: its port is bound by :func:`open_webhook`."""
     if FileSystems.get_scheme(config.output_dir) is not None:
         raise UsageError(f"--output_dir {config.output_dir}: a live run appends to local files only")
+    if config.source == "webhook":
+        return
     parts = urlsplit(config.live_url)
     try:
         port = parts.port or (443 if parts.scheme == "wss" else 80)
@@ -172,10 +186,28 @@ def check_live(config: QuoteOptions, sources: Sequence[str]) -> None:
         PositionStore(config.state_dir, sources, replay_layout(config.block_bytes)).load()
 
 
+def open_webhook(config: QuoteOptions) -> WebhookServer:
+    """Bind ``--port`` on 127.0.0.1 now, so a port in use is a usage error before anything runs, and
+    set ``--port`` to the port bound (``--port 0``: a free one). :func:`steering` serves it."""
+    policy = WebhookPolicy(
+        price_rule(field_rules(load_schema("quote", 1))),  # the rules build_pipeline normalizes with
+        default_symbol=config.symbol.strip(),
+        token=config.webhook_token,
+        max_body=config.webhook_max_body,
+    )
+    try:
+        server = WebhookServer(WebhookInbox(config.webhook_buffer), policy, config.port)
+    except OSError as exc:
+        raise UsageError(f"--port {config.port}: cannot listen on it ({exc})") from None
+    config.port = server.port
+    return server
+
+
 @contextmanager
-def steering(config: QuoteOptions, run_id: str) -> Iterator[None]:
-    """For a live run: signals stop it; for a replay, the control endpoint and stdin switch it."""
-    if config.source not in LIVE_SOURCES:
+def steering(config: QuoteOptions, run_id: str, webhook: WebhookServer | None = None) -> Iterator[None]:
+    """For a live run: signals stop it; for a replay, the control endpoint and stdin switch it;
+    for a webhook run, ``webhook`` serves (and feeds the run) until the run ends."""
+    if config.source not in UNBOUNDED_SOURCES:
         yield
         return
     control = run_control(run_id)
@@ -185,6 +217,11 @@ def steering(config: QuoteOptions, run_id: str) -> Iterator[None]:
                 server = stack.enter_context(ControlServer(control, config.control_port))
                 print(f"{PROG}: control endpoint {server.url} (GET /status, POST /mode)", file=sys.stderr, flush=True)
             start_stdin_commands(control)
+        if webhook is not None:
+            stack.enter_context(registered_inbox(run_id, webhook.inbox))  # what the run's WebhookFeed reads
+            stack.enter_context(webhook)
+            print(f"{PROG}: webhook endpoint {webhook.url} (POST {WEBHOOK_PATH}, GET /healthz, GET /metrics)",
+                  file=sys.stderr, flush=True)
         yield
 
 
@@ -210,13 +247,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(help_text())
         return 0
     started_at = time.time()
+    webhook: WebhookServer | None = None
     try:
         options = parse_options(argv)
         config = options.view_as(QuoteOptions)
         if config.job == "products":
             return _products(options, started_at)
         standard = options.view_as(StandardOptions)
-        live = config.source in LIVE_SOURCES
+        live = config.source in UNBOUNDED_SOURCES
         problems = options_module.check(config, streaming=live or bool(standard.streaming))
         if live and not is_direct(standard.runner):
             problems.append(
@@ -230,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         if problems:
             raise UsageError("; ".join(problems))
-        sources = [] if config.source == "live" else expand_inputs(config.input or bundled_sample())
+        sources = [] if config.source in ("live", "webhook") else expand_inputs(config.input or bundled_sample())
         if config.reader_schema_version is not None:
             if not any(path.endswith(AVRO_SUFFIX) for path in sources):
                 raise UsageError("--reader_schema_version applies to .avro inputs, and --input has none")
@@ -239,6 +277,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if live:
             check_live(config, sources)
             standard.streaming = True  # an unbounded source: say so to the runner
+        if config.source == "webhook":
+            webhook = open_webhook(config)  # before the output folder: a port in use leaves none behind
         runner = make_runner(options, unbounded_source=live)
         prepare_output_dir(config.output_dir)  # the last checks: a usage error leaves no folder behind
         if config.avro_output:
@@ -246,6 +286,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_id = uuid.uuid4().hex[:12]
         pipeline = build_pipeline(options, sources, runner=runner, run_id=run_id, started_at=started_at)
     except (UsageError, InputError, RunnerError, SchemaError, ModeError) as exc:
+        if webhook is not None:
+            webhook.close()
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
 
@@ -254,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         LOG.info("replaying %d file(s) into %s", len(sources), config.output_dir)
     try:
-        with steering(config, run_id):
+        with steering(config, run_id, webhook):
             pipeline.run().wait_until_finish()
     except Exception as exc:  # the run itself failed: show why, with the trace for a bug report
         traceback.print_exc()

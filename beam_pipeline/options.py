@@ -18,6 +18,8 @@ from transforms.windowing import (
 SOURCES = ("historical", "live", "replay", "webhook")
 #: Sources that read the live feed: unbounded, run until the feed ends or SIGINT/SIGTERM.
 LIVE_SOURCES = ("live", "replay")
+#: Sources that run until stopped: the live feed's, and the webhook (quotes pushed to --port).
+UNBOUNDED_SOURCES = (*LIVE_SOURCES, "webhook")
 JOBS = ("quotes", "products")
 
 
@@ -34,8 +36,8 @@ class QuoteOptions(PipelineOptions):
         parser.add_argument(
             "--source", default="historical", choices=SOURCES,
             help="where quotes come from: historical (--input, in arrival order), live (the websocket "
-            "feed at --live_url) or replay (history, switchable to live and back while running; "
-            "default: historical)",
+            "feed at --live_url), replay (history, switchable to live and back while running) or "
+            "webhook (quotes POSTed to 127.0.0.1:--port; default: historical)",
         )
         parser.add_argument(
             "--input", default=None,
@@ -183,6 +185,7 @@ def check(options: QuoteOptions, streaming: bool = False) -> list[str]:
     if options.avro_output is not None and not options.avro_output.strip():
         problems.append("--avro_output must not be empty")
     problems += _live_problems(options)
+    problems += _webhook_problems(options)
     return problems
 
 
@@ -204,6 +207,26 @@ def _live_problems(options: QuoteOptions) -> list[str]:
         problems.append(f"--control_port must be from 0 to 65535, got {options.control_port}")
     if options.replay_rate < 0:
         problems.append(f"--replay_rate must not be negative, got {options.replay_rate:g}")
+    return problems
+
+
+def _webhook_problems(options: QuoteOptions) -> list[str]:
+    webhook = options.source == "webhook"
+    if webhook and options.port is None:
+        return ["--source webhook needs --port N (0: any free port)"]
+    problems = []
+    given = [flag for flag in ("port", "webhook_token") if getattr(options, flag) is not None]
+    if given and not webhook:
+        problems.append(f"--{given[0]} needs --source webhook")
+    if options.port is not None and not 0 <= options.port <= 65535:
+        problems.append(f"--port must be from 0 to 65535, got {options.port}")
+    token = options.webhook_token
+    if token is not None and not (token and token.isascii() and token.isprintable() and " " not in token):
+        problems.append("--webhook_token must be printable ASCII without spaces (it is sent as 'Bearer TOKEN')")
+    if options.webhook_max_body < 1:
+        problems.append(f"--webhook_max_body must be at least 1 byte, got {options.webhook_max_body}")
+    if options.webhook_buffer < 1:
+        problems.append(f"--webhook_buffer must be at least 1 quote, got {options.webhook_buffer}")
     return problems
 
 
@@ -241,4 +264,20 @@ class ProductOptions(PipelineOptions):
             "--breaker_cooldown", type=float, default=2.0,
             help="seconds an open breaker waits before one half-open probe; if the probe fails too, "
             "the endpoint's remaining pages are given up (default: 2)",
+        )
+        deliver = parser.add_argument_group("deliver products to a downstream HTTP API (--job products)")
+        deliver.add_argument(
+            "--deliver_url", default=None,
+            help="also POST every product to this API in batches (idempotency key = product id), "
+            "rate-limited and retried; the outcome is summary.json's 'delivery'",
+        )
+        deliver.add_argument(
+            "--deliver_mock", action="store_true", default=False,
+            help="start the bundled mock downstream API (15%% failures, 10 requests/s) and deliver to it",
+        )
+        deliver.add_argument(
+            "--deliver_rate", type=float, default=8.0, help="requests per second to the downstream API (default: 8)"
+        )
+        deliver.add_argument(
+            "--deliver_batch_size", type=int, default=20, help="records per request (default: 20)"
         )

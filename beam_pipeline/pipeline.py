@@ -4,7 +4,7 @@
 
     ReplayHistorical -> NormalizeQuotes -> ComputeMidPrices -----------------> WriteOutputs -> WriteMetrics
     (--streaming: ReplayAsStream;  |  \\------------- dead letters ----------------/  (live: AppendOutputs)
-     live, replay: ReadFeed)       \\-> WindowQuoteBlocks -> panes, late ----------/   (with --window)
+     unbounded: ReadFeed)          \\-> WindowQuoteBlocks -> panes, late ----------/   (with --window)
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from beam_pipeline.options import LIVE_SOURCES, QuoteOptions, watermark_lag, window_config
+from beam_pipeline.options import UNBOUNDED_SOURCES, QuoteOptions, watermark_lag, window_config
 from runners import make_runner
 from schemas import SchemaError, field_rules, latest_version, load_schema
 from transforms.avro import InputOpener, WriteAvroBlocks, check_mid_scale, mid_price_records, quote_records
@@ -34,6 +34,7 @@ from transforms.normalize import NormalizeQuotes, price_rule
 from transforms.modes import SwitchingFeed
 from transforms.sinks import AppendText, MergeCounts, WriteOrderedText, WriteRunMetrics, when_input_ends
 from transforms.window import LateToText, PanesToText, WindowQuoteBlocks
+from transforms.webhook import WebhookFeed, endpoint_url
 from transforms.windowing import duration_text
 
 LOG = logging.getLogger(__name__)
@@ -118,16 +119,17 @@ def build_pipeline(
     """The quotes pipeline for ``options``; ``sources`` defaults to expanding ``--input``.
 
     With ``--streaming`` and historical input, the input files are read now, to plan the
-    streaming replay (see :func:`transforms.fetch.plan_stream_replay`). With ``--source live``
-    or ``replay`` the source is unbounded; its run id (``run_id``) names the
-    :class:`transforms.modes.RunControl` that stops it and switches its mode.
+    streaming replay (see :func:`transforms.fetch.plan_stream_replay`). With ``--source live``,
+    ``replay`` or ``webhook`` the source is unbounded; its run id (``run_id``) names the
+    :class:`transforms.modes.RunControl` that stops it and switches its mode, and, for a webhook,
+    the :class:`transforms.webhook.WebhookInbox` it reads (registered by whoever serves ``--port``).
     """
     config = options.view_as(QuoteOptions)
-    live = config.source in LIVE_SOURCES
+    live = config.source in UNBOUNDED_SOURCES
     streaming = live or bool(options.view_as(StandardOptions).streaming)
     windowing = window_config(config, streaming)
     lag_us = watermark_lag(config) if streaming else None
-    if sources is None and config.source != "live":
+    if sources is None and config.source not in ("live", "webhook"):
         sources = expand_inputs(config.input or bundled_sample())
     sources = list(sources or [])
     rules = field_rules(load_schema("quote", 1))
@@ -144,8 +146,12 @@ def build_pipeline(
 
     pipeline = beam.Pipeline(runner=runner or make_runner(options, unbounded_source=live), options=options)
     if live:
-        extra["live_url"] = config.live_url
-        replay = pipeline | "ReadFeed" >> ReadFeed(live_feed(config, sources, run_id), run_id=run_id, lag_us=lag_us)
+        feed = live_feed(config, sources, run_id)
+        if config.source == "webhook":
+            extra["webhook_url"] = feed.source
+        else:
+            extra["live_url"] = config.live_url
+        replay = pipeline | "ReadFeed" >> ReadFeed(feed, run_id=run_id, lag_us=lag_us)
     elif streaming:
         plan = plan_stream_replay(
             sources,
@@ -191,7 +197,7 @@ def build_pipeline(
         windowed = normalized.valid | "WindowQuotes" >> WindowQuoteBlocks(windowing, lag_us)
         panes = windowed["panes"] | "PanesToText" >> PanesToText(scale, windowing.accumulation, per_tenant)
         outputs["windows.jsonl"] = panes["chunks"]
-        late_sources = sources if not live else [*sources, config.live_url]
+        late_sources = sources if not live else list(feed.sources)
         outputs["late.jsonl"] = windowed["late"] | "LateToText" >> LateToText(late_sources, windowing, scale, per_tenant)
         metric_names.update(WINDOW_OUTPUTS)
         in_panes = "quotes_in_panes" if windowing.accumulation == "discarding" else "windowed_quotes"
@@ -243,7 +249,10 @@ def write_avro(
 
 
 def live_feed(config: QuoteOptions, sources: Sequence[str], run_id: str) -> QuoteFeed:
-    """The feed of ``--source live`` or ``replay`` (see :mod:`transforms.modes`)."""
+    """The feed of ``--source live``, ``replay`` (see :mod:`transforms.modes`) or ``webhook`` (the
+    inbox registered as ``run_id``, see :mod:`transforms.webhook`)."""
+    if config.source == "webhook":
+        return WebhookFeed(run_id, source=endpoint_url(config.port))
     live = LiveFeed(config.live_url)
     if config.source == "live":
         return live
