@@ -317,28 +317,49 @@ def fetch_events(endpoints: Sequence[Endpoint], config: FetchConfig, buffer: int
 
     The fetch runs on its own event loop in a helper thread, so requests, timeouts and rate limits
     keep their timing while the caller processes a page; at most ``buffer`` events wait between
-    the two (a full buffer pauses the fetch), so nothing accumulates the pages.
+    the two (a full buffer pauses the fetch), so nothing accumulates the pages. Closing the
+    iterator early (an error downstream) cancels the fetch and ends the thread.
     """
     events: queue.Queue = queue.Queue(maxsize=buffer)
+    closed = threading.Event()
+
+    def put(event) -> bool:
+        while not closed.is_set():
+            try:
+                events.put(event, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     async def emit(event) -> None:
-        await asyncio.to_thread(events.put, event)
+        if not await asyncio.to_thread(put, event):
+            raise _FetchClosed
 
     def run() -> None:
         try:
             asyncio.run(fetch_all(endpoints, config, emit, **clocks))
+        except _FetchClosed:
+            return
         except BaseException as exc:  # handed to the caller, raised there with its traceback
-            events.put(exc)
+            put(exc)
         else:
-            events.put(_DONE)
+            put(_DONE)
 
     thread = threading.Thread(target=run, name="fetch-paginated", daemon=True)
     thread.start()
-    while (event := events.get()) is not _DONE:
-        if isinstance(event, BaseException):
-            raise event
-        yield event
-    thread.join()
+    try:
+        while (event := events.get()) is not _DONE:
+            if isinstance(event, BaseException):
+                raise event
+            yield event
+    finally:
+        closed.set()
+        thread.join(timeout=config.timeout + 1)
+
+
+class _FetchClosed(Exception):
+    """The reader of :func:`fetch_events` went away: stop fetching."""
 
 
 class _FetchPagesFn(beam.DoFn):

@@ -326,12 +326,17 @@ class EndpointFetcher:
         queue: asyncio.Queue = asyncio.Queue()
         queue.put_nowait((1, self.endpoint.url))
         workers = [asyncio.create_task(self._work(queue, emit)) for _ in range(self.config.page_concurrency)]
+        all_done = asyncio.create_task(queue.join())
         try:
-            await queue.join()
-        finally:
+            # Workers only end by raising (a bug, or the reader going away): then stop them all.
+            await asyncio.wait([all_done, *workers], return_when=asyncio.FIRST_COMPLETED)
             for worker in workers:
-                worker.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
+                if worker.done() and worker.exception() is not None:
+                    raise worker.exception()
+        finally:
+            for task in (all_done, *workers):
+                task.cancel()
+            await asyncio.gather(all_done, *workers, return_exceptions=True)
         self.report.shape = self.shape
         self.report.breaker_state = self.breaker.state
         self.report.breaker_opened = self.breaker.opened

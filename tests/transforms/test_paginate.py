@@ -243,3 +243,15 @@ def unused_port_server():
     yield f"http://127.0.0.1:{server.server_address[1]}/odd"
     server.shutdown()
     server.server_close()
+
+
+def test_closing_the_events_early_stops_the_fetch_thread():
+    import threading
+
+    with MockProductApi("cursor", failure_rate=0.0, seed=1) as server:
+        events = fetch_events([Endpoint("catalog", server.url)], FetchConfig(seed=0))
+        assert isinstance(next(events), Page)
+        events.close()
+        requests_at_close = len(server.requests())
+        assert not any(thread.name == "fetch-paginated" for thread in threading.enumerate())
+        assert len(server.requests()) == requests_at_close < 7
