@@ -26,6 +26,8 @@ bench: install
 	$(PY) benchmarks/replay_throughput.py
 	$(PY) benchmarks/window_throughput.py
 	$(PY) benchmarks/live_latency.py
+	$(PY) benchmarks/products_fetch.py
+	$(PY) benchmarks/deliver_throughput.py
 
 clean:
 	rm -rf $(VENV) output *.egg-info .pytest_cache
