@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -58,3 +61,20 @@ def assert_one_line_usage_error(rc: int, err: str) -> str:
     assert lines[0].startswith(USAGE_ERROR_PREFIX), err
     assert "Traceback" not in err
     return lines[0]
+
+
+@pytest.fixture
+def empty_stdin(monkeypatch):
+    """A replay run reads ``mode ...`` commands from stdin; in-process runs get an empty one."""
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+
+
+@pytest.fixture
+def processes():
+    """Subprocesses started by a test; killed (by their own handle) if the test leaves them running."""
+    started: list[subprocess.Popen] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)

@@ -12,7 +12,6 @@ Runs are in-process (``cli.main``) where possible; SIGTERM and stdin commands ne
 from __future__ import annotations
 
 import csv
-import io
 import json
 import re
 import signal
@@ -27,7 +26,6 @@ from collections import Counter
 from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -36,12 +34,16 @@ from beam_pipeline.feed import FeedConfig, FeedServer, frame_text, load_messages
 from beam_pipeline.pipeline import bundled_sample
 from beam_pipeline.reference import run_reference
 from tests.conftest import assert_one_line_usage_error
+from tests.waiting import wait_for
 from transforms.modes import stop_all
 from transforms.windowing import parse_window
 
 REPO = Path(__file__).resolve().parents[2]
 LIVE_SAMPLE = bundled_sample("live_sample.csv")
 MID_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}, \d+(\.\d*[1-9])?$")
+
+# A replay run reads ``mode ...`` commands from stdin; in-process runs here get an empty one.
+pytestmark = pytest.mark.usefixtures("empty_stdin")
 
 
 # --------------------------------------------------------------------------- expected output
@@ -164,16 +166,6 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def wait_for(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 def http_json(url: str, body: dict | None = None) -> tuple[int, dict]:
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method="GET" if body is None else "POST",
@@ -219,12 +211,6 @@ class InThread:
         return self.rc
 
 
-@pytest.fixture(autouse=True)
-def empty_stdin(monkeypatch):
-    """A replay run reads ``mode ...`` commands from stdin; in-process runs get an empty one."""
-    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
-
-
 def start_cli(tmp_path: Path, *args: str, name: str = "run", stdin=subprocess.DEVNULL) -> subprocess.Popen:
     """``python -m beam_pipeline ARGS`` with stdout and stderr in files under tmp_path."""
     stdout = open(tmp_path / f"{name}.stdout", "w")  # pylint: disable=consider-using-with
@@ -247,17 +233,6 @@ def stop_with(process: subprocess.Popen, sig: int = signal.SIGTERM, within: floa
         process.wait()
         raise
     return rc, time.monotonic() - sent
-
-
-@pytest.fixture
-def processes():
-    """Subprocesses started by a test; killed (by their own handle) if the test leaves them running."""
-    started: list[subprocess.Popen] = []
-    yield started
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
 
 
 @pytest.fixture(scope="module")

@@ -45,8 +45,8 @@ FLOOD_KINDS = (
     lambda ms, rng: f"{stamp(ms)},X,abc,1.0,5,mallory\n",  # bad price
     lambda ms, rng: f"{stamp(ms)},X,2.0,1.0,5,mallory\n",  # crossed
     lambda ms, rng: f"{stamp(ms)}, ,1.0,1.1,5,mallory\n",  # missing symbol
-    lambda ms, rng: f"yesterday,X,1.0,1.1,5,mallory\n",  # bad timestamp
-    lambda ms, rng: f",X,1.0,1.1,5,mallory\n",  # missing timestamp
+    lambda ms, rng: "yesterday,X,1.0,1.1,5,mallory\n",  # bad timestamp
+    lambda ms, rng: ",X,1.0,1.1,5,mallory\n",  # missing timestamp
     lambda ms, rng: f"{stamp(ms)},X,1.0,1.1,-3,mallory\n",  # bad latency
     lambda ms, rng: f"{stamp(ms)},X,1.0,1.1\n",  # wrong field count: unattributable
     lambda ms, rng: f'{stamp(ms)},"X,1.0,1.1,5,mallory\n',  # unterminated quote: unattributable

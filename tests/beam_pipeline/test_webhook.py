@@ -8,7 +8,6 @@ the other runs are in-process (``cli.main`` in a thread, stopped like SIGTERM do
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import signal
@@ -21,7 +20,6 @@ import urllib.error
 import urllib.request
 from decimal import Decimal
 from pathlib import Path
-from typing import Callable
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -30,6 +28,7 @@ from beam_pipeline import cli
 from beam_pipeline.options import QuoteOptions
 from beam_pipeline.pipeline import live_feed
 from tests.conftest import assert_one_line_usage_error
+from tests.waiting import wait_for
 from transforms.modes import stop_all
 from transforms.webhook import WebhookFeed
 
@@ -37,6 +36,9 @@ REPO = Path(__file__).resolve().parents[2]
 TOKEN = "t0ken"
 ENDPOINT_LINE = re.compile(r"^beam_pipeline: webhook endpoint (http://127\.0\.0\.1:(\d+)) \(POST /webhook, "
                            r"GET /healthz, GET /metrics\)$", re.MULTILINE)
+
+# A replay run reads ``mode ...`` commands from stdin; in-process runs here get an empty one.
+pytestmark = pytest.mark.usefixtures("empty_stdin")
 
 
 def quote(index: int, **fields) -> dict:
@@ -76,16 +78,6 @@ def get(url: str) -> tuple[int, str]:
         return error.code, error.read().decode()
 
 
-def wait_for(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 def lines_of(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
@@ -99,22 +91,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-@pytest.fixture(autouse=True)
-def empty_stdin(monkeypatch):
-    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
-
-
-@pytest.fixture
-def processes():
-    """Subprocesses started by a test; killed (by their own handle) if the test leaves them running."""
-    started: list[subprocess.Popen] = []
-    yield started
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
 
 
 # --------------------------------------------------------------------------- the whole run, SIGTERM

@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.util import assert_that, equal_to
 
 from beam_pipeline.mock_api import MockDownstreamApi, downstream_failure
+from tests.waiting import wait_for
 from transforms.deliver import (
     ACCEPTED,
     DEAD_LETTER,
@@ -405,13 +405,6 @@ RESTART_SCRIPT = textwrap.dedent("""
 """)
 
 
-def wait_for(condition, deadline: float, what: str, poll: float = 0.02):
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(poll)
-
-
 def test_a_run_killed_mid_way_and_restarted_stores_every_record_exactly_once(tmp_path):
     script = tmp_path / "deliver_run.py"
     script.write_text(RESTART_SCRIPT)
@@ -422,7 +415,7 @@ def test_a_run_killed_mid_way_and_restarted_stores_every_record_exactly_once(tmp
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             wait_for(lambda: api.stats()["accepted"] >= 30 or first.poll() is not None,
-                     time.monotonic() + 40, "the first run to deliver some records")
+                     40, "the first run to deliver some records")
         finally:
             if first.poll() is None:
                 first.send_signal(signal.SIGKILL)

@@ -58,16 +58,6 @@ def body(value) -> bytes:
     return json.dumps(value).encode()
 
 
-def wait_for(condition, timeout: float, what: str, interval: float = 0.01):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 # --------------------------------------------------------------------------- token
 
 
