@@ -26,8 +26,8 @@ setup(
         "numpy>=1.26",
         # The development quote feed (python -m beam_pipeline.feed) and the live source speak websockets.
         "websockets>=14",
-        # HTTP: the paginated product APIs' client, the webhook endpoint, the downstream API sink and
-        # the bundled mock servers (one async library for client and server, with real timeouts).
+        # HTTP: the paginated product APIs' concurrent client, the webhook endpoint and the bundled
+        # mock servers (one async library for client and server, with real timeouts).
         "aiohttp>=3.9",
         # The downstream API sink (DeliverToApi) posts batches with a plain blocking session.
         "requests>=2.31",

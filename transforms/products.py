@@ -381,7 +381,9 @@ class _WriteSummaryFn(beam.DoFn):
             document["delivery"] = delivery_block(delivery[0], products, delivery_dead)
         path = FileSystems.join(self.output_dir, "summary.json")
         with FileSystems.create(path) as stream:
-            _stream_summary(stream, document, merged_lines(product_paths, product_sort_key), errors)
+            with FileSystems.open(FileSystems.join(self.output_dir, "products.jsonl")) as products_file:
+                lines = (line.decode("utf-8").rstrip("\n") for line in products_file)
+                _stream_summary(stream, document, lines, errors)
         if FileSystems.exists(self.tmp_dir):
             FileSystems.delete([self.tmp_dir])  # the part files with it
         LOG.info("products: %s products, %s dead letters, %s failed pages in %s", products, dead,
@@ -433,9 +435,10 @@ class WriteSummary(beam.PTransform):
     """Writes ``products.jsonl`` (sorted by id), ``dead_letter.jsonl`` and ``summary.json``.
 
     Takes ``{"products", "dead_letters", "errors", "reports"}`` PCollections, and optionally
-    ``"delivery"`` (:class:`~transforms.deliver.DeliverToApi`'s report) and ``"delivery_dead_letters"``. Products and dead
-    letters go through sorted part files merged at the end, so no stage holds all products; the
-    summary streams ``products`` from them. Emits the counts (items received = products + dead
+    ``"delivery"`` (:class:`~transforms.deliver.DeliverToApi`'s report) and
+    ``"delivery_dead_letters"``. Products and dead letters go through sorted part files merged at
+    the end, so no stage holds all products; the summary streams ``products`` from
+    ``products.jsonl``. Emits the counts (items received = products + dead
     letters, ``balanced``). ``clock`` gives the end time for ``processing_time_seconds``.
     """
 
