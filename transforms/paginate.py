@@ -49,8 +49,6 @@ from dataclasses import asdict, dataclass
 from typing import Any, Awaitable, Callable, Sequence
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
-import aiohttp
-
 from transforms.resilience import OPEN, CircuitBreaker, TokenBucket, backoff_delay, retry_after_seconds
 
 LOG = logging.getLogger(__name__)
@@ -384,6 +382,8 @@ class EndpointFetcher:
 
     async def _get(self, url: str) -> tuple[Any, Any, int]:
         """``(JSON body, headers, attempts)`` of a successful GET; raises :class:`_PageFailed`."""
+        import aiohttp  # here, not at the top: every quotes run imports this module and never fetches
+
         attempts = throttled = 0
         last: _PageFailed | None = None
         while True:
@@ -446,6 +446,8 @@ def _attempted(failed: _PageFailed, attempts: int) -> _PageFailed:
 async def fetch_all(endpoints: Sequence[Endpoint], config: FetchConfig, emit: Emit, *,
                     session_factory: Callable[[], Any] | None = None, **clocks) -> list[EndpointReport]:
     """Fetch every endpoint concurrently; emits events, then each endpoint's :class:`EndpointReport`."""
+    import aiohttp  # see EndpointFetcher._get
+
     factory = session_factory or (lambda: aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit_per_host=config.page_concurrency)))
     async with factory() as session:
