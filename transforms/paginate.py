@@ -221,7 +221,7 @@ class FetchError:
 
     def as_dict(self) -> dict:
         record = asdict(self)
-        record["timestamp"] = _iso(record.pop("at"))
+        record["timestamp"] = utc_iso(int(record.pop("at") * 1_000_000))
         return record
 
 
@@ -248,8 +248,10 @@ class EndpointReport:
         return asdict(self)
 
 
-def _iso(epoch: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int(epoch % 1 * 1000):03d}Z"
+def utc_iso(micros: int, digits: int = 3) -> str:
+    """Epoch microseconds as ISO 8601 UTC with ``digits`` (1-6) of the second, truncated: ``...T10:55:25.349Z``."""
+    fraction = f"{micros % 1_000_000:06d}"[:digits]
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(micros // 1_000_000)) + f".{fraction}Z"
 
 
 # --------------------------------------------------------------------------- fetching (async)

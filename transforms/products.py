@@ -33,7 +33,7 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 from fastavro.validation import validate
 
-from transforms.paginate import CURSOR, OFFSET, PAGES, Page
+from transforms.paginate import CURSOR, OFFSET, PAGES, Page, utc_iso
 
 LOG = logging.getLogger(__name__)
 
@@ -134,9 +134,7 @@ def normalize_item(shape: str, source: str, item: Any, fetched_at: float) -> dic
 
 def product_record(product: Mapping) -> dict:
     """A product as JSON values: price as a number, ``processed_at`` as ISO 8601 UTC."""
-    micros = product["processed_at"]
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(micros // 1_000_000)) + f".{micros % 1_000_000:06d}Z"
-    return {**product, "price": float(product["price"]), "processed_at": stamp}
+    return {**product, "price": float(product["price"]), "processed_at": utc_iso(product["processed_at"], 6)}
 
 
 def product_json(product: Mapping) -> str:
