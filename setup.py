@@ -35,5 +35,9 @@ setup(
         "prometheus_client>=0.20",
     ],
     # avro: the Apache reference library, to prove our Avro files and encodings interoperate.
-    extras_require={"test": ["pytest>=8", "hypothesis>=6.100", "avro>=1.11"]},
+    extras_require={
+        "test": ["pytest>=8", "hypothesis>=6.100", "avro>=1.11"],
+        # --runner DaskRunner: Beam's Dask runner and a distributed cluster (runners/dask.py).
+        "dask": ["apache-beam[dask]==2.77.*"],
+    },
 )

@@ -36,6 +36,7 @@ from beam_pipeline.pipeline import (
     expand_inputs,
     input_opener,
 )
+import runners
 from runners import RunnerError, is_direct, make_runner
 from schemas import SchemaError, field_rules, load_schema
 from transforms.avro import AVRO_SUFFIX
@@ -79,11 +80,13 @@ def help_text() -> str:
     parser = argparse.ArgumentParser(
         prog=f"python -m {PROG}",
         description="Replay historical quotes in arrival order and write mid prices (see README.md).",
-        epilog="Beam's own options work too, e.g. --runner DirectRunner (default) or PortableRunner, "
-        "--streaming, --direct_num_workers N.",
+        epilog="--runner: DirectRunner (default), PrismRunner, PortableRunner, DaskRunner, FlinkRunner or "
+        "DataflowRunner; each checks the flags it needs (docs/deploy.md). Beam's own options work too, "
+        "e.g. --streaming, --job_endpoint, --direct_num_workers N.",
     )
     QuoteOptions._add_argparse_args(parser)  # pylint: disable=protected-access
     ProductOptions._add_argparse_args(parser)  # pylint: disable=protected-access
+    runners.add_help(parser)
     return parser.format_help()
 
 
@@ -154,6 +157,24 @@ def _summary(output_dir: str, metrics: dict) -> str:
         label = _CHECK_LABELS.get(check, check) if len(checks) > 1 else "counts"
         lines.append(row("metrics.json", f"{label} {balance_text(terms)}"))
     return "\n".join(lines)
+
+
+def shared_files_problems(options: PipelineOptions, inputs: Sequence[str | None]) -> list[str]:
+    """On a runner whose workers are other machines (Dataflow), every path the workers open must be
+    on a shared filesystem such as gs://; ``None`` in ``inputs`` is the bundled sample."""
+    if not runners.remote_workers(options):
+        return []
+    name = options.view_as(StandardOptions).runner
+    problems = [
+        f"--input: the workers of --runner {name} cannot read "
+        f"{'the bundled sample' if path is None else path} on this machine; copy it to gs:// and pass --input gs://..."
+        for path in inputs if FileSystems.get_scheme(path or bundled_sample()) is None
+    ]
+    config = options.view_as(QuoteOptions)
+    for flag, path in (("--output_dir", config.output_dir), ("--avro_output", config.avro_output)):
+        if path and FileSystems.get_scheme(path) is None:
+            problems.append(f"{flag} {path}: the workers of --runner {name} write to gs://..., not to this machine")
+    return problems
 
 
 def check_live(config: QuoteOptions, sources: Sequence[str]) -> None:
@@ -229,7 +250,7 @@ def _products(options: PipelineOptions, started_at: float) -> int:
     """``--job products``: check its flags, then run it (see :mod:`beam_pipeline.products`)."""
     from beam_pipeline import products
 
-    problems = products.check(options)
+    problems = products.check(options) + runners.check(options) + shared_files_problems(options, [])
     if problems:
         raise UsageError("; ".join(problems))
     prepare_output_dir(options.view_as(QuoteOptions).output_dir)
@@ -266,6 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"--streaming replays history through Beam's TestStream, which only the DirectRunner runs "
                 f"(got --runner {standard.runner}); on Flink or Dataflow, WindowQuotes reads a real unbounded source"
             )
+        problems += runners.check(options) + shared_files_problems(options, [config.input])
         if problems:
             raise UsageError("; ".join(problems))
         sources = [] if config.source in ("live", "webhook") else expand_inputs(config.input or bundled_sample())

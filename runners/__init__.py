@@ -1,63 +1,105 @@
-"""Runner presets: which Beam runner a ``--runner`` name means here, and the checks it needs.
+"""Runner presets: what each ``--runner`` name means here, the flags it needs, and the checks on them.
 
-``DirectRunner`` is Beam's ``SwitchingDirectRunner``, which first tries the Prism runner. Prism
-downloads a binary from the internet; offline that attempt fails (slowly, with log noise) and
-Beam falls back anyway. So this project maps ``DirectRunner`` itself:
+One module per runner, each with the same three names:
 
-* batch (the default): the ``FnApiRunner``, Beam's fast in-process portable runner, exactly
-  what the DirectRunner falls back to;
-* ``--streaming``: the ``BundleBasedDirectRunner``, the only local runner that applies
-  watermarks, triggers and allowed lateness (and runs ``TestStream``);
-* an unbounded source (the live feed): the ``FnApiRunner`` again, which runs a splittable DoFn
-  that never returns, with the stages fused after it processing each element as it comes (the
-  BundleBasedDirectRunner would wait for the source to checkpoint).
+* ``NAMES``: the ``--runner`` values it answers to (any case; the first is the canonical one);
+* ``check(options) -> list[str]``: one line per problem with the user's flags (empty: fine). A check
+  may also fill in a flag the runner needs and the user left out (logged), such as
+  ``--environment_type LOOPBACK`` for an embedded job server;
+* ``create(options, unbounded_source) -> PipelineRunner``: the runner to run with.
 
-Any other ``--runner`` name is handed to Beam unchanged (``PortableRunner``, ``DataflowRunner``,
-...); later presets add their own checks here.
+=================  =================  =====================================================
+``--runner``       preset             here (offline, 2 cores)
+=================  =================  =====================================================
+DirectRunner       :mod:`.direct`     FnApiRunner (batch), BundleBasedDirectRunner (streaming)
+PrismRunner        :mod:`.prism`      a local Prism binary, else the DirectRunner (logged once)
+PortableRunner     :mod:`.portable`   ``--job_endpoint embed --environment_type LOOPBACK``
+DaskRunner         :mod:`.dask`       a ``distributed`` cluster on 127.0.0.1 (``.[dask]``)
+FlinkRunner        :mod:`.flink`      checked and translated only (docs/deploy.md)
+DataflowRunner     :mod:`.dataflow`   checked and translated only (docs/deploy.md)
+=================  =================  =====================================================
+
+Any other name (a fully qualified ``PipelineRunner`` class, say) is handed to Beam unchanged.
 """
 
 from __future__ import annotations
 
+import logging
+from types import ModuleType
+
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineRunner, create_runner
 
-#: Beam matches runner names without regard to case; so do we.
-DIRECT_NAMES = ("DirectRunner", "direct", "Direct", "directrunner")
-_DIRECT_LOWER = {name.lower() for name in DIRECT_NAMES}
+from runners import dataflow, direct, flink, portable, prism
+try:  # TEMPORARY until runners/dask.py lands
+    from runners import dask
+except ImportError:
+    dask = None
+from runners.common import RunnerError
+
+__all__ = ["PRESETS", "RunnerError", "add_help", "check", "is_direct", "make_runner", "preset_for", "remote_workers"]
+
+LOG = logging.getLogger(__name__)
+
+#: Every preset, in the order the docs list them.
+PRESETS: tuple[ModuleType, ...] = tuple(m for m in (direct, prism, portable, dask, flink, dataflow) if m)
+_BY_NAME = {name.lower(): module for module in PRESETS for name in module.NAMES}
+#: Kept for callers that list the DirectRunner's names.
+DIRECT_NAMES = direct.NAMES
 
 
-class RunnerError(ValueError):
-    """The requested runner does not exist or cannot run with these options."""
+def runner_name(options: PipelineOptions) -> str:
+    """``--runner`` as given, ``DirectRunner`` when absent."""
+    return options.view_as(StandardOptions).runner or "DirectRunner"
+
+
+def preset_for(name: str | None) -> ModuleType | None:
+    """The preset module for a ``--runner`` value (None: the default), or None if it has none."""
+    return _BY_NAME.get((name or "DirectRunner").lower())
 
 
 def is_direct(name: str | None) -> bool:
     """Whether a ``--runner`` value (None: the default) means the local DirectRunner."""
-    return name is None or name.lower() in _DIRECT_LOWER
+    return preset_for(name) is direct
 
 
-def direct_runner(options: PipelineOptions, unbounded_source: bool = False) -> PipelineRunner:
-    """The local runner for these options (see the module docstring)."""
-    if options.view_as(StandardOptions).streaming and not unbounded_source:
-        from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
+def remote_workers(options: PipelineOptions) -> bool:
+    """Whether ``--runner`` runs the workers on other machines, which cannot open this one's files."""
+    return preset_for(runner_name(options)) is dataflow
 
-        return BundleBasedDirectRunner()
-    from apache_beam.portability.api import beam_provision_api_pb2
-    from apache_beam.runners.portability.fn_api_runner import fn_runner
-    from apache_beam.runners.portability.portable_runner import JobServiceHandle
 
-    # As Beam's own DirectRunner does: hand the options to the SDK harness.
-    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
-    info = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
-    return fn_runner.FnApiRunner(provision_info=info)
+def add_help(parser) -> None:
+    """Add the presets' own flags (``--dask_address``, ...) to an argparse ``parser``, for --help."""
+    for cls in PipelineOptions.__subclasses__():
+        if cls.__module__.startswith(f"{__name__}."):
+            cls._add_argparse_args(parser)  # pylint: disable=protected-access
+
+
+def check(options: PipelineOptions) -> list[str]:
+    """Problems with the flags ``--runner`` needs (empty when all is well, or for a runner without a
+    preset: Beam judges those)."""
+    preset = preset_for(runner_name(options))
+    return preset.check(options) if preset else []
 
 
 def make_runner(options: PipelineOptions, unbounded_source: bool = False) -> PipelineRunner:
-    """The runner named by ``--runner`` (default ``DirectRunner``); ``unbounded_source``: the
-    pipeline reads a live feed (see the module docstring)."""
-    name = options.view_as(StandardOptions).runner or "DirectRunner"
-    if is_direct(name):
-        return direct_runner(options, unbounded_source)
-    try:
-        return create_runner(name)
-    except (ValueError, ImportError, AttributeError) as exc:
-        raise RunnerError(f"--runner {name}: {exc}") from None
+    """The runner named by ``--runner`` (default ``DirectRunner``), after its preset's checks;
+    ``unbounded_source``: the pipeline reads a live feed. Raises :class:`RunnerError` with every
+    problem on one line."""
+    name = runner_name(options)
+    preset = preset_for(name)
+    if preset is None:
+        try:
+            return create_runner(name)
+        except (ValueError, ImportError, AttributeError) as exc:
+            raise RunnerError(f"--runner {name}: {exc}") from None
+    problems = preset.check(options)
+    if problems:
+        raise RunnerError("; ".join(problems))
+    runner = preset.create(options, unbounded_source)
+    LOG.info("--runner %s: running on %s", name, type(runner).__name__)
+    return runner
+
+
+# Kept importable from here: tests and the live-feed code build the local runner directly.
+direct_runner = direct.create

@@ -78,3 +78,45 @@ def processes():
         if process.poll() is None:
             process.kill()
             process.wait(10)
+
+
+# --- the suite on the PortableRunner --------------------------------------------------------
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--portable", action="store_true",
+        help="run every batch pipeline the DirectRunner would run on the PortableRunner instead "
+        "(--job_endpoint embed --environment_type LOOPBACK: the Fn API over gRPC); TestStream and "
+        "live-feed pipelines stay on their local runners",
+    )
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _portable_runner(request):
+    """With ``--portable``: the DirectRunner preset's batch runner becomes the PortableRunner."""
+    if not request.config.getoption("--portable"):
+        yield
+        return
+    from apache_beam.options.pipeline_options import PortableOptions, StandardOptions
+    from apache_beam.runners.portability.portable_runner import PortableRunner
+
+    from runners import direct
+
+    class EmbeddedPortableRunner(PortableRunner):
+        def run_pipeline(self, pipeline, options):
+            portable = options.view_as(PortableOptions)
+            portable.job_endpoint, portable.environment_type = "embed", "LOOPBACK"
+            return super().run_pipeline(pipeline, options)
+
+    local = direct.create
+
+    def create(options, unbounded_source=False):
+        if unbounded_source or options.view_as(StandardOptions).streaming:
+            return local(options, unbounded_source)
+        return EmbeddedPortableRunner()
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(direct, "create", create)
+    yield
+    patch.undo()

@@ -62,6 +62,18 @@ def _run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
         pytest.param(["--runner", "NoSuchRunner"], ["NoSuchRunner"], id="unknown-runner"),
         pytest.param(["--runner", "nosuchmodule.Runner"], ["nosuchmodule.Runner"], id="unknown-dotted-runner"),
         pytest.param(["--direct_num_workers", "abc"], ["--direct_num_workers", "abc"], id="bad-beam-option"),
+        pytest.param(["--runner", "PortableRunner"], ["--job_endpoint", "embed"], id="portable-no-endpoint"),
+        pytest.param(["--runner", "FlinkRunner"], ["--flink_master", "--environment_type"], id="flink-no-flags"),
+        pytest.param(["--runner", "DataflowRunner"], ["--project", "--region", "--temp_location"], id="dataflow-no-flags"),
+        pytest.param(
+            ["--runner", "DataflowRunner", "--project", "my-project", "--region", "europe-west1",
+             "--temp_location", "gs://my-bucket/tmp"],
+            ["cannot read the bundled sample", "--output_dir"], id="dataflow-local-files",
+        ),
+        pytest.param(["--runner", "PrismRunner", "--prism_location", "/nonexistent/prism"], ["--prism_location"],
+                     id="prism-missing-binary"),
+        pytest.param(["--job", "products", "--mock", "--runner", "FlinkRunner"], ["--flink_master"],
+                     id="products-job-runner-flags"),
     ],
 )
 def test_bad_usage_exits_2_with_one_line(args, expected, tmp_path, capsys):
@@ -166,6 +178,22 @@ def test_help_wins_over_other_errors(capsys):
 
 
 # --- successful runs, in-process -------------------------------------------------------------
+
+
+def test_prism_offline_runs_on_the_local_runner_after_one_warning(tmp_path, capsys, caplog, monkeypatch):
+    from runners import prism
+
+    monkeypatch.setattr(prism, "_warned", set())
+    monkeypatch.setattr(prism, "local_binary", lambda options: None)
+    monkeypatch.setattr(prism, "reachable", lambda url: False)  # offline, without trying the network
+    caplog.set_level(logging.INFO)
+    path = _write(tmp_path, WORKED_EXAMPLE)
+    rc = cli.main(["--runner", "PrismRunner", "--input", str(path), "--output_dir", str(tmp_path / "out"),
+                   "--progress", "off"])
+    assert rc == 0, capsys.readouterr().err
+    (warning,) = [r for r in caplog.records if r.levelno >= logging.WARNING and "PrismRunner" in r.getMessage()]
+    assert "FnApiRunner" in warning.getMessage()
+    assert (tmp_path / "out" / "mid_prices.log").read_text().count("\n") == 2
 
 
 def _run_worked_example(tmp_path: Path, threshold: str, capsys) -> tuple[Path, str]:

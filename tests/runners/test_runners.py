@@ -60,7 +60,7 @@ def test_an_unbounded_source_runs_on_the_fn_api_runner_even_when_streaming():
 
 
 def test_portable_runner_is_beams():
-    assert isinstance(_runner("--runner", "PortableRunner"), PortableRunner)
+    assert isinstance(_runner("--runner", "PortableRunner", "--job_endpoint", "embed"), PortableRunner)
 
 
 @pytest.mark.parametrize("name", ["NoSuchRunner", "nosuchmodule.NoSuchRunner"])

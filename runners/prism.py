@@ -1,0 +1,101 @@
+"""``--runner PrismRunner``: Beam's Go-based local portable runner, when its binary is at hand.
+
+Prism is a binary Beam downloads from a GitHub release on first use (into
+``~/.apache_beam/cache/prism/bin``). Beam's own ``DirectRunner`` tries it first and, offline, falls
+back after a failed download with the reason at INFO; here ``--runner DirectRunner`` never tries
+it (:mod:`runners.direct`), and ``--runner PrismRunner`` decides before the run:
+
+1. a local binary or zip (``--prism_location PATH``, or Beam's cache for this Beam version and
+   platform): run on Prism;
+2. otherwise, if the download host answers within :data:`PROBE_SECONDS`: run on Prism, which
+   downloads it;
+3. otherwise: one warning saying why, and the run goes on on the DirectRunner's local runner.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import socket
+from typing import Callable
+from urllib.parse import urlsplit
+
+from apache_beam.options.pipeline_options import PipelineOptions, PrismRunnerOptions
+from apache_beam.runners.runner import PipelineRunner
+from apache_beam.version import __version__ as BEAM_VERSION
+
+from runners import direct
+
+NAMES = ("PrismRunner", "prism")
+LOG = logging.getLogger(__name__)
+
+#: How long to wait for the download host before falling back: offline, a DNS failure is immediate.
+PROBE_SECONDS = 3.0
+BIN_CACHE = os.path.expanduser("~/.apache_beam/cache/prism/bin")
+_warned: set[str] = set()
+
+
+def release_url(version: str = BEAM_VERSION) -> str:
+    """Where Beam downloads Prism for this Beam version and platform."""
+    from apache_beam.runners.portability.prism_runner import PrismJobServer
+
+    tag = f"v{version}"
+    return PrismJobServer._construct_download_url(tag, tag, platform.system(), platform.machine())  # pylint: disable=protected-access
+
+
+def local_binary(options: PipelineOptions, cache: str = BIN_CACHE) -> str | None:
+    """A Prism binary or zip on this machine for these options, or None (it would be downloaded)."""
+    location = options.view_as(PrismRunnerOptions).prism_location
+    if location and not urlsplit(location).scheme:
+        return location if os.path.exists(location) else None
+    if location:
+        return None  # a URL: Beam downloads it every time
+    try:
+        cached = os.path.join(cache, os.path.basename(release_url()))
+    except ValueError:  # no release for this platform
+        return None
+    return cached if os.path.exists(cached) else None
+
+
+def reachable(url: str, timeout: float = PROBE_SECONDS) -> bool:
+    """Whether ``url``'s host accepts a TCP connection within ``timeout`` seconds."""
+    parts = urlsplit(url)
+    try:
+        socket.create_connection((parts.hostname, parts.port or 443), timeout=timeout).close()
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def check(options: PipelineOptions) -> list[str]:
+    location = options.view_as(PrismRunnerOptions).prism_location
+    if location and not urlsplit(location).scheme and not os.path.exists(location):
+        return [f"--prism_location {location}: no such file"]
+    return []
+
+
+def create(
+    options: PipelineOptions, unbounded_source: bool = False, can_download: Callable[[str], bool] | None = None
+) -> PipelineRunner:
+    """Prism when its binary is here or can be fetched now (``can_download``, default
+    :func:`reachable`), else the DirectRunner's local runner (one warning per process and reason)."""
+    from apache_beam.runners.portability.prism_runner import PrismRunner
+
+    if local_binary(options):
+        return PrismRunner()
+    location = options.view_as(PrismRunnerOptions).prism_location
+    try:
+        url = location or release_url()
+    except ValueError as exc:
+        reason = str(exc)
+    else:
+        if (can_download or reachable)(url):
+            return PrismRunner()
+        reason = f"no local Prism binary and {urlsplit(url).hostname} is unreachable (offline?)"
+    fallback = direct.create(options, unbounded_source)
+    if reason not in _warned:
+        _warned.add(reason)
+        LOG.warning("--runner PrismRunner: %s; running on the DirectRunner's %s instead "
+                    "(--prism_location PATH uses a local binary)", reason, type(fallback).__name__)
+    return fallback
