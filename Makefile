@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat setup.py | cksum | cut -d' ' -f1)
 
-.PHONY: demo test install bench clean
+.PHONY: demo test test-portable install bench clean
 
 $(STAMP):
 	$(PYTHON) -m venv $(VENV)
@@ -22,12 +22,17 @@ demo: install
 test: install
 	$(PY) -m pytest -q
 
+# The suite again, with every batch pipeline on the PortableRunner (Fn API over gRPC).
+test-portable: install
+	$(PY) -m pytest -q --portable
+
 bench: install
 	$(PY) benchmarks/replay_throughput.py
 	$(PY) benchmarks/window_throughput.py
 	$(PY) benchmarks/live_latency.py
 	$(PY) benchmarks/products_fetch.py
 	$(PY) benchmarks/deliver_throughput.py
+	$(PY) benchmarks/runners.py
 
 clean:
 	rm -rf $(VENV) output *.egg-info .pytest_cache

@@ -39,5 +39,7 @@ setup(
         "test": ["pytest>=8", "hypothesis>=6.100", "avro>=1.11"],
         # --runner DaskRunner: Beam's Dask runner and a distributed cluster (runners/dask.py).
         "dask": ["apache-beam[dask]==2.77.*"],
+        # --runner DataflowRunner: Beam's Google Cloud client libraries (for submitting; docs/deploy.md).
+        "dataflow": ["apache-beam[gcp]==2.77.*"],
     },
 )

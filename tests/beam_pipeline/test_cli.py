@@ -180,6 +180,7 @@ def test_help_wins_over_other_errors(capsys):
 # --- successful runs, in-process -------------------------------------------------------------
 
 
+@pytest.mark.local_runner
 def test_prism_offline_runs_on_the_local_runner_after_one_warning(tmp_path, capsys, caplog, monkeypatch):
     from runners import prism
 

@@ -248,6 +248,7 @@ def test_prism_downloads_when_the_host_answers(monkeypatch, tmp_path):
     assert asked == [prism.release_url()]
 
 
+@pytest.mark.local_runner
 def test_prism_offline_falls_back_with_one_warning(monkeypatch, caplog):
     monkeypatch.setattr(prism, "_warned", set())
     monkeypatch.setattr(prism, "local_binary", lambda options: None)

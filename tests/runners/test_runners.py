@@ -16,6 +16,7 @@ def _runner(*flags: str):
     return make_runner(PipelineOptions(list(flags)))
 
 
+@pytest.mark.local_runner
 @pytest.mark.parametrize(
     "flags",
     [
@@ -78,6 +79,7 @@ def test_unknown_class_in_existing_module_raises_runner_error():
         _runner("--runner", "os.NoSuchRunner")
 
 
+@pytest.mark.local_runner
 @pytest.mark.parametrize("name", ["Directrunner", "DIRECT", "directRunner"])
 def test_direct_runner_name_in_any_case_is_the_fn_api_runner(name):
     assert isinstance(_runner("--runner", name), FnApiRunner)
