@@ -307,6 +307,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             prepare_output_dir(config.avro_output, "--avro_output")
         run_id = uuid.uuid4().hex[:12]
         pipeline = build_pipeline(options, sources, runner=runner, run_id=run_id, started_at=started_at)
+        problems = runners.portability_problems(pipeline, options)
+        if problems:
+            raise UsageError("; ".join(problems))
     except (UsageError, InputError, RunnerError, SchemaError, ModeError) as exc:
         if webhook is not None:
             webhook.close()

@@ -37,7 +37,8 @@ except ImportError:
     dask = None
 from runners.common import RunnerError
 
-__all__ = ["PRESETS", "RunnerError", "add_help", "check", "is_direct", "make_runner", "preset_for", "remote_workers"]
+__all__ = ["PRESETS", "RunnerError", "add_help", "check", "is_direct", "make_runner", "portability_problems", "preset_for",
+           "remote_workers"]
 
 LOG = logging.getLogger(__name__)
 
@@ -61,6 +62,22 @@ def preset_for(name: str | None) -> ModuleType | None:
 def is_direct(name: str | None) -> bool:
     """Whether a ``--runner`` value (None: the default) means the local DirectRunner."""
     return preset_for(name) is direct
+
+
+#: Presets whose runner receives the portable proto, which :mod:`runners.portability` checks.
+PORTABLE = (prism, portable, flink, dataflow)
+
+
+def portability_problems(pipeline, options: PipelineOptions) -> list[str]:
+    """For a runner that receives the portable proto: each transform in ``pipeline`` it could not run
+    (see :mod:`runners.portability`), one line each; empty for the others."""
+    name = runner_name(options)
+    if preset_for(name) not in PORTABLE:
+        return []
+    from runners.portability import non_portable_transforms, portable_proto
+
+    return [f"--runner {name} cannot run {item.name}: {item.reason} ({item.urn})"
+            for item in non_portable_transforms(portable_proto(pipeline, options))]
 
 
 def remote_workers(options: PipelineOptions) -> bool:

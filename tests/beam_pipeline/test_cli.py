@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import apache_beam as beam
 import pytest
 
 from beam_pipeline import cli
@@ -178,6 +179,28 @@ def test_help_wins_over_other_errors(capsys):
 
 
 # --- successful runs, in-process -------------------------------------------------------------
+
+
+class _PythonOnly(beam.PTransform):
+    """A Python-only primitive: no URN a portable runner knows."""
+
+    def expand(self, pcoll):
+        return beam.pvalue.PCollection(pcoll.pipeline, is_bounded=True)
+
+
+def test_a_transform_flink_cannot_run_is_refused_before_submitting(tmp_path, capsys, monkeypatch):
+    real_build = cli.build_pipeline
+
+    def build_with_python_only_step(options, sources, **kwargs):
+        pipeline = real_build(options, sources, **kwargs)
+        _ = pipeline | "Seed" >> beam.Create([1]) | "PythonOnly" >> _PythonOnly()
+        return pipeline
+
+    monkeypatch.setattr(cli, "build_pipeline", build_with_python_only_step)
+    rc = cli.main(["--runner", "FlinkRunner", "--flink_master", "localhost:8081", "--environment_type", "LOOPBACK",
+                   "--output_dir", str(tmp_path / "out"), "--progress", "off"])
+    line = assert_one_line_usage_error(rc, capsys.readouterr().err)
+    assert "--runner FlinkRunner cannot run PythonOnly" in line
 
 
 @pytest.mark.local_runner
