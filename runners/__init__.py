@@ -30,11 +30,7 @@ from types import ModuleType
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineRunner, create_runner
 
-from runners import dataflow, direct, flink, portable, prism
-try:  # TEMPORARY until runners/dask.py lands
-    from runners import dask
-except ImportError:
-    dask = None
+from runners import dask, dataflow, direct, flink, portable, prism
 from runners.common import RunnerError
 
 __all__ = ["PRESETS", "RunnerError", "add_help", "check", "is_direct", "make_runner", "portability_problems", "preset_for",
@@ -43,7 +39,7 @@ __all__ = ["PRESETS", "RunnerError", "add_help", "check", "is_direct", "make_run
 LOG = logging.getLogger(__name__)
 
 #: Every preset, in the order the docs list them.
-PRESETS: tuple[ModuleType, ...] = tuple(m for m in (direct, prism, portable, dask, flink, dataflow) if m)
+PRESETS: tuple[ModuleType, ...] = (direct, prism, portable, dask, flink, dataflow)
 _BY_NAME = {name.lower(): module for module in PRESETS for name in module.NAMES}
 #: Kept for callers that list the DirectRunner's names.
 DIRECT_NAMES = direct.NAMES

@@ -71,6 +71,7 @@ def _run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
              "--temp_location", "gs://my-bucket/tmp"],
             ["cannot read the bundled sample", "--output_dir"], id="dataflow-local-files",
         ),
+        pytest.param(["--runner", "DaskRunner"], ["--dask_address", "--dask_local_workers"], id="dask-no-cluster"),
         pytest.param(["--runner", "PrismRunner", "--prism_location", "/nonexistent/prism"], ["--prism_location"],
                      id="prism-missing-binary"),
         pytest.param(["--job", "products", "--mock", "--runner", "FlinkRunner"], ["--flink_master"],
