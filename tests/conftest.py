@@ -13,6 +13,7 @@ import pytest
 
 from beam_pipeline.cli import parse_options
 from beam_pipeline.pipeline import build_pipeline, expand_inputs
+from tests.redis_server import redis_server, redis_url  # noqa: F401  (fixtures)
 
 WORKED_EXAMPLE = (
     "timestamp,bid,ask,latency\n"
