@@ -33,10 +33,12 @@ setup(
         "requests>=2.31",
         # GET /metrics in Prometheus' text format (webhook ingestion).
         "prometheus_client>=0.20",
+        # The queue between the replay engine and the mid-price processors (Redis Streams).
+        "redis>=5",
     ],
     # avro: the Apache reference library, to prove our Avro files and encodings interoperate.
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6.100", "avro>=1.11"],
+        "test": ["pytest>=8", "hypothesis>=6.100", "avro>=1.11", "psutil>=5.9"],
         # --runner DaskRunner: Beam's Dask runner and a distributed cluster (runners/dask.py).
         "dask": ["apache-beam[dask]==2.77.*"],
         # --runner DataflowRunner: Beam's Google Cloud client libraries (for submitting; docs/deploy.md).

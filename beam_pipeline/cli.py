@@ -25,7 +25,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from beam_pipeline import options as options_module
 from beam_pipeline.control import HOST as CONTROL_HOST
 from beam_pipeline.control import ControlServer, start_stdin_commands, stop_on_signals
-from beam_pipeline.options import UNBOUNDED_SOURCES, ProductOptions, QuoteOptions
+from beam_pipeline.options import QUEUE, UNBOUNDED_SOURCES, ProductOptions, QuoteOptions, source_kind
 from beam_pipeline.pipeline import (
     OUTPUTS,
     WINDOW_OUTPUTS,
@@ -35,6 +35,7 @@ from beam_pipeline.pipeline import (
     check_headers,
     expand_inputs,
     input_opener,
+    output_dir,
 )
 import runners
 from runners import RunnerError, is_direct, make_runner
@@ -120,7 +121,11 @@ def _summary(output_dir: str, metrics: dict) -> str:
         return f"{ok}: {metrics['records_in']:,} in = {parts}"
 
     source = metrics.get("source", "historical")
-    if source == "live":
+    if "sink" in metrics:
+        return _sink_summary(output_dir, metrics)
+    if source_kind(source) == QUEUE:
+        origin = f"from the queue {source} (group {metrics['group']}, consumer {metrics['consumer']})"
+    elif source == "live":
         origin = f"from the live feed {metrics['live_url']}"
     elif source == "replay":
         origin = (f"from {len(metrics['inputs'])} file(s) ({metrics.get('historical_records', 0):,}) "
@@ -177,6 +182,32 @@ def shared_files_problems(options: PipelineOptions, inputs: Sequence[str | None]
     return problems
 
 
+def _sink_summary(output_dir: str, metrics: dict) -> str:
+    """The summary of a publisher run (``--sink``)."""
+    balanced = "balance" if balance(metrics, ["queued", "dead_lettered"]) else "DO NOT BALANCE"
+    return "\n".join([
+        f"Published {metrics.get('queued', 0):,} of {metrics['records_in']:,} quotes to {metrics['sink']} "
+        f"(group {metrics['group']}) in {metrics['run_seconds']:.1f} s",
+        f"  {FileSystems.join(output_dir, 'dead_letter.jsonl')}  {metrics['dead_lettered']:,} rejected rows, "
+        "each with its reason",
+        f"  backpressure: waited {metrics.get('backpressure_waits', 0):,} times for the group (high water "
+        f"{metrics['queue_high_water']:,}); {metrics.get('trimmed_unread', 0):,} unread entries trimmed",
+        f"  {FileSystems.join(output_dir, 'metrics.json')}  counts {balanced}: {metrics['records_in']:,} in = "
+        f"{metrics.get('queued', 0):,} queued + {metrics['dead_lettered']:,} dead letters",
+    ])
+
+
+def check_queue(url: str, flag: str) -> None:
+    """The queue's Redis answers, or a UsageError."""
+    from transforms.queue import QueueAddress
+
+    address = QueueAddress.parse(url)
+    try:
+        address.connect().ping()
+    except Exception as exc:  # redis raises its own ConnectionError types
+        raise UsageError(f"{flag} {address.url}: cannot reach Redis ({exc})") from None
+
+
 def check_live(config: QuoteOptions, sources: Sequence[str]) -> None:
     """What a live run needs before it starts: a local output folder, a reachable feed, and saved
     replay state (if any) that belongs to these inputs. Raises UsageError or ModeError.
@@ -185,6 +216,9 @@ def check_live(config: QuoteOptions, sources: Sequence[str]) -> None:
     if FileSystems.get_scheme(config.output_dir) is not None:
         raise UsageError(f"--output_dir {config.output_dir}: a live run appends to local files only")
     if config.source == "webhook":
+        return
+    if source_kind(config.source) == QUEUE:
+        check_queue(config.source, "--source")
         return
     parts = urlsplit(config.live_url)
     try:
@@ -228,7 +262,7 @@ def open_webhook(config: QuoteOptions) -> WebhookServer:
 def steering(config: QuoteOptions, run_id: str, webhook: WebhookServer | None = None) -> Iterator[None]:
     """For a live run: signals stop it; for a replay, the control endpoint and stdin switch it;
     for a webhook run, ``webhook`` serves (and feeds the run) until the run ends."""
-    if config.source not in UNBOUNDED_SOURCES:
+    if source_kind(config.source) not in UNBOUNDED_SOURCES:
         yield
         return
     control = run_control(run_id)
@@ -275,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if config.job == "products":
             return _products(options, started_at)
         standard = options.view_as(StandardOptions)
-        live = config.source in UNBOUNDED_SOURCES
+        live = source_kind(config.source) in UNBOUNDED_SOURCES
         problems = options_module.check(config, streaming=live or bool(standard.streaming))
         if live and not is_direct(standard.runner):
             problems.append(
@@ -290,12 +324,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         problems += runners.check(options) + shared_files_problems(options, [config.input])
         if problems:
             raise UsageError("; ".join(problems))
-        sources = [] if config.source in ("live", "webhook") else expand_inputs(config.input or bundled_sample())
+        sources = ([] if source_kind(config.source) in ("live", "webhook", QUEUE)
+                   else expand_inputs(config.input or bundled_sample()))
         if config.reader_schema_version is not None:
             if not any(path.endswith(AVRO_SUFFIX) for path in sources):
                 raise UsageError("--reader_schema_version applies to .avro inputs, and --input has none")
             load_schema("quote", config.reader_schema_version)  # a SchemaError names what exists
         check_headers(sources, input_opener(config))
+        if config.sink:
+            check_queue(config.sink, "--sink")
         if live:
             check_live(config, sources)
             standard.streaming = True  # an unbounded source: say so to the runner
@@ -329,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         forget_run(run_id)
-    with FileSystems.open(FileSystems.join(config.output_dir, "metrics.json")) as stream:
+    with FileSystems.open(FileSystems.join(output_dir(config), "metrics.json")) as stream:
         metrics = json.load(stream)
-    print(_summary(config.output_dir, metrics))
+    print(_summary(output_dir(config), metrics))
     return 0 if metrics["balanced"] else 1

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
+import os
+import socket
+
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from transforms.queue import QueueAddress, QueueError, is_queue_url
 from transforms.quotes import MAX_LATENCY_MS
 from transforms.replay import DEFAULT_BLOCK_BYTES
 from transforms.windowing import (
@@ -18,8 +23,37 @@ from transforms.windowing import (
 SOURCES = ("historical", "live", "replay", "webhook")
 #: Sources that read the live feed: unbounded, run until the feed ends or SIGINT/SIGTERM.
 LIVE_SOURCES = ("live", "replay")
-#: Sources that run until stopped: the live feed's, and the webhook (quotes pushed to --port).
-UNBOUNDED_SOURCES = (*LIVE_SOURCES, "webhook")
+#: ``--source redis://HOST:PORT/STREAM``: a consumer of a queue (see source_kind).
+QUEUE = "queue"
+#: Sources that run until stopped: the live feed's, the webhook (quotes pushed to --port), a queue.
+UNBOUNDED_SOURCES = (*LIVE_SOURCES, "webhook", QUEUE)
+
+
+def source_value(value: str) -> str:
+    """``--source``: one of :data:`SOURCES` or a queue url (argparse type)."""
+    if value in SOURCES:
+        return value
+    if is_queue_url(value):
+        try:
+            return QueueAddress.parse(value).url
+        except QueueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    raise argparse.ArgumentTypeError(f"choose from {', '.join(SOURCES)} or redis://HOST:PORT/STREAM, got {value!r}")
+
+
+def source_kind(source: str) -> str:
+    """``--source`` as one of :data:`SOURCES`, or :data:`QUEUE` for a queue url."""
+    return QUEUE if is_queue_url(source) else source
+
+
+def consumer_name(options: QuoteOptions) -> str:
+    """``--consumer``, or this host and process: unique among the group's consumers."""
+    return options.consumer or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def consumer_dir(options: QuoteOptions) -> str:
+    """Where a queue consumer writes: ``OUTPUT_DIR/consumer=<name>`` (one writer per file)."""
+    return os.path.join(options.output_dir, f"consumer={consumer_name(options)}")
 JOBS = ("quotes", "products")
 
 
@@ -34,10 +68,11 @@ class QuoteOptions(PipelineOptions):
             "to summary.json; see --endpoints) (default: quotes)"
         )
         parser.add_argument(
-            "--source", default="historical", choices=SOURCES,
+            "--source", default="historical", type=source_value,
             help="where quotes come from: historical (--input, in arrival order), live (the websocket "
-            "feed at --live_url), replay (history, switchable to live and back while running) or "
-            "webhook (quotes POSTed to 127.0.0.1:--port; default: historical)",
+            "feed at --live_url), replay (history, switchable to live and back while running), "
+            "webhook (quotes POSTed to 127.0.0.1:--port) or redis://HOST:PORT/STREAM (a consumer of "
+            "the queue in --group; default: historical)",
         )
         parser.add_argument(
             "--input", default=None,
@@ -109,6 +144,26 @@ class QuoteOptions(PipelineOptions):
             help="--source webhook: quotes accepted but not yet read by the pipeline; beyond it, "
             "POST /webhook answers 429 with Retry-After (default: 10000)",
         )
+        queue = parser.add_argument_group("queue (--sink or --source redis://HOST:PORT/STREAM)")
+        queue.add_argument(
+            "--sink", default=None,
+            help="publish the valid quotes to this Redis stream (redis://HOST:PORT/STREAM) instead of "
+            "writing mid prices; consumers (--source URL --group G) compute them",
+        )
+        queue.add_argument("--group", default=None,
+                           help="the consumer group: the one a consumer joins, the one whose lag a "
+                           "publisher watches (default: midprice)")
+        queue.add_argument("--consumer", default=None,
+                           help="--source redis://...: this consumer's name in the group (default: HOST-PID); "
+                           "outputs go to OUTPUT_DIR/consumer=<name>/")
+        queue.add_argument("--queue_high_water", type=int, default=10_000,
+                           help="--sink: group lag (undelivered entries) above which publishing waits (default: 10000)")
+        queue.add_argument("--queue_max_len", type=int, default=None,
+                           help="--sink: MAXLEN safety cap of the stream (default: 10 x high water); trimmed "
+                           "unread entries are counted")
+        queue.add_argument("--queue_dead_after_ms", type=int, default=10_000,
+                           help="--source redis://...: a consumer silent this long is dead and its pending "
+                           "entries are taken over (default: 10000)")
         windowing = parser.add_argument_group("event-time windows (windows.jsonl, late.jsonl)")
         windowing.add_argument(
             "--window", default=None,
@@ -186,6 +241,37 @@ def check(options: QuoteOptions, streaming: bool = False) -> list[str]:
         problems.append("--avro_output must not be empty")
     problems += _live_problems(options)
     problems += _webhook_problems(options)
+    problems += _queue_problems(options)
+    return problems
+
+
+def _queue_problems(options: QuoteOptions) -> list[str]:
+    problems = []
+    consuming = source_kind(options.source) == QUEUE
+    if options.sink is not None:
+        try:
+            QueueAddress.parse(options.sink)
+        except QueueError as exc:
+            problems.append(f"--sink: {exc}")
+        if consuming:
+            problems.append("--sink and --source redis://... do not go together (a consumer writes mid prices)")
+        for flag in ("window", "avro_output"):
+            if getattr(options, flag) is not None:
+                problems.append(f"--{flag} does not go with --sink (the publisher writes no mid prices)")
+    elif options.group is not None and not consuming:
+        problems.append("--group needs --sink or --source redis://HOST:PORT/STREAM")
+    if options.consumer is not None and not consuming:
+        problems.append("--consumer needs --source redis://HOST:PORT/STREAM")
+    if options.consumer is not None and not (options.consumer.strip() and options.consumer.replace("-", "").replace(
+            "_", "").replace(".", "").isalnum()):
+        problems.append(f"--consumer must be letters, digits, '-', '_' or '.', got {options.consumer!r}")
+    if options.queue_high_water < 1:
+        problems.append(f"--queue_high_water must be at least 1, got {options.queue_high_water}")
+    if options.queue_max_len is not None and options.queue_max_len <= options.queue_high_water:
+        problems.append(f"--queue_max_len ({options.queue_max_len}) must exceed --queue_high_water "
+                        f"({options.queue_high_water}): it is a safety cap, not the normal limit")
+    if options.queue_dead_after_ms < 100:
+        problems.append(f"--queue_dead_after_ms must be at least 100, got {options.queue_dead_after_ms}")
     return problems
 
 

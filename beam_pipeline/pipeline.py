@@ -21,7 +21,16 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from beam_pipeline.options import UNBOUNDED_SOURCES, QuoteOptions, watermark_lag, window_config
+from beam_pipeline.options import (
+    QUEUE,
+    UNBOUNDED_SOURCES,
+    QuoteOptions,
+    consumer_dir,
+    consumer_name,
+    source_kind,
+    watermark_lag,
+    window_config,
+)
 from runners import make_runner
 from schemas import SchemaError, field_rules, latest_version, load_schema
 from transforms.avro import InputOpener, WriteAvroBlocks, check_mid_scale, mid_price_records, quote_records
@@ -32,6 +41,7 @@ from transforms.live import LiveFeed
 from transforms.midprice import ComputeMidPrices
 from transforms.normalize import NormalizeQuotes, price_rule
 from transforms.modes import SwitchingFeed
+from transforms.queue import QueueAddress, QueueFeed, WriteToQueue
 from transforms.sinks import AppendText, MergeCounts, WriteOrderedText, WriteRunMetrics, when_input_ends
 from transforms.window import LateToText, PanesToText, WindowQuoteBlocks
 from transforms.webhook import WebhookFeed, endpoint_url
@@ -45,6 +55,10 @@ OUTPUTS = {
     "errors.log": "latency_filtered",
     "dead_letter.jsonl": "dead_lettered",
 }
+#: The files of a publisher (--sink): records_in = quotes queued + dead letters.
+SINK_OUTPUTS = {"dead_letter.jsonl": "dead_lettered"}
+#: The group a publisher watches and a consumer joins when --group is not given.
+DEFAULT_GROUP = "midprice"
 #: The same for the window stage (with --window); records_in = quotes in panes + late + dead letters.
 WINDOW_OUTPUTS = {
     "windows.jsonl": "windows_emitted",
@@ -125,11 +139,12 @@ def build_pipeline(
     the :class:`transforms.webhook.WebhookInbox` it reads (registered by whoever serves ``--port``).
     """
     config = options.view_as(QuoteOptions)
-    live = config.source in UNBOUNDED_SOURCES
+    kind = source_kind(config.source)
+    live = kind in UNBOUNDED_SOURCES
     streaming = live or bool(options.view_as(StandardOptions).streaming)
     windowing = window_config(config, streaming)
     lag_us = watermark_lag(config) if streaming else None
-    if sources is None and config.source not in ("live", "webhook"):
+    if sources is None and kind not in ("live", "webhook", QUEUE):
         sources = expand_inputs(config.input or bundled_sample())
     sources = list(sources or [])
     rules = field_rules(load_schema("quote", 1))
@@ -147,8 +162,10 @@ def build_pipeline(
     pipeline = beam.Pipeline(runner=runner or make_runner(options, unbounded_source=live), options=options)
     if live:
         feed = live_feed(config, sources, run_id)
-        if config.source == "webhook":
+        if kind == "webhook":
             extra["webhook_url"] = feed.source
+        elif kind == QUEUE:
+            extra.update(queue_url=config.source, group=feed.group, consumer=feed.consumer)
         else:
             extra["live_url"] = config.live_url
         replay = pipeline | "ReadFeed" >> ReadFeed(feed, run_id=run_id, lag_us=lag_us)
@@ -179,6 +196,8 @@ def build_pipeline(
         )
     per_tenant = config.partition_by_tenant
     normalized = replay["blocks"] | "NormalizeQuotes" >> NormalizeQuotes(rules, partition_by_tenant=per_tenant)
+    if config.sink:
+        return _publish(pipeline, config, normalized, replay["counts"], scale, live, extra, run_id, started_at)
     priced = normalized.valid | "ComputeMidPrices" >> ComputeMidPrices(
         config.latency_threshold_ms, scale=scale, partition_by_tenant=per_tenant
     )
@@ -214,18 +233,51 @@ def build_pipeline(
 
     if per_tenant:
         extra["partition_by_tenant"] = True
+    out_dir = output_dir(config)
     if live:
-        published = outputs | "AppendOutputs" >> AppendText(config.output_dir, per_tenant)
+        published = outputs | "AppendOutputs" >> AppendText(out_dir, per_tenant)
     else:
-        published = outputs | "WriteOutputs" >> WriteOrderedText(config.output_dir, run_id, per_tenant)
+        published = outputs | "WriteOutputs" >> WriteOrderedText(out_dir, run_id, per_tenant)
     _ = published | "WriteMetrics" >> WriteRunMetrics(
-        config.output_dir,
+        out_dir,
         counts,
         metric_names,
         extra=extra,
         started_at=started_at,
         balances=balances,
         tally_names={"windows.jsonl": "panes_by_timing"},
+    )
+    return pipeline
+
+
+def output_dir(config: QuoteOptions) -> str:
+    """Where the run writes: ``--output_dir``, or a queue consumer's own folder in it."""
+    return consumer_dir(config) if source_kind(config.source) == QUEUE else config.output_dir
+
+
+def _publish(pipeline, config: QuoteOptions, normalized, read_counts, scale: int, live: bool, extra: dict,
+             run_id: str, started_at: float) -> beam.Pipeline:
+    """``--sink``: valid quotes to the queue, dead letters to ``dead_letter.jsonl``, and
+    ``metrics.json`` balancing records_in = queued + dead_lettered."""
+    group = config.group or DEFAULT_GROUP
+    queued = normalized.valid | "WriteToQueue" >> WriteToQueue(
+        config.sink, group, scale=scale, high_water=config.queue_high_water, max_len=config.queue_max_len,
+    )
+    counts = (
+        (read_counts, queued)
+        | "AllCounts" >> beam.Flatten()
+        | "WhenCountsEnd" >> when_input_ends()
+        | "MergeCounts" >> beam.CombineGlobally(MergeCounts()).without_defaults()
+    )
+    outputs = {"dead_letter.jsonl": normalized.dead_letters}
+    if live:
+        published = outputs | "AppendOutputs" >> AppendText(config.output_dir, config.partition_by_tenant)
+    else:
+        published = outputs | "WriteOutputs" >> WriteOrderedText(config.output_dir, run_id, config.partition_by_tenant)
+    extra.update(sink=config.sink, group=group, queue_high_water=config.queue_high_water)
+    _ = published | "WriteMetrics" >> WriteRunMetrics(
+        config.output_dir, counts, SINK_OUTPUTS, extra=extra, started_at=started_at,
+        balances={"balanced": ["queued", "dead_lettered"]},
     )
     return pipeline
 
@@ -249,8 +301,14 @@ def write_avro(
 
 
 def live_feed(config: QuoteOptions, sources: Sequence[str], run_id: str) -> QuoteFeed:
-    """The feed of ``--source live``, ``replay`` (see :mod:`transforms.modes`) or ``webhook`` (the
-    inbox registered as ``run_id``, see :mod:`transforms.webhook`)."""
+    """The feed of ``--source live``, ``replay`` (see :mod:`transforms.modes`), ``webhook`` (the
+    inbox registered as ``run_id``, see :mod:`transforms.webhook`) or a queue url (one consumer of
+    ``--group``, see :mod:`transforms.queue`)."""
+    if source_kind(config.source) == QUEUE:
+        return QueueFeed(
+            QueueAddress.parse(config.source), config.group or DEFAULT_GROUP, consumer_name(config),
+            ledger_dir=consumer_dir(config), dead_after_ms=config.queue_dead_after_ms,
+        )
     if config.source == "webhook":
         return WebhookFeed(run_id, source=endpoint_url(config.port))
     live = LiveFeed(config.live_url)

@@ -1,0 +1,263 @@
+"""The Redis Streams queue: pure helpers, the publisher's backpressure, and the consumer's
+commit-and-recover protocol against a real redis-server (``redis_url``)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from decimal import Decimal
+
+import pytest
+import redis
+
+from schemas import latest_version, load_schema
+from schemas.single_object import SingleObjectDecoder, SingleObjectEncoder
+from tests.waiting import wait_for
+from transforms.queue import (
+    QueueAddress,
+    QueueError,
+    QueueFeed,
+    Publisher,
+    backoff,
+    entry_message,
+    file_sizes,
+    group_lag,
+    quote_messages,
+    truncate_to,
+    unread_trimmed,
+)
+
+SCHEMA = load_schema("quote", latest_version("quote"))
+
+
+def _record(i: int) -> dict:
+    return {
+        "timestamp": 1_700_000_000_000_000 + i * 1000, "symbol": "EURUSD",
+        "bid_price": Decimal("1.10000000") + Decimal(i) / 10**6, "bid_size": 100.0,
+        "ask_price": Decimal("1.10010000") + Decimal(i) / 10**6, "ask_size": 50.0,
+        "arrival_latency_ms": 5, "tenant": "default", "venue": None,
+    }
+
+
+def _messages(count: int, start: int = 0, mode: str = "historical") -> list[tuple[bytes, str]]:
+    records = [_record(i) for i in range(start, start + count)]
+    return quote_messages(records, [mode] * count, SingleObjectEncoder(SCHEMA))
+
+
+# --- pure helpers ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url, expected",
+    [
+        ("redis://127.0.0.1:6390/quotes", QueueAddress("127.0.0.1", 6390, "quotes")),
+        ("redis://localhost/quotes", QueueAddress("localhost", 6379, "quotes")),
+        ("redis://127.0.0.1:6390/quotes?db=2", QueueAddress("127.0.0.1", 6390, "quotes", 2)),
+    ],
+)
+def test_queue_address_parses(url, expected):
+    assert QueueAddress.parse(url) == expected
+    assert QueueAddress.parse(expected.url) == expected
+
+
+@pytest.mark.parametrize("url", ["http://h/q", "redis://h", "redis://h/", "redis://h/a/b", "redis://h:x/q",
+                                 "redis://h/q?db=x"])
+def test_queue_address_refuses(url):
+    with pytest.raises(QueueError):
+        QueueAddress.parse(url)
+
+
+def test_group_lag_reads_the_group_and_falls_back_to_the_length():
+    groups = [{"name": b"other", "lag": 3}, {"name": b"midprice", "lag": 7}]
+    assert group_lag(groups, "midprice", 100) == 7
+    assert group_lag([{"name": b"midprice", "lag": None}], "midprice", 100) == 100
+    assert group_lag([], "midprice", 100) == 100
+
+
+@pytest.mark.parametrize(
+    "length_before, lag_before, added, length_after, expected",
+    [
+        (100, 10, 10, 110, 0),  # nothing trimmed
+        (100, 10, 10, 100, 0),  # 10 trimmed, all of them read already (90 delivered)
+        (100, 100, 10, 100, 10),  # 10 trimmed, none had been read
+        (100, 95, 10, 90, 15),  # 20 trimmed, only 5 had been read
+    ],
+)
+def test_unread_trimmed(length_before, lag_before, added, length_after, expected):
+    assert unread_trimmed(length_before, lag_before, added, length_after) == expected
+
+
+def test_backoff_doubles_up_to_a_ceiling():
+    assert [backoff(n) for n in range(8)] == [0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.5, 0.5]
+
+
+def test_truncate_to_cuts_back_to_committed_sizes(tmp_path):
+    (tmp_path / "mid_prices.log").write_text("a\nb\nc\n")
+    (tmp_path / "tenant=x").mkdir()
+    (tmp_path / "tenant=x" / "errors.log").write_text("e\n")
+    (tmp_path / "metrics.json").write_text("{}")
+    sizes = file_sizes(str(tmp_path))
+    assert sizes == {"mid_prices.log": 6, "tenant=x/errors.log": 2}  # metrics.json is not lines
+    with open(tmp_path / "mid_prices.log", "a") as stream:
+        stream.write("d\n")
+    assert truncate_to(str(tmp_path), {"mid_prices.log": 4}) == 4 + 2
+    assert (tmp_path / "mid_prices.log").read_text() == "a\nb\n"
+    assert (tmp_path / "tenant=x" / "errors.log").read_text() == ""
+    assert (tmp_path / "metrics.json").read_text() == "{}"
+
+
+def test_entry_message_decodes_or_rejects():
+    decoder = SingleObjectDecoder(SCHEMA, [load_schema("quote", 1), SCHEMA])
+    payload, _ = _messages(1)[0]
+    message, mode = entry_message("1-0", {b"q": payload, b"m": b"historical"}, 7, decoder)
+    assert (message.seq, message.reason, mode) == (7, None, "historical")
+    assert message.fields["bid_price"] == "1.10000000" and message.fields["latency_ms"] == "5"
+    bad, _ = entry_message("2-0", {b"q": b"not avro", b"m": b"live"}, 8, decoder)
+    assert bad.reason.startswith("not_single_object")
+    unknown, mode = entry_message("3-0", {b"q": payload, b"m": b"future"}, 9, decoder)
+    assert unknown.reason.startswith("bad_message") and mode == "live"
+
+
+# --- publisher ------------------------------------------------------------------------------
+
+
+def test_publisher_appends_in_order_and_creates_the_group(redis_url):
+    address = QueueAddress.parse(f"{redis_url}/quotes")
+    publisher = Publisher(address, "midprice", high_water=100, batch_size=7)
+    publisher.publish(_messages(20))
+    client = address.connect()
+    entries = client.xrange("quotes")
+    assert len(entries) == 20 and publisher.stats.queued == 20 and publisher.stats.batches == 3
+    assert [name for name in (g["name"] for g in client.xinfo_groups("quotes"))] == [b"midprice"]
+    decoder = SingleObjectDecoder(SCHEMA, [SCHEMA])
+    assert [decoder.decode(fields[b"q"])["bid_price"] for _, fields in entries] == [
+        _record(i)["bid_price"] for i in range(20)]
+
+
+def test_publisher_waits_while_the_group_lags_and_the_stream_stays_bounded(redis_url):
+    """No consumer: publishing stops at about high water + one batch, and waits (bounded)."""
+    address = QueueAddress.parse(f"{redis_url}/quotes")
+    publisher = Publisher(address, "midprice", high_water=300, batch_size=50)
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (publisher.publish(_messages(2000)), done.set()), daemon=True)
+    worker.start()
+    client = address.connect()
+    wait_for(lambda: publisher.stats.backpressure_waits >= 1, 10, "the publisher to wait")
+    time.sleep(0.5)
+    assert client.xlen("quotes") <= 300 + 50
+    assert not done.is_set()
+    # A consumer reads everything: the publisher goes on and finishes.
+    while not done.is_set():
+        client.xreadgroup("midprice", "reader", {"quotes": ">"}, count=500)
+        time.sleep(0.01)
+    assert publisher.stats.queued == 2000 and publisher.stats.trimmed_unread == 0
+    assert publisher.stats.max_lag <= 300 + 50
+
+
+def test_publisher_refuses_a_cap_under_high_water(redis_url):
+    with pytest.raises(QueueError, match="high water"):
+        Publisher(QueueAddress.parse(f"{redis_url}/q"), "g", high_water=100, max_len=50)
+
+
+# --- consumer -------------------------------------------------------------------------------
+
+
+def _feed(redis_url: str, consumer: str, ledger_dir, **kwargs) -> QueueFeed:
+    return QueueFeed(QueueAddress.parse(f"{redis_url}/quotes"), "midprice", consumer, ledger_dir=str(ledger_dir),
+                     max_rows=kwargs.pop("max_rows", 10), block_ms=20, **kwargs)
+
+
+def _write(block, write_to) -> list[str]:
+    """A block's bids, appended to ``write_to`` (a sink) if given."""
+    bids = block.batch.column("bid_price").to_pylist()
+    if write_to is not None:
+        with open(write_to, "a") as stream:
+            stream.writelines(f"{bid}\n" for bid in bids)
+    return bids
+
+
+def _consume(feed: QueueFeed, rows: int, write_to=None) -> list[str]:
+    """Run ``feed`` until it has yielded ``rows`` rows, as ReadFeed does: the feed is asked for
+    more after each block (which commits it) and stops when told."""
+    bids: list[str] = []
+    for block in feed.blocks(stopping=lambda: len(bids) >= rows):
+        bids += _write(block, write_to)
+    return bids
+
+
+def test_feed_reads_every_entry_once_and_acknowledges_after_the_block(redis_url, tmp_path):
+    address = QueueAddress.parse(f"{redis_url}/quotes")
+    Publisher(address, "midprice").publish(_messages(25))
+    feed = _feed(redis_url, "c1", tmp_path)
+    bids: list[str] = []
+    client = address.connect()
+    pending_at_yield, modes = [], set()
+    for block in feed.blocks(stopping=lambda: len(bids) >= 25):
+        pending_at_yield.append(client.xpending("quotes", "midprice")["pending"])
+        modes.update(block.batch.column("mode").to_pylist())
+        bids += _write(block, None)
+    assert pending_at_yield == [10, 10, 5]  # each block is pending until the feed is asked for more
+    assert len(bids) == len(set(bids)) == 25
+    assert client.xpending("quotes", "midprice")["pending"] == 0
+    assert modes == {"historical"}
+    assert feed.stats()["records_in"] == 25 and feed.stats()["committed"] == 25
+
+
+def test_a_dead_consumers_uncommitted_lines_are_cut_and_its_entries_taken_over(redis_url, tmp_path):
+    """c1 writes two blocks' lines but commits only the first, then dies; c2 cuts c1's file back
+    to the committed size and processes the uncommitted entries: every entry's line once."""
+    address = QueueAddress.parse(f"{redis_url}/quotes")
+    Publisher(address, "midprice").publish(_messages(40))
+    dir1, dir2 = tmp_path / "c1", tmp_path / "c2"
+    dir1.mkdir(), dir2.mkdir()
+    dead = _feed(redis_url, "c1", dir1, dead_after_ms=300)
+    blocks = dead.blocks()
+    _write(next(blocks), dir1 / "lines")  # block 1 written; committed when block 2 is asked for
+    next(blocks)  # block 2 handed out ...
+    with open(dir1 / "lines", "a") as stream:
+        stream.write("uncommitted\n" * 10)  # ... and written, but the consumer dies before committing
+    # (a killed process runs no clean-up)
+    ledger = json.loads(address.connect().hget("quotes:ledger:midprice", "c1"))
+    assert ledger["sizes"] == {"lines": (dir1 / "lines").stat().st_size - len("uncommitted\n") * 10}
+    time.sleep(0.4)  # its heartbeat expires
+    taken = _consume(_feed(redis_url, "c2", dir2, dead_after_ms=300), 30, write_to=dir2 / "lines")
+    lines = (dir1 / "lines").read_text().split() + (dir2 / "lines").read_text().split()
+    assert "uncommitted" not in lines
+    assert len(lines) == len(set(lines)) == 40
+    assert len(taken) == 30
+    assert address.connect().xpending("quotes", "midprice")["pending"] == 0
+
+
+def test_a_live_consumer_is_not_robbed(redis_url, tmp_path):
+    """A consumer with a fresh heartbeat keeps its pending entries, however long they wait."""
+    address = QueueAddress.parse(f"{redis_url}/quotes")
+    Publisher(address, "midprice").publish(_messages(20))
+    slow = _feed(redis_url, "slow", tmp_path / "a", dead_after_ms=200)
+    slow_blocks = slow.blocks()
+    next(slow_blocks)  # 10 entries pending at "slow"
+    client = address.connect()
+    client.set("quotes:alive:midprice:slow", 1, px=60_000)  # still alive
+    time.sleep(0.3)
+    other = _feed(redis_url, "other", tmp_path / "b", dead_after_ms=200)
+    assert len(_consume(other, 10)) == 10
+    pending = {p["name"].decode(): p["pending"] for p in client.xinfo_consumers("quotes", "midprice")}
+    assert pending["slow"] == 10 and other.stats()["reclaimed"] == 0
+
+
+def test_a_restarted_consumer_redoes_its_own_uncommitted_entries(redis_url, tmp_path):
+    address = QueueAddress.parse(f"{redis_url}/quotes")
+    Publisher(address, "midprice").publish(_messages(20))
+    first = _feed(redis_url, "c1", tmp_path).blocks()
+    _write(next(first), tmp_path / "lines")
+    next(first)
+    with open(tmp_path / "lines", "a") as stream:
+        stream.write("uncommitted\n")
+    again = _consume(_feed(redis_url, "c1", tmp_path), 10, write_to=tmp_path / "lines")
+    lines = (tmp_path / "lines").read_text().split()
+    assert len(again) == 10 and "uncommitted" not in lines and len(lines) == len(set(lines)) == 20
+
+
+def test_unreachable_redis_is_a_connection_error():
+    with pytest.raises(redis.ConnectionError):
+        next(QueueFeed(QueueAddress.parse("redis://127.0.0.1:1/quotes"), "g", "c").blocks())

@@ -1,0 +1,537 @@
+"""Redis Streams between the replay engine and the mid-price processors.
+
+A publisher (:class:`WriteToQueue`, or :class:`Publisher` without Beam) appends normalized quotes
+to a stream, one entry per quote: ``q`` = the ``quote`` record (latest schema) in Avro
+single-object encoding, ``m`` = its mode (``historical`` / ``live``, which decides whether the
+latency threshold applies). Entries go in pipelined ``XADD`` batches.
+
+**Backpressure.** Before each batch the publisher reads the consumer group's *lag* (entries not
+yet delivered to any consumer, ``XINFO GROUPS``). Above ``high_water`` it waits, with growing
+pauses, until the lag is back under ``low_water``; so a stream whose consumers stopped stops
+growing at about ``high_water + batch_size`` entries, and the publisher's memory stays flat (it
+blocks the stage that feeds it). ``MAXLEN ~ max_len`` is only a safety cap: entries it trims
+that the group had not read yet are counted (``trimmed_unread``) and logged.
+
+**Consumers** (:class:`QueueFeed`, a :class:`~transforms.feeds.QuoteFeed` that
+:class:`~transforms.fetch.ReadFeed` reads like the live feed) share the stream through a
+consumer group (``XREADGROUP``): each entry goes to one of them. An entry is acknowledged only
+after the blocks yielded for it have been written: the feed yields a block, the stages fused
+after the source (normalize, mid price, the file sink) process it before the ``yield`` returns,
+and only then does the feed commit.
+
+**Exactly once in the files, by message id.** A commit is one Redis transaction: ``XACK`` of the
+block's entries together with the sizes of the consumer's output files (its *ledger*). A
+consumer killed between writing lines and committing leaves lines whose entries are still
+pending. Whoever recovers those entries (the consumer itself when restarted under the same name,
+or any consumer of the group once the dead one's heartbeat has expired) first truncates the dead
+consumer's files back to their committed sizes, then claims the entries (``XPENDING`` +
+``XCLAIM``, the owner-aware form of ``XAUTOCLAIM``: an entry of a consumer that is alive but slow
+is never taken from it) and processes them again. So each entry's lines are in the files exactly
+once, whatever crashes. The files must be where every consumer of the group can reach them (one
+machine, or a shared filesystem).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator, Sequence
+from urllib.parse import parse_qs, urlsplit
+
+import apache_beam as beam
+import pyarrow as pa
+
+from schemas import latest_version, load_schema
+from schemas.single_object import DecodeError, SingleObjectDecoder, SingleObjectEncoder
+from transforms.avro import QUOTE_COLUMNS, quote_records, quote_row
+from transforms.feeds import FeedBlock, Stopping, never
+from transforms.live import Message, frames_to_batch, newest_arrival
+from transforms.replay import BLOCK_SCHEMA, MODES
+
+LOG = logging.getLogger(__name__)
+
+SCHEME = "redis://"
+QUOTE_FIELD = b"q"
+MODE_FIELD = b"m"
+DEFAULT_PORT = 6379
+
+
+class QueueError(ValueError):
+    """A queue url or setting that cannot work."""
+
+
+@dataclass(frozen=True)
+class QueueAddress:
+    """``redis://HOST[:PORT]/STREAM[?db=N]``: a Redis server and one stream on it."""
+
+    host: str
+    port: int
+    stream: str
+    db: int = 0
+
+    @classmethod
+    def parse(cls, url: str) -> QueueAddress:
+        parts = urlsplit(url)
+        if parts.scheme != "redis":
+            raise QueueError(f"a queue url starts with {SCHEME}, got {url!r}")
+        try:
+            port = parts.port or DEFAULT_PORT
+        except ValueError:
+            raise QueueError(f"{url!r}: the port is not a number from 1 to 65535") from None
+        stream = parts.path.strip("/")
+        if not parts.hostname or not stream or "/" in stream:
+            raise QueueError(f"a queue url is redis://HOST[:PORT]/STREAM, got {url!r}")
+        db = parse_qs(parts.query).get("db", ["0"])[-1]
+        if not db.isdigit():
+            raise QueueError(f"{url!r}: db must be a number, got {db!r}")
+        return cls(parts.hostname, port, stream, int(db))
+
+    @property
+    def url(self) -> str:
+        return f"{SCHEME}{self.host}:{self.port}/{self.stream}" + (f"?db={self.db}" if self.db else "")
+
+    def connect(self):
+        import redis
+
+        return redis.Redis(host=self.host, port=self.port, db=self.db, socket_timeout=30, socket_connect_timeout=5)
+
+    def key(self, *parts: str) -> str:
+        """A key that belongs to this stream (``STREAM:part:part``)."""
+        return ":".join((self.stream, *parts))
+
+
+def is_queue_url(value: str | None) -> bool:
+    return bool(value) and value.startswith(SCHEME)
+
+
+def ensure_group(client, stream: str, group: str) -> None:
+    """Create ``group`` on ``stream`` (and the stream) reading from its start, unless it exists."""
+    import redis
+
+    try:
+        client.xgroup_create(stream, group, id="0", mkstream=True)
+    except redis.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def group_lag(groups: Iterable[dict], group: str, length: int) -> int:
+    """Entries of the stream not yet delivered to ``group`` (``XINFO GROUPS``). Redis reports no
+    lag after some deletions and trims; then the stream's ``length`` is the safe upper bound."""
+    for info in groups:
+        if _text(info.get("name")) == group:
+            lag = info.get("lag")
+            return length if lag is None else int(lag)
+    return length
+
+
+def unread_trimmed(length_before: int, lag_before: int, added: int, length_after: int) -> int:
+    """Of the entries ``MAXLEN`` trimmed in a batch, how many the group had not read yet.
+
+    Trimming removes the oldest entries; the oldest ``length_before - lag_before`` had been
+    delivered, so only what was trimmed beyond them was unread.
+    """
+    trimmed = max(0, length_before + added - length_after)
+    delivered = max(0, length_before - lag_before)
+    return max(0, trimmed - delivered)
+
+
+def backoff(attempt: int, first: float = 0.01, most: float = 0.5) -> float:
+    """The pause before lag check ``attempt`` (0, 1, ...): doubling from ``first`` up to ``most``."""
+    return min(most, first * 2 ** attempt)
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+# --------------------------------------------------------------------------- publishing
+
+
+@dataclass
+class PublishStats:
+    """What a :class:`Publisher` did: entries published, backpressure waits, trims."""
+
+    queued: int = 0
+    batches: int = 0
+    backpressure_waits: int = 0
+    backpressure_seconds: float = 0.0
+    max_lag: int = 0
+    max_stream_length: int = 0
+    trimmed: int = 0
+    trimmed_unread: int = 0
+
+    def as_dict(self) -> dict:
+        return {**self.__dict__, "backpressure_seconds": round(self.backpressure_seconds, 3)}
+
+
+class Publisher:
+    """Appends ``(payload, mode)`` messages to a stream with backpressure (module docstring).
+
+    Attributes:
+        high_water: group lag above which the publisher waits.
+        low_water: lag it waits for (default: half of ``high_water``).
+        max_len: ``MAXLEN ~`` safety cap (default: 10 × ``high_water``); must exceed high water.
+        batch_size: entries per pipelined ``XADD`` batch.
+    """
+
+    def __init__(self, address: QueueAddress, group: str, *, high_water: int = 10_000, low_water: int | None = None,
+                 max_len: int | None = None, batch_size: int = 1000, client=None,
+                 sleep: Callable[[float], None] = time.sleep):
+        self.address, self.group = address, group
+        self.high_water = high_water
+        self.low_water = high_water // 2 if low_water is None else low_water
+        self.max_len = 10 * high_water if max_len is None else max_len
+        self.batch_size = batch_size
+        if not 0 <= self.low_water <= self.high_water < self.max_len or batch_size < 1:
+            raise QueueError(f"need 0 <= low water ({self.low_water}) <= high water ({self.high_water}) "
+                             f"< max length ({self.max_len}) and a batch size of at least 1")
+        self.stats = PublishStats()
+        self._client = client or address.connect()
+        self._sleep = sleep
+        ensure_group(self._client, address.stream, group)
+
+    def lag(self) -> tuple[int, int]:
+        """``(group lag, stream length)`` now."""
+        pipe = self._client.pipeline(transaction=True)
+        pipe.xinfo_groups(self.address.stream)
+        pipe.xlen(self.address.stream)
+        groups, length = pipe.execute()
+        return group_lag(groups, self.group, length), length
+
+    def wait_for_room(self) -> None:
+        """Return at once while the lag is at most ``high_water``; else wait until it is at most
+        ``low_water``, checking with growing pauses."""
+        lag, _ = self.lag()
+        if lag <= self.high_water:
+            return
+        began = time.monotonic()
+        self.stats.backpressure_waits += 1
+        LOG.info("queue %s: group %s is %s entries behind (high water %s); waiting", self.address.url, self.group,
+                 lag, self.high_water)
+        attempt = 0
+        while lag > self.low_water:
+            self._sleep(backoff(attempt))
+            attempt += 1
+            lag, _ = self.lag()
+        self.stats.backpressure_seconds += time.monotonic() - began
+
+    def publish(self, messages: Sequence[tuple[bytes, str]]) -> None:
+        """Append ``messages`` (payload, mode), in batches, each after :meth:`wait_for_room`."""
+        stream = self.address.stream
+        for offset in range(0, len(messages), self.batch_size):
+            chunk = messages[offset:offset + self.batch_size]
+            self.wait_for_room()
+            pipe = self._client.pipeline(transaction=True)
+            pipe.xinfo_groups(stream)
+            pipe.xlen(stream)
+            for payload, mode in chunk:
+                pipe.xadd(stream, {QUOTE_FIELD: payload, MODE_FIELD: mode}, maxlen=self.max_len, approximate=True)
+            pipe.xlen(stream)
+            replies = pipe.execute()
+            groups, length_before, length_after = replies[0], replies[1], replies[-1]
+            lag_before = group_lag(groups, self.group, length_before)
+            self._count(chunk, length_before, lag_before, length_after)
+
+    def _count(self, chunk, length_before: int, lag_before: int, length_after: int) -> None:
+        stats = self.stats
+        stats.queued += len(chunk)
+        stats.batches += 1
+        stats.max_lag = max(stats.max_lag, lag_before + len(chunk))
+        stats.max_stream_length = max(stats.max_stream_length, length_after)
+        stats.trimmed += max(0, length_before + len(chunk) - length_after)
+        lost = unread_trimmed(length_before, lag_before, len(chunk), length_after)
+        if lost:
+            stats.trimmed_unread += lost
+            LOG.warning("queue %s: MAXLEN %s trimmed %s entries group %s had not read", self.address.url,
+                        self.max_len, lost, self.group)
+
+
+def quote_messages(records: Sequence[dict], modes: Sequence[str], encoder: SingleObjectEncoder) -> list[tuple[bytes, str]]:
+    """``quote`` records and their modes as queue messages (single-object encoded)."""
+    return [(encoder.encode(record), mode) for record, mode in zip(records, modes)]
+
+
+# --------------------------------------------------------------------------- consuming
+
+
+@dataclass
+class ConsumeStats:
+    """What a :class:`QueueFeed` has done: ``records_in`` entries yielded as records."""
+
+    records_in: int = 0
+    committed: int = 0
+    malformed_messages: int = 0
+    recovered_consumers: int = 0
+    reclaimed: int = 0
+    redelivered: int = 0
+    truncated_bytes: int = 0
+    lost_trimmed: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+#: Not lines: a finished run's summary, replaced whole at the end of a run.
+UNLEDGERED = ("metrics.json",)
+
+
+def file_sizes(directory: str | None) -> dict[str, int]:
+    """Sizes of the line files under ``directory`` (relative paths); hidden files and
+    :data:`UNLEDGERED` ones excluded."""
+    sizes: dict[str, int] = {}
+    if not directory or not os.path.isdir(directory):
+        return sizes
+    for root, dirs, files in os.walk(directory):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            if not name.startswith(".") and name not in UNLEDGERED:
+                path = os.path.join(root, name)
+                sizes[os.path.relpath(path, directory)] = os.path.getsize(path)
+    return sizes
+
+
+def truncate_to(directory: str, committed: dict[str, int]) -> int:
+    """Cut every file under ``directory`` back to its committed size (0 if never committed);
+    the bytes removed."""
+    removed = 0
+    for name, size in file_sizes(directory).items():
+        keep = committed.get(name, 0)
+        if size > keep:
+            with open(os.path.join(directory, name), "r+b") as stream:
+                stream.truncate(keep)
+            removed += size - keep
+    return removed
+
+
+@dataclass
+class QueueFeed:
+    """One consumer of a stream's group as a :class:`~transforms.feeds.QuoteFeed` (module docstring).
+
+    Position ``n`` is the n-th entry this feed yielded (the group, not the position, says where
+    to resume). Runs until ``stopping()``.
+
+    Attributes:
+        address, group, consumer: the stream, the consumer group and this consumer's name.
+        ledger_dir: the folder of this consumer's output files (None: commits acknowledge only).
+        max_rows: entries per block (``XREADGROUP COUNT``).
+        block_ms: how long one read waits for new entries before checking ``stopping()``.
+        dead_after_ms: a consumer whose heartbeat is this old is dead; its entries are recovered.
+    """
+
+    address: QueueAddress
+    group: str
+    consumer: str
+    ledger_dir: str | None = None
+    max_rows: int = 2000
+    block_ms: int = 100
+    dead_after_ms: int = 10_000
+    mode: str = "live"
+    client: object = field(default=None, repr=False, compare=False)
+    _stats: ConsumeStats = field(default_factory=ConsumeStats, repr=False, compare=False)
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        return (self.address.url,)
+
+    def stats(self) -> dict[str, int]:
+        return self._stats.as_dict()
+
+    # -- keys --
+    def _alive_key(self, consumer: str) -> str:
+        return self.address.key("alive", self.group, consumer)
+
+    @property
+    def _ledger_key(self) -> str:
+        return self.address.key("ledger", self.group)
+
+    def blocks(self, start: int = 0, stopping: Stopping = never) -> Iterator[FeedBlock]:
+        client = self.client = self.client or self.address.connect()
+        ensure_group(client, self.address.stream, self.group)
+        decoder = SingleObjectDecoder(
+            load_schema("quote", latest_version("quote")),
+            [load_schema("quote", version) for version in range(1, latest_version("quote") + 1)],
+        )
+        self._heartbeat()
+        if not self.client.hexists(self._ledger_key, self.consumer):
+            self._commit([])  # the baseline: what is in our files before we write anything
+        self._recover(self.consumer)  # an earlier run under this name: its uncommitted lines go
+        cursor: str | None = "0"  # first our own pending entries, then new ones
+        position, newest = start, None
+        next_check = 0.0
+        while not stopping():
+            self._heartbeat()
+            if time.monotonic() >= next_check:
+                if self._recover_dead():
+                    cursor = "0"
+                next_check = time.monotonic() + self.dead_after_ms / 2000
+            entries, cursor = self._read(cursor)
+            if not entries:
+                continue
+            batch = self._to_batch(entries, position, newest, decoder)
+            newest = newest_arrival(batch) or newest
+            ids = [entry_id for entry_id, _ in entries]
+            yield FeedBlock(batch, position, position + len(entries), self.sources)
+            self._commit(ids)
+            position += len(entries)
+
+    def _heartbeat(self) -> None:
+        self.client.set(self._alive_key(self.consumer), os.getpid(), px=self.dead_after_ms)
+
+    def _read(self, cursor: str | None) -> tuple[list, str | None]:
+        """Our pending entries after ``cursor`` (None: new entries, waiting up to ``block_ms``)."""
+        stream = self.address.stream
+        if cursor is not None:
+            reply = self.client.xreadgroup(self.group, self.consumer, {stream: cursor}, count=self.max_rows)
+            entries = reply[0][1] if reply else []
+            if not entries:
+                return [], None
+            self._stats.redelivered += len(entries)
+            return self._drop_trimmed(entries), _text(entries[-1][0])
+        reply = self.client.xreadgroup(self.group, self.consumer, {stream: ">"}, count=self.max_rows,
+                                       block=self.block_ms)
+        return (reply[0][1] if reply else []), None
+
+    def _drop_trimmed(self, entries: list) -> list:
+        """Pending entries ``MAXLEN`` trimmed come back without fields: acknowledge and count them."""
+        gone = [entry_id for entry_id, fields in entries if not fields]
+        if gone:
+            self.client.xack(self.address.stream, self.group, *gone)
+            self._stats.lost_trimmed += len(gone)
+            LOG.warning("queue %s: %s pending entries were trimmed before they were processed", self.address.url,
+                        len(gone))
+        return [(entry_id, fields) for entry_id, fields in entries if fields]
+
+    def _to_batch(self, entries: list, position: int, newest: int | None, decoder: SingleObjectDecoder) -> pa.RecordBatch:
+        messages, modes = [], []
+        for index, (entry_id, fields) in enumerate(entries):
+            message, mode = entry_message(_text(entry_id), fields, position + index, decoder)
+            self._stats.malformed_messages += message.reason is not None
+            messages.append(message)
+            modes.append(mode)
+        self._stats.records_in += len(messages)
+        batch = frames_to_batch(messages, newest)
+        return batch.set_column(BLOCK_SCHEMA.get_field_index("mode"), "mode", pa.array(modes, type=pa.string()))
+
+    def _commit(self, ids: list) -> None:
+        """Acknowledge ``ids`` and record the output files' sizes, in one transaction."""
+        pipe = self.client.pipeline(transaction=True)
+        if ids:
+            pipe.xack(self.address.stream, self.group, *ids)
+        if self.ledger_dir is not None:
+            ledger = {"dir": os.path.abspath(self.ledger_dir), "sizes": file_sizes(self.ledger_dir)}
+            pipe.hset(self._ledger_key, self.consumer, json.dumps(ledger))
+        pipe.execute()
+        self._stats.committed += len(ids)
+
+    # -- recovery --
+    def _recover_dead(self) -> bool:
+        """Recover every other consumer of the group that has pending entries and no heartbeat;
+        whether any entries were claimed."""
+        claimed = False
+        for info in self.client.xinfo_consumers(self.address.stream, self.group):
+            name = _text(info["name"])
+            if name == self.consumer or not int(info.get("pending", 0)):
+                continue
+            if int(info.get("idle", 0)) < self.dead_after_ms or self.client.exists(self._alive_key(name)):
+                continue
+            claimed |= self._recover(name)
+        return claimed
+
+    def _recover(self, name: str) -> bool:
+        """Truncate ``name``'s files to its ledger, then claim its pending entries (ours: keep
+        them); whether any entries changed hands. One recoverer at a time (a short lock)."""
+        lock = self.address.key("recovering", self.group, name)
+        if name != self.consumer and not self.client.set(lock, self.consumer, nx=True, px=self.dead_after_ms):
+            return False
+        try:
+            raw = self.client.hget(self._ledger_key, name)
+            ledger = json.loads(raw) if raw else {}
+            removed = truncate_to(ledger["dir"], ledger["sizes"]) if ledger.get("dir") else 0
+            if removed:
+                self._stats.truncated_bytes += removed
+                LOG.warning("queue %s: cut %s uncommitted bytes from %s's files", self.address.url, removed, name)
+            if name == self.consumer:
+                return False
+            ids = self._claim_all(name)
+            self._stats.recovered_consumers += 1
+            self.client.xgroup_delconsumer(self.address.stream, self.group, name)
+            LOG.warning("queue %s: consumer %s is gone; %s took its %s pending entries", self.address.url, name,
+                        self.consumer, len(ids))
+            return bool(ids)
+        finally:
+            if name != self.consumer:
+                self.client.delete(lock)
+
+    def _claim_all(self, name: str) -> list:
+        claimed: list = []
+        while True:
+            pending = self.client.xpending_range(self.address.stream, self.group, min="-", max="+", count=1000,
+                                                 consumername=name)
+            if not pending:
+                break
+            ids = [item["message_id"] for item in pending]
+            self.client.xclaim(self.address.stream, self.group, self.consumer, min_idle_time=0, message_ids=ids,
+                               justid=True)
+            claimed += ids
+        self._stats.reclaimed += len(claimed)
+        return claimed
+
+
+def entry_message(entry_id: str, fields: dict, seq: int, decoder: SingleObjectDecoder) -> tuple[Message, str]:
+    """A stream entry as a :class:`~transforms.live.Message` (exact text fields, or a reject
+    reason) and its mode."""
+    mode = _text(fields.get(MODE_FIELD, b"live"))
+    if mode not in MODES:
+        return Message(seq, f"{entry_id} mode={mode}", {}, f"bad_message: unknown mode {mode!r}"), "live"
+    payload = fields.get(QUOTE_FIELD)
+    if payload is None:
+        return Message(seq, entry_id, {}, "bad_message: no q field"), mode
+    try:
+        record = decoder.decode(payload)
+    except DecodeError as exc:
+        return Message(seq, f"{entry_id} {payload[:64].hex()}", {}, exc.reason), mode
+    values = quote_row(record)
+    return Message(seq, f"{entry_id} {','.join(values)}", dict(zip(QUOTE_COLUMNS, values))), mode
+
+
+# --------------------------------------------------------------------------- Beam
+
+
+class _PublishFn(beam.DoFn):
+    """Valid quote blocks -> the stream; one counts dict per block (queued, waits, trims)."""
+
+    def __init__(self, url: str, group: str, scale: int, settings: dict):
+        self._url, self._group, self._scale, self._settings = url, group, scale, settings
+
+    def setup(self):
+        self._publisher = Publisher(QueueAddress.parse(self._url), self._group, **self._settings)
+        self._encoder = SingleObjectEncoder(load_schema("quote", latest_version("quote")))
+
+    def process(self, block):
+        before = self._publisher.stats.as_dict()
+        records = quote_records(block.batch, self._scale)
+        modes = block.batch.column("mode").to_pylist()
+        self._publisher.publish(quote_messages(records, modes, self._encoder))
+        after = self._publisher.stats.as_dict()
+        yield {name: after[name] - before[name] for name in ("queued", "backpressure_waits", "trimmed_unread")}
+
+
+class WriteToQueue(beam.PTransform):
+    """Valid quote blocks (``NormalizeQuotes.valid``) published to ``url``'s stream, with
+    ``group``'s backpressure (``settings``: :class:`Publisher`'s high_water, max_len, batch_size);
+    outputs one counts dict per block (``queued``, ``backpressure_waits``, ``trimmed_unread``)."""
+
+    def __init__(self, url: str, group: str, *, scale: int, **settings):
+        super().__init__()
+        QueueAddress.parse(url)  # a bad url fails now, not on a worker
+        self._fn = _PublishFn(url, group, scale, settings)
+
+    def expand(self, valid):
+        return valid | "Publish" >> beam.ParDo(self._fn)
