@@ -210,3 +210,55 @@ def test_with_consumers_stopped_the_publisher_and_the_stream_stay_bounded(redis_
     assert lengths[-1] == lengths[0], "the stream grew while the group was not reading"
     assert max(rss) - min(rss) < 20 * 2**20
     publisher.kill()
+
+
+@pytest.mark.usefixtures("empty_stdin")
+def test_mode_switching_works_with_the_queue_in_between(redis_url, tmp_path, processes):
+    """A replay publisher switched from history to the live feed while it runs: the entries carry
+    their mode, and the consumer writes each one once (latency threshold on historical ones only)."""
+    import urllib.request
+
+    from beam_pipeline.feed import FeedConfig, FeedServer, load_messages
+    from tests.redis_server import free_port
+
+    client = redis.Redis.from_url(redis_url)
+    control_port = free_port()
+    live = load_messages(str(REPO / "beam_pipeline" / "data" / "live_sample.csv"))
+    with FeedServer(live, FeedConfig(rate=1000)) as live_url:
+        publisher = subprocess.Popen(
+            _cli("--source", "replay", "--live_url", live_url, "--replay_rate", "2000", "--control_port",
+                 str(control_port), "--sink", f"{redis_url}/{STREAM}", "--queue_high_water", "100000",
+                 "--output_dir", str(tmp_path / "pub")),
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+        )
+        processes.append(publisher)
+        consumer = _consumer(redis_url, "a", tmp_path / "out", processes)
+        status = f"http://127.0.0.1:{control_port}/status"
+
+        def counts() -> dict:
+            try:
+                with urllib.request.urlopen(status, timeout=2) as response:
+                    return json.loads(response.read())["counts"]
+            except OSError:
+                return {}
+
+        wait_for(lambda: counts().get("historical", 0) > 1000, 60, "history to be published")
+        request = urllib.request.Request(f"http://127.0.0.1:{control_port}/mode", data=b'{"mode": "live"}',
+                                         method="POST", headers={"Content-Type": "application/json"})
+        urllib.request.urlopen(request, timeout=5).close()
+        wait_for(lambda: counts().get("live", 0) > 500, 60, "live quotes to be published")
+        _stop(publisher)
+    published = json.loads((tmp_path / "pub" / "metrics.json").read_text())
+    modes = Counter(fields[b"m"].decode() for _, fields in client.xrange(STREAM))
+    assert set(modes) == {"historical", "live"} and sum(modes.values()) == published["queued"]
+    wait_for(lambda: _drained_at(client, published["queued"]), 60, "the consumer to drain the group")
+    _stop(consumer)
+    metrics = json.loads((tmp_path / "out" / "consumer=a" / "metrics.json").read_text())
+    assert metrics["records_in"] == published["queued"] and metrics["balanced"]
+    assert metrics["latency_filtered"] <= modes["historical"]
+    assert metrics["mid_prices"] >= modes["live"], "live quotes are never filtered by latency"
+
+
+def _drained_at(client: redis.Redis, length: int) -> bool:
+    groups = client.xinfo_groups(STREAM)
+    return groups[0]["lag"] == 0 and groups[0]["pending"] == 0 and client.xlen(STREAM) == length
