@@ -31,12 +31,17 @@ class DecodeError(ValueError):
         self.reason = f"{code}: {detail}"
 
 
+def single_object_header(schema: dict) -> bytes:
+    """The 10 bytes every message written with ``schema`` starts with: marker, then fingerprint."""
+    return _HEADER.pack(MARKER, fingerprint(schema))
+
+
 class SingleObjectEncoder:
     """Encodes data with one writer ``schema``: the header and the parsed schema are worked out
     once (per message that is ~12 µs instead of ~380 µs)."""
 
     def __init__(self, schema: dict):
-        self._header = _HEADER.pack(MARKER, fingerprint(schema))
+        self._header = single_object_header(schema)
         self._parsed = fastavro.parse_schema(schema)
 
     def encode(self, datum: Mapping[str, Any]) -> bytes:
@@ -68,7 +73,9 @@ class SingleObjectDecoder:
                 raise ValueError(
                     f"the reader schema cannot read {writer.get('name')}: " + "; ".join(map(str, problems))
                 )
-            self.writers[fingerprint(writer)] = writer
+            self.writers[fingerprint(writer)] = fastavro.parse_schema(writer)
+        self._reader_fingerprint = fingerprint(reader_schema)
+        self._parsed_reader = fastavro.parse_schema(reader_schema)
 
     def decode(self, message: bytes) -> dict:
         if len(message) < _HEADER.size:
@@ -82,12 +89,15 @@ class SingleObjectDecoder:
         payload = message[_HEADER.size:]
         try:
             # First in the writer's own shape, which reads every byte: resolving to the reader
-            # alone would skip writer-only fields without checking they are all there.
+            # alone would skip writer-only fields without checking they are all there. When the
+            # writer is the reader, that one read is the datum.
             stream = io.BytesIO(payload)
-            fastavro.schemaless_reader(stream, writer, writer)  # raises EOFError when cut short
+            datum = fastavro.schemaless_reader(stream, writer, None)  # raises EOFError when cut short
             if stream.read(1):
                 raise DecodeError("bad_avro", "bytes left over after the datum")
-            return fastavro.schemaless_reader(io.BytesIO(payload), writer, self.reader_schema)
+            if writer_fingerprint == self._reader_fingerprint:
+                return datum
+            return fastavro.schemaless_reader(io.BytesIO(payload), writer, self._parsed_reader)
         except DecodeError:
             raise
         except Exception as exc:  # truncated or corrupt payloads fail in many ways inside fastavro  # noqa: BLE001

@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import struct
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Sequence
@@ -44,8 +45,8 @@ from urllib.parse import parse_qs, urlsplit
 import apache_beam as beam
 import pyarrow as pa
 
-from schemas import latest_version, load_schema
-from schemas.single_object import DecodeError, SingleObjectDecoder, SingleObjectEncoder
+from schemas import fingerprint, latest_version, load_schema
+from schemas.single_object import DecodeError, SingleObjectDecoder, SingleObjectEncoder, single_object_header
 from transforms.avro import QUOTE_COLUMNS, quote_records, quote_row
 from transforms.feeds import FeedBlock, Stopping, never
 from transforms.live import Message, frames_to_batch, newest_arrival
@@ -142,8 +143,12 @@ def unread_trimmed(length_before: int, lag_before: int, added: int, length_after
     return max(0, trimmed - delivered)
 
 
-def backoff(attempt: int, first: float = 0.01, most: float = 0.5) -> float:
-    """The pause before lag check ``attempt`` (0, 1, ...): doubling from ``first`` up to ``most``."""
+def backoff(attempt: int, first: float = 0.005, most: float = 0.05) -> float:
+    """The pause before lag check ``attempt`` (0, 1, ...): doubling from ``first`` up to ``most``.
+
+    The ceiling is short on purpose: the consumers drain half a high water in a fraction of a
+    second, and a publisher that oversleeps leaves them idle (a lag check is one cheap command).
+    """
     return min(most, first * 2 ** attempt)
 
 
@@ -256,6 +261,63 @@ class Publisher:
 def quote_messages(records: Sequence[dict], modes: Sequence[str], encoder: SingleObjectEncoder) -> list[tuple[bytes, str]]:
     """``quote`` records and their modes as queue messages (single-object encoded)."""
     return [(encoder.encode(record), mode) for record, mode in zip(records, modes)]
+
+
+# The publisher's hot path: quote v2 written straight from a valid block's columns. The generic
+# route (Arrow -> dicts with Decimals -> fastavro) costs ~15 us a quote, this one ~4 us; a test
+# checks that both give the same bytes, and the generic route is used for any other schema.
+QUOTE_V2_FINGERPRINT = 0xB451E7FF7350F84F
+_PRICE_SCALE = 8
+
+
+def _long(value: int) -> bytes:
+    """Avro ``long``: zig-zag, then a little-endian base-128 varint."""
+    value = (value << 1) ^ (value >> 63)
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _text_bytes(value: str) -> bytes:
+    data = value.encode()
+    return _long(len(data)) + data
+
+
+def _decimal_bytes(unscaled: int) -> bytes:
+    """Avro ``decimal`` bytes as fastavro writes them: big-endian two's complement, one spare bit."""
+    data = unscaled.to_bytes((abs(unscaled).bit_length() + 8) // 8, "big", signed=True)
+    return _long(len(data)) + data
+
+
+_NULL = b"\x00"
+_DOUBLE = struct.Struct("<d")
+
+
+def _optional_double(value: float | None) -> bytes:
+    return _NULL if value is None else b"\x02" + _DOUBLE.pack(value)
+
+
+def _optional_long(value: int | None) -> bytes:
+    return _NULL if value is None else b"\x02" + _long(value)
+
+
+def fast_quote_messages(valid: pa.RecordBatch, scale: int, header: bytes) -> list[tuple[bytes, str]]:
+    """A valid block's quotes as quote v2 single-object messages (``header``: marker and
+    fingerprint) and their modes, without building records; prices are the block's unscaled
+    integers at ``scale`` (at most the schema's 8 digits)."""
+    factor = 10 ** (_PRICE_SCALE - scale)
+    columns = valid.select(["event_us", "symbol", "bid", "bid_size", "ask", "ask_size", "latency", "tenant",
+                            "mode"]).to_pydict()
+    rows = zip(*columns.values())
+    return [
+        (b"".join((header, _long(event_us), _text_bytes(symbol), _decimal_bytes(bid * factor), _optional_double(bid_size),
+                   _decimal_bytes(ask * factor), _optional_double(ask_size), _optional_long(latency),
+                   _text_bytes(tenant), _NULL)), mode)
+        for event_us, symbol, bid, bid_size, ask, ask_size, latency, tenant, mode in rows
+    ]
 
 
 # --------------------------------------------------------------------------- consuming
@@ -512,13 +574,19 @@ class _PublishFn(beam.DoFn):
 
     def setup(self):
         self._publisher = Publisher(QueueAddress.parse(self._url), self._group, **self._settings)
-        self._encoder = SingleObjectEncoder(load_schema("quote", latest_version("quote")))
+        schema = load_schema("quote", latest_version("quote"))
+        self._encoder = SingleObjectEncoder(schema)
+        self._fast = fingerprint(schema) == QUOTE_V2_FINGERPRINT and self._scale <= _PRICE_SCALE
+        self._header = single_object_header(schema)
+
+    def messages(self, batch: pa.RecordBatch) -> list[tuple[bytes, str]]:
+        if self._fast:
+            return fast_quote_messages(batch, self._scale, self._header)
+        return quote_messages(quote_records(batch, self._scale), batch.column("mode").to_pylist(), self._encoder)
 
     def process(self, block):
         before = self._publisher.stats.as_dict()
-        records = quote_records(block.batch, self._scale)
-        modes = block.batch.column("mode").to_pylist()
-        self._publisher.publish(quote_messages(records, modes, self._encoder))
+        self._publisher.publish(self.messages(block.batch))
         after = self._publisher.stats.as_dict()
         yield {name: after[name] - before[name] for name in ("queued", "backpressure_waits", "trimmed_unread")}
 

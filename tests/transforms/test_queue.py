@@ -8,6 +8,7 @@ import threading
 import time
 from decimal import Decimal
 
+import pyarrow as pa
 import pytest
 import redis
 
@@ -89,7 +90,7 @@ def test_unread_trimmed(length_before, lag_before, added, length_after, expected
 
 
 def test_backoff_doubles_up_to_a_ceiling():
-    assert [backoff(n) for n in range(8)] == [0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.5, 0.5]
+    assert [backoff(n) for n in range(6)] == [0.005, 0.01, 0.02, 0.04, 0.05, 0.05]
 
 
 def test_truncate_to_cuts_back_to_committed_sizes(tmp_path):
@@ -261,3 +262,38 @@ def test_a_restarted_consumer_redoes_its_own_uncommitted_entries(redis_url, tmp_
 def test_unreachable_redis_is_a_connection_error():
     with pytest.raises(redis.ConnectionError):
         next(QueueFeed(QueueAddress.parse("redis://127.0.0.1:1/quotes"), "g", "c").blocks())
+
+
+# --- the publisher's fast encoder -----------------------------------------------------------
+
+
+def _valid_blocks(write_csv, text: str):
+    """Valid blocks (NormalizeQuotes' output) of a CSV, normalized without Beam."""
+    from schemas import field_rules
+    from transforms.normalize import normalize_batch, price_rule
+    from transforms.replay import HistoricalReplay
+
+    rules = price_rule(field_rules(load_schema("quote", 1)))
+    path = write_csv(text)
+    valid = [normalize_batch(batch, rules)[0] for batch in HistoricalReplay([str(path)])]
+    return pa.Table.from_batches(valid).combine_chunks().to_batches()[0], rules.scale
+
+
+def test_fast_messages_are_the_bytes_fastavro_writes(write_csv):
+    """Every field kind: sizes present and missing, latency, tenants, tiny and large prices, zero."""
+    from schemas.single_object import single_object_header
+    from transforms.avro import quote_records
+    from transforms.queue import fast_quote_messages
+
+    text = (
+        "timestamp,symbol,bid,ask,bid_size,ask_size,latency,tenant\n"
+        "1999-12-31 23:59:59.5,X,127.99,128.00000001,0.1,2,7,acme\n"
+        "2024-01-01 00:00:00.000001,EURUSD,1.1,1.2,100,50.5,3,acme\n"
+        "2024-01-01 00:00:01,GBPUSD,0.00000001,0.00000002,,,0,\n"
+        "2024-01-01 00:00:02,Ünïcode,9999999999.99999999,9999999999.99999999,1e6,0,19999,zeta\n"
+    )
+    valid, scale = _valid_blocks(write_csv, text)
+    assert valid.num_rows == 4
+    encoder = SingleObjectEncoder(SCHEMA)
+    slow = quote_messages(quote_records(valid, scale), valid.column("mode").to_pylist(), encoder)
+    assert fast_quote_messages(valid, scale, single_object_header(SCHEMA)) == slow
