@@ -33,6 +33,7 @@ bench: install
 	$(PY) benchmarks/products_fetch.py
 	$(PY) benchmarks/deliver_throughput.py
 	$(PY) benchmarks/runners.py
+	$(PY) benchmarks/queue_throughput.py
 
 clean:
 	rm -rf $(VENV) output *.egg-info .pytest_cache
