@@ -494,12 +494,12 @@ class QueueFeed:
 
     # -- recovery --
     def _recover_dead(self) -> bool:
-        """Recover every other consumer of the group that has pending entries and no heartbeat;
-        whether any entries were claimed."""
+        """Recover every other consumer of the group that has no heartbeat (its pending entries
+        are claimed, and it leaves the group); whether any entries were claimed."""
         claimed = False
         for info in self.client.xinfo_consumers(self.address.stream, self.group):
             name = _text(info["name"])
-            if name == self.consumer or not int(info.get("pending", 0)):
+            if name == self.consumer:
                 continue
             if int(info.get("idle", 0)) < self.dead_after_ms or self.client.exists(self._alive_key(name)):
                 continue
@@ -525,7 +525,7 @@ class QueueFeed:
             self._stats.recovered_consumers += 1
             self.client.xgroup_delconsumer(self.address.stream, self.group, name)
             LOG.warning("queue %s: consumer %s is gone; %s took its %s pending entries", self.address.url, name,
-                        self.consumer, len(ids))
+                        self.consumer, len(ids))  # (none: it had committed everything)
             return bool(ids)
         finally:
             if name != self.consumer:
