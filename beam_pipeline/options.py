@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import socket
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from transforms.queue import QueueAddress, QueueError, is_queue_url
-from transforms.quotes import MAX_LATENCY_MS
+from transforms.quotes import MAX_LATENCY_MS, TENANT_PATTERN
 from transforms.replay import DEFAULT_BLOCK_BYTES
 from transforms.windowing import (
     ACCUMULATION_MODES,
@@ -262,9 +263,10 @@ def _queue_problems(options: QuoteOptions) -> list[str]:
         problems.append("--group needs --sink or --source redis://HOST:PORT/STREAM")
     if options.consumer is not None and not consuming:
         problems.append("--consumer needs --source redis://HOST:PORT/STREAM")
-    if options.consumer is not None and not (options.consumer.strip() and options.consumer.replace("-", "").replace(
-            "_", "").replace(".", "").isalnum()):
-        problems.append(f"--consumer must be letters, digits, '-', '_' or '.', got {options.consumer!r}")
+    if options.consumer is not None and not re.match(TENANT_PATTERN, options.consumer):
+        # It names the folder consumer=<name>: the same safe directory name a tenant must be.
+        problems.append(f"--consumer must be 1-64 letters, digits, '-', '_' or '.', starting with a letter or "
+                        f"digit, got {options.consumer!r}")
     if options.queue_high_water < 1:
         problems.append(f"--queue_high_water must be at least 1, got {options.queue_high_water}")
     if options.queue_max_len is not None and options.queue_max_len <= options.queue_high_water:

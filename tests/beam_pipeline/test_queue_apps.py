@@ -173,6 +173,7 @@ def _closed_port() -> int:
         (["--sink", "redis://127.0.0.1:1/q", "--window", "fixed:1s"], "--window does not go with --sink"),
         (["--group", "g"], "--group needs"),
         (["--consumer", "c"], "--consumer needs"),
+        (["--source", "redis://127.0.0.1:1/q", "--consumer", "../x"], "--consumer must be"),
         (["--sink", "redis://127.0.0.1:1/q", "--queue_high_water", "10", "--queue_max_len", "5"], "safety cap"),
     ],
 )
