@@ -221,12 +221,7 @@ def build_pipeline(
         metric_names.update(WINDOW_OUTPUTS)
         in_panes = "quotes_in_panes" if windowing.accumulation == "discarding" else "windowed_quotes"
         balances["windows_balanced"] = [in_panes, "late_dropped", "dead_lettered"]
-        counts = (
-            (counts, windowed["counts"], panes["counts"])
-            | "AllCounts" >> beam.Flatten()
-            | "WhenCountsEnd" >> when_input_ends()
-            | "MergeCounts" >> beam.CombineGlobally(MergeCounts()).without_defaults()
-        )
+        counts = merge_counts(counts, windowed["counts"], panes["counts"])
         extra["windowing"] = windowing.as_dict()
         if streaming:
             extra["watermark_lag"] = duration_text(lag_us)
@@ -234,10 +229,7 @@ def build_pipeline(
     if per_tenant:
         extra["partition_by_tenant"] = True
     out_dir = output_dir(config)
-    if live:
-        published = outputs | "AppendOutputs" >> AppendText(out_dir, per_tenant)
-    else:
-        published = outputs | "WriteOutputs" >> WriteOrderedText(out_dir, run_id, per_tenant)
+    published = write_files(outputs, out_dir, live, run_id, per_tenant)
     _ = published | "WriteMetrics" >> WriteRunMetrics(
         out_dir,
         counts,
@@ -248,6 +240,23 @@ def build_pipeline(
         tally_names={"windows.jsonl": "panes_by_timing"},
     )
     return pipeline
+
+
+def merge_counts(*counts):
+    """Count dicts from several stages -> one, once the input has ended (for WriteRunMetrics)."""
+    return (
+        counts
+        | "AllCounts" >> beam.Flatten()
+        | "WhenCountsEnd" >> when_input_ends()
+        | "MergeCounts" >> beam.CombineGlobally(MergeCounts()).without_defaults()
+    )
+
+
+def write_files(outputs: dict, directory: str, live: bool, run_id: str, per_tenant: bool):
+    """``{file name: chunks}`` to ``directory``: appended as they come (live) or written whole."""
+    if live:
+        return outputs | "AppendOutputs" >> AppendText(directory, per_tenant)
+    return outputs | "WriteOutputs" >> WriteOrderedText(directory, run_id, per_tenant)
 
 
 def output_dir(config: QuoteOptions) -> str:
@@ -263,17 +272,9 @@ def _publish(pipeline, config: QuoteOptions, normalized, read_counts, scale: int
     queued = normalized.valid | "WriteToQueue" >> WriteToQueue(
         config.sink, group, scale=scale, high_water=config.queue_high_water, max_len=config.queue_max_len,
     )
-    counts = (
-        (read_counts, queued)
-        | "AllCounts" >> beam.Flatten()
-        | "WhenCountsEnd" >> when_input_ends()
-        | "MergeCounts" >> beam.CombineGlobally(MergeCounts()).without_defaults()
-    )
+    counts = merge_counts(read_counts, queued)
     outputs = {"dead_letter.jsonl": normalized.dead_letters}
-    if live:
-        published = outputs | "AppendOutputs" >> AppendText(config.output_dir, config.partition_by_tenant)
-    else:
-        published = outputs | "WriteOutputs" >> WriteOrderedText(config.output_dir, run_id, config.partition_by_tenant)
+    published = write_files(outputs, config.output_dir, live, run_id, config.partition_by_tenant)
     extra.update(sink=config.sink, group=group, queue_high_water=config.queue_high_water)
     _ = published | "WriteMetrics" >> WriteRunMetrics(
         config.output_dir, counts, SINK_OUTPUTS, extra=extra, started_at=started_at,

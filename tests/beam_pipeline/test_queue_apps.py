@@ -63,10 +63,10 @@ def _publish(redis_url: str, path: Path, out: Path, processes: list, *extra: str
     return process
 
 
-def _drained(client: redis.Redis) -> bool:
-    """The group has every entry delivered and acknowledged (and the stream holds them all)."""
+def _drained(client: redis.Redis, length: int = ROWS) -> bool:
+    """The group has every entry delivered and acknowledged (and the stream holds ``length``)."""
     groups = client.xinfo_groups(STREAM) if client.exists(STREAM) else []
-    return bool(groups) and groups[0]["lag"] == 0 and groups[0]["pending"] == 0 and client.xlen(STREAM) == ROWS
+    return bool(groups) and groups[0]["lag"] == 0 and groups[0]["pending"] == 0 and client.xlen(STREAM) == length
 
 
 def _stop(process: subprocess.Popen) -> str:
@@ -252,14 +252,9 @@ def test_mode_switching_works_with_the_queue_in_between(redis_url, tmp_path, pro
     published = json.loads((tmp_path / "pub" / "metrics.json").read_text())
     modes = Counter(fields[b"m"].decode() for _, fields in client.xrange(STREAM))
     assert set(modes) == {"historical", "live"} and sum(modes.values()) == published["queued"]
-    wait_for(lambda: _drained_at(client, published["queued"]), 60, "the consumer to drain the group")
+    wait_for(lambda: _drained(client, published["queued"]), 60, "the consumer to drain the group")
     _stop(consumer)
     metrics = json.loads((tmp_path / "out" / "consumer=a" / "metrics.json").read_text())
     assert metrics["records_in"] == published["queued"] and metrics["balanced"]
     assert metrics["latency_filtered"] <= modes["historical"]
     assert metrics["mid_prices"] >= modes["live"], "live quotes are never filtered by latency"
-
-
-def _drained_at(client: redis.Redis, length: int) -> bool:
-    groups = client.xinfo_groups(STREAM)
-    return groups[0]["lag"] == 0 and groups[0]["pending"] == 0 and client.xlen(STREAM) == length
