@@ -117,6 +117,9 @@ class HistoricalFeed:
         rate: records per second (0: as fast as possible); a replay for people to watch or switch.
         max_rows: cut blocks to at most this many rows (None: ~``block_bytes`` of CSV each), so
             that a paced replay moves in small steps and stops promptly.
+        dedup_horizon_us: drop quotes delivered twice within this horizon, as for
+            ``HistoricalReplay`` (0: off). Positions count the records kept; ``stats()`` adds
+            ``duplicates`` (the copies dropped while reading) when it is on.
     """
 
     sources: Sequence[str]
@@ -126,6 +129,7 @@ class HistoricalFeed:
     rate: float = 0.0
     max_rows: int | None = None
     mode: str = "historical"
+    dedup_horizon_us: int = 0
     _replay: HistoricalReplay | None = field(default=None, repr=False, compare=False)
     _yielded: int = field(default=0, repr=False, compare=False)
 
@@ -143,7 +147,7 @@ class HistoricalFeed:
     def _blocks(self, start: int, stopping: Stopping, on_block: Callable[[int], None] | None) -> Iterator[FeedBlock]:
         self._replay = HistoricalReplay(
             self.sources, default_symbol=self.default_symbol, block_bytes=self.block_bytes,
-            open_file=self.open_file, on_block=on_block,
+            open_file=self.open_file, on_block=on_block, dedup_horizon_us=self.dedup_horizon_us,
         )
         pacer = Pacer(self.rate)
         position = 0
@@ -163,7 +167,8 @@ class HistoricalFeed:
 
     def stats(self) -> dict[str, int]:
         """The reader's statistics, with ``records_in`` = the records this feed yielded (a
-        resumed or stopped replay reads more of the files than it yields)."""
+        resumed or stopped replay reads more of the files than it yields) plus the ``duplicates``
+        it dropped: records in = out + filtered + dead letters + duplicates."""
         stats = self._replay.stats.as_dict() if self._replay is not None else {}
-        stats["records_in"] = self._yielded
+        stats["records_in"] = self._yielded + stats.get("duplicates", 0)
         return stats

@@ -60,8 +60,10 @@ def block_timestamp(block: QuoteBlock) -> Timestamp:
 
 
 class _ReplayFn(beam.DoFn):
-    def __init__(self, default_symbol: str, block_bytes: int, show_progress: bool, open_file):
+    def __init__(self, default_symbol: str, block_bytes: int, show_progress: bool, open_file,
+                 dedup_horizon_us: int = 0):
         self._default_symbol = default_symbol
+        self._dedup_horizon_us = dedup_horizon_us
         self._block_bytes = block_bytes
         self._show_progress = show_progress
         self._open_file = open_file
@@ -75,7 +77,8 @@ class _ReplayFn(beam.DoFn):
             sizes = [m.size_in_bytes for r in FileSystems.match(list(sources)) for m in r.metadata_list]
             progress = Progress(sum(sizes))
         feed = HistoricalFeed(
-            sources, default_symbol=self._default_symbol, block_bytes=self._block_bytes, open_file=self._open_file
+            sources, default_symbol=self._default_symbol, block_bytes=self._block_bytes, open_file=self._open_file,
+            dedup_horizon_us=self._dedup_horizon_us,
         )
         for seq, block in enumerate(feed.blocks(0, on_block=progress.advance if progress else None)):
             self._blocks.inc()
@@ -101,15 +104,19 @@ class ReplayHistorical(beam.PTransform):
         show_progress: print a progress line on stderr for long runs.
         open_file: opens an input as a CSV byte stream (default Beam's ``FileSystems.open``;
             ``transforms.avro.InputOpener`` also opens Avro quote files).
+        dedup_horizon_us: drop a quote whose CSV line was replayed within this many microseconds
+            before (see ``HistoricalReplay``); ``counts`` then has ``duplicates`` (0: off).
     """
 
     def __init__(self, sources: Sequence[str], *, default_symbol: str = "UNKNOWN",
-                 block_bytes: int = DEFAULT_BLOCK_BYTES, show_progress: bool = False, open_file=None):
+                 block_bytes: int = DEFAULT_BLOCK_BYTES, show_progress: bool = False, open_file=None,
+                 dedup_horizon_us: int = 0):
         super().__init__()
         if not sources:
             raise ValueError("ReplayHistorical needs at least one input file")
         self._sources = tuple(sources)
-        self._fn = _ReplayFn(default_symbol, block_bytes, show_progress, open_file or FileSystems.open)
+        self._fn = _ReplayFn(default_symbol, block_bytes, show_progress, open_file or FileSystems.open,
+                             dedup_horizon_us)
 
     def expand(self, pbegin):
         return (

@@ -17,10 +17,12 @@ from typing import BinaryIO, Callable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from transforms import columns
 from transforms.arrival import ALL_READ, NOTHING_READ, BlockArrivalBuffer, out_of_order_mask, out_of_order_reason
 from transforms.csv_blocks import SPLIT_SCHEMA, CsvLayout, line_blocks, read_header, split_block
+from transforms.dedup import Deduplicator
 from transforms.quotes import DEFAULT_TENANT
 
 #: The rows the replay yields: the raw fields, where they came from, and what ordering needs.
@@ -57,9 +59,10 @@ class ReplayStats:
     bytes_read: int = 0
     files: int = 0
     max_held_rows: int = 0
+    duplicates: int | None = None  # rows dropped as copies; None when deduplication is off
 
     def as_dict(self) -> dict[str, int]:
-        return dict(self.__dict__)
+        return {name: value for name, value in self.__dict__.items() if value is not None}
 
 
 @dataclass
@@ -84,6 +87,13 @@ class HistoricalReplay:
         block_bytes: about how many bytes of CSV make one block.
         open_file: opens a path for binary reading (Beam's FileSystems.open in the pipeline).
         on_block: called with the byte count after each block is read (progress reporting).
+        dedup_horizon_us: drop a row whose raw line was released within this many microseconds
+            (of arrival) before, and count it in ``stats.duplicates`` (0: off, nothing changes).
+            A quote delivered twice is the same CSV line: its content is its identity, so the key
+            is the line's text (a hash of source and position would not see the same data
+            arriving from two files). Rows are checked in release order, each at its arrival
+            time; a row rejected before it has one (unsplittable, bad timestamp, ...) is checked
+            at the latest arrival seen so far (see :class:`QuoteDeduplicator`).
     """
 
     sources: Sequence[str]
@@ -92,11 +102,15 @@ class HistoricalReplay:
     open_file: Callable[[str], BinaryIO] = open_local
     on_block: Callable[[int], None] | None = None
     stats: ReplayStats = field(default_factory=ReplayStats)
+    dedup_horizon_us: int = 0
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
         cursors = [self._open(index, source) for index, source in enumerate(self.sources)]
         self.stats.files = len(cursors)
         buffer = BlockArrivalBuffer()
+        dedup = QuoteDeduplicator(self.dedup_horizon_us) if self.dedup_horizon_us else None
+        if dedup is not None:
+            self.stats.duplicates = 0
         try:
             while True:
                 active = [c for c in cursors if not c.done]
@@ -111,12 +125,19 @@ class HistoricalReplay:
                 else:
                     accepted, rejected = self._read_block(cursor, data)
                     buffer.add(accepted)
+                    if dedup is not None:
+                        dedup.saw(accepted)
                     self.stats.max_held_rows = max(self.stats.max_held_rows, buffer.held_rows)
                 watermark = min((c.newest_us for c in cursors if not c.done), default=ALL_READ)
                 released = buffer.release_before(watermark)
                 parts = [b for b in (released, rejected) if b is not None and b.num_rows]
                 if parts:
-                    yield parts[0] if len(parts) == 1 else pa.concat_batches(parts)
+                    batch = parts[0] if len(parts) == 1 else pa.concat_batches(parts)
+                    if dedup is not None:
+                        batch, dropped = dedup.drop_duplicates(batch)
+                        self.stats.duplicates += dropped
+                    if batch.num_rows:
+                        yield batch
         finally:
             for cursor in cursors:
                 if not cursor.done:
@@ -192,6 +213,41 @@ class HistoricalReplay:
         """The newest accepted timestamp before row ``index`` of this block (for the reason text)."""
         earlier = event_us[:index][ok[:index]]
         return max(cursor.newest_us, int(earlier.max())) if len(earlier) else cursor.newest_us
+
+
+class QuoteDeduplicator:
+    """:class:`transforms.dedup.Deduplicator` over replayed blocks, keyed by each row's raw line.
+
+    A row's time is its ``arrival_us``. A row without one (rejected before it was timed) takes the
+    latest arrival seen so far: the newest arrival of the rows *read* (:meth:`saw`), 0 before any.
+    Rows are read ahead of their release, so that time is where the row was found in the files,
+    the same for a copy of a file read alongside; it may be a little ahead of the rows released
+    next (by at most the read-ahead, i.e. the largest latency), which a horizon longer than the
+    largest latency covers.
+    """
+
+    def __init__(self, horizon_us: int):
+        self._dedup = Deduplicator(horizon_us)
+        self._latest_us = 0
+
+    def saw(self, read: pa.RecordBatch) -> None:
+        """Note the arrivals of rows just read (before they are released)."""
+        newest = pc.max(read.column("arrival_us")).as_py()
+        if newest is not None:
+            self._latest_us = max(self._latest_us, newest)
+
+    def times(self, batch: pa.RecordBatch) -> np.ndarray:
+        """The time each row is checked at (see the class docstring)."""
+        arrival = batch.column("arrival_us")
+        known = arrival.is_valid().to_numpy(zero_copy_only=False)
+        return np.where(known, arrival.fill_null(0).to_numpy(zero_copy_only=False), self._latest_us)
+
+    def drop_duplicates(self, batch: pa.RecordBatch) -> tuple[pa.RecordBatch, int]:
+        """The batch without its duplicate rows, and how many were dropped."""
+        keys = pc.utf8_rtrim(batch.column("raw"), "\r\n").to_pylist()
+        duplicate = self._dedup.duplicates(keys, self.times(batch))
+        dropped = int(duplicate.sum())
+        return (batch.filter(pa.array(~duplicate)) if dropped else batch), dropped
 
 
 def mode_column(mode: str, count: int) -> pa.Array:

@@ -108,3 +108,97 @@ def test_crlf_bom_and_missing_final_newline():
     batch, reader = replay({"a.csv": data})
     assert accepted(batch).column("line").to_pylist() == [2, 3]
     assert reader.stats.records_in == 2
+
+
+# --------------------------------------------------------------------------- quote deduplication
+
+SECOND = 1_000_000
+
+
+def kept_lines(batch: pa.RecordBatch) -> list[tuple[int, int, str | None]]:
+    return list(zip(batch.column("file").to_pylist(), batch.column("line").to_pylist(), batch.column("reject").to_pylist()))
+
+
+@pytest.mark.parametrize("block_bytes", [300, 1 << 20])
+def test_dedup_off_is_the_replay_as_before(block_bytes):
+    data = generate(2000, seed=4)
+    files = {"a.csv": data, "b.csv": data}
+    plain_blocks = list(HistoricalReplay(list(files), block_bytes=block_bytes, open_file=lambda n: io.BytesIO(files[n])))
+    off = HistoricalReplay(list(files), block_bytes=block_bytes, open_file=lambda n: io.BytesIO(files[n]),
+                           dedup_horizon_us=0)
+    assert [b.equals(p) for b, p in zip(list(off), plain_blocks)] == [True] * len(plain_blocks)
+    assert "duplicates" not in off.stats.as_dict()
+
+
+@pytest.mark.parametrize("block_bytes", [300, 1 << 20])
+def test_a_file_fed_twice_replays_as_one_copy_with_the_copies_counted(block_bytes):
+    data = (WORKED_EXAMPLE + "not a time,1,2,3\n2024-01-01 00:00:01,1,2,-4\n2024-01-01 00:00:02,1,2\n").encode()
+    once, _ = replay({"a.csv": data}, block_bytes=block_bytes, dedup_horizon_us=SECOND)
+    twice, reader = replay({"a.csv": data, "b.csv": data}, block_bytes=block_bytes, dedup_horizon_us=SECOND)
+    # The same rows (rejected ones come out as they are read, so earlier with a second file).
+    assert sorted(kept_lines(twice)) == sorted(kept_lines(once)) and len(kept_lines(once)) == 6
+    assert accepted(twice).equals(accepted(once))
+    assert reader.stats.duplicates == 6 and reader.stats.records_in == 12
+    assert reader.stats.as_dict()["duplicates"] == 6
+
+
+def test_the_same_line_later_than_the_horizon_is_a_new_quote():
+    line = "2024-01-01 00:00:00,1.1,1.2,0\n"
+    later = "2024-01-01 00:00:05,1.1,1.2,0\n"
+    data = ("timestamp,bid,ask,latency\n" + line + line + later + later).encode()
+    batch, reader = replay({"a.csv": data}, dedup_horizon_us=SECOND)
+    assert accepted(batch).column("line").to_pylist() == [2, 4]
+    assert reader.stats.duplicates == 2
+    # A line seen again after the horizon is kept: the copy at 00:00:00 comes back 6 s later.
+    again = ("timestamp,bid,ask,latency\n" + line + later + "2024-01-01 00:00:06,1,2,0\n"
+             + "2024-01-01 00:00:00,1.1,1.2,6000\n").encode()
+    batch, reader = replay({"a.csv": again}, dedup_horizon_us=SECOND)
+    assert accepted(batch).num_rows == 4 and reader.stats.duplicates == 0
+
+
+def test_a_crlf_copy_of_an_lf_file_is_the_same_quotes():
+    data = WORKED_EXAMPLE.encode()
+    batch, reader = replay({"a.csv": data, "b.csv": data.replace(b"\n", b"\r\n")}, dedup_horizon_us=SECOND)
+    assert kept_lines(batch) == [(0, 2, None), (0, 3, None), (0, 4, None)] and reader.stats.duplicates == 3
+
+
+def test_rejected_rows_are_checked_at_the_latest_arrival_read():
+    from transforms.replay import QuoteDeduplicator
+
+    dedup = QuoteDeduplicator(10)
+    batch = pa.RecordBatch.from_pydict({"arrival_us": pa.array([None, 5, 7, None], pa.int64()), "raw": ["x", "a", "b", "x"]})
+    assert dedup.times(batch).tolist() == [0, 5, 7, 0]  # nothing read yet
+    dedup.saw(pa.RecordBatch.from_pydict({"arrival_us": pa.array([9, 30, None], pa.int64())}))
+    dedup.saw(pa.RecordBatch.from_pydict({"arrival_us": pa.array([12], pa.int64())}))
+    assert dedup.times(batch).tolist() == [30, 5, 7, 30]
+
+
+def test_historical_feed_and_replay_historical_count_duplicates(tmp_path):
+    import apache_beam as beam
+    from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from transforms.feeds import HistoricalFeed
+    from transforms.fetch import ReplayHistorical
+
+    data = generate(300, seed=9)
+    paths = [tmp_path / "a.csv", tmp_path / "b.csv"]
+    for path in paths:
+        path.write_bytes(data)
+    sources = [str(p) for p in paths]
+    feed = HistoricalFeed(sources, dedup_horizon_us=SECOND)
+    rows = sum(block.batch.num_rows for block in feed.blocks(0))
+    # records in = records yielded + duplicates dropped (the balance of metrics.json)
+    assert rows == 300 and feed.stats()["duplicates"] == 300 and feed.stats()["records_in"] == 600
+    assert "duplicates" not in HistoricalFeed(sources).stats()
+
+    def rows_and_duplicates(counts):
+        return counts["records_in"], counts.get("duplicates")
+
+    with BeamTestPipeline() as pipeline:
+        on = pipeline | "On" >> ReplayHistorical(sources, dedup_horizon_us=SECOND)
+        off = pipeline | "Off" >> ReplayHistorical(sources)
+        assert_that(on.counts | "OnCounts" >> beam.Map(rows_and_duplicates), equal_to([(600, 300)]), label="On")
+        assert_that(off.counts | "OffCounts" >> beam.Map(rows_and_duplicates), equal_to([(600, None)]), label="Off")
+        assert_that(on.blocks | "OnRows" >> beam.Map(lambda b: b.num_rows) | "SumOn" >> beam.CombineGlobally(sum),
+                    equal_to([300]), label="OnRows")
