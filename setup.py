@@ -14,7 +14,8 @@ setup(
     python_requires=">=3.11",
     # beam_pipeline/data holds the bundled samples (no code): listed so setuptools ships it.
     packages=find_packages(include=["beam_pipeline*", "transforms*", "schemas*", "runners*"]) + ["beam_pipeline.data"],
-    package_data={"beam_pipeline.data": ["*.csv"], "schemas": ["*.avsc"]},
+    # data/models holds the scoring model (JSON) that python -m beam_pipeline.train_model writes.
+    package_data={"beam_pipeline.data": ["*.csv", "models/*.json"], "schemas": ["*.avsc"]},
     include_package_data=True,
     install_requires=[
         "apache-beam==2.77.*",
@@ -40,7 +41,8 @@ setup(
     ],
     # avro: the Apache reference library, to prove our Avro files and encodings interoperate.
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6.100", "avro>=1.11", "psutil>=5.9"],
+        # pandas: the independent reference the analytics tests and benchmark check the join against.
+        "test": ["pytest>=8", "hypothesis>=6.100", "avro>=1.11", "psutil>=5.9", "pandas>=2.2"],
         # --runner DaskRunner: Beam's Dask runner and a distributed cluster (runners/dask.py).
         "dask": ["apache-beam[dask]==2.77.*"],
         # --runner DataflowRunner: Beam's Google Cloud client libraries (for submitting; docs/deploy.md).

@@ -1,0 +1,359 @@
+"""join: each trade with the latest valid quote of its symbol at or before it (issue 9).
+
+``JoinTradesWithMid`` takes ``{"quotes": (symbol, QUOTE_POINT batch), "trades": (symbol, TRADE
+batch)}`` and returns ``{"enriched": (symbol, ENRICHED batch), "unmatched": (symbol, UNMATCHED
+batch)}``. The join itself is :func:`transforms.asof.join_trades`; this module only decides which
+trades meet which quotes, and when.
+
+Design
+------
+
+*Batch* (``streaming=False``): every quote and trade is known up front, so the join is one
+``CoGroupByKey`` by symbol and one vectorized :func:`~transforms.asof.join_trades` call per
+symbol. An as-of join needs, for each trade, *all* earlier quotes of its symbol in one sorted
+array; grouping by symbol gives exactly that, and a symbol is the natural unit of work (Beam's
+per-element cost is paid once per symbol, never per row: a million trades join in about a
+second). Windows would cut the "latest quote before" search at window boundaries, so both inputs
+are re-windowed into the global window first.
+
+*Streaming* (``streaming=True``): a trade cannot be joined when it arrives, because a quote
+timestamped before it may still be on its way. The watermark is the runner's statement of "no
+more data before this time" (up to the allowed lateness), so a trade's join is final once the
+watermark passes ``trade.event_us + allowed_lateness_us``. Windows with triggers cannot express
+this (the relevant quotes are those *before* the trade, in no fixed window, and a trade must not
+be emitted twice), so the join is a stateful ``DoFn`` keyed by symbol:
+
+* ``quotes`` (bag): the symbol's quotes that may still be some trade's as-of quote;
+* ``pending`` (bag): trades waiting for their deadline;
+* ``closed_us`` (value): the event time up to which the key's joins are final (the last firing);
+* ``timer_us`` (value): where the key's single event-time timer is set (a timer can only be
+  overwritten, so the earliest deadline is kept here to take the minimum with new trades).
+
+One watermark timer per key is set to the earliest pending deadline. When it fires at ``T``,
+every pending trade with a deadline ``<= T`` is joined with the quotes in state (one
+``join_trades`` call) and emitted, ``closed_us = T``, and quotes older than
+``T - allowed_lateness_us - max_age_us`` are dropped: any trade still to come that is not late has
+``event_us > T - allowed_lateness_us``, so such a quote is too old to match it. The latest of the
+dropped quotes is kept, so that a trade with only older quotes is still ``stale_quote`` and not
+``no_quote`` (the reason and the age it reports are those of the batch join). The timer is then set
+to the next pending deadline; with no trade pending it is set to let the quotes already in state be
+garbage-collected (``latest quote + allowed lateness + max age``), so a symbol that quotes but never
+trades does not grow its state forever.
+
+A trade whose deadline is ``<= closed_us`` when it arrives can no longer be joined exactly (the
+quotes it needs may be gone, and its answer must not depend on timing): it goes to ``unmatched``
+with ``late_trade`` at once. A quote arriving after trades it would have served were emitted does
+not change them (counted in ``late_quotes`` when ``event_us + allowed_lateness_us <= closed_us``);
+it is kept for later trades. With every element within the allowed lateness, the streaming join
+gives exactly the batch join's rows. Elements may hold one row or many.
+
+Counters: ``trades_joined``, ``trades_unmatched``, ``late_quotes``.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Iterator
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from apache_beam.coders import VarIntCoder
+from apache_beam.metrics import Metrics
+from apache_beam.transforms import userstate, window
+from apache_beam.utils.timestamp import Timestamp
+
+from transforms import asof, columns, market
+from transforms.blocks import QuoteBlock
+
+ENRICHED = "enriched"
+UNMATCHED = "unmatched"
+#: Batch only: ``(symbol, {"quotes": [...], "enriched": [...], "unmatched": [...]})``, everything the
+#: join grouped for one symbol (quotes in as-of order), for :class:`transforms.features.ComputeFeatures`
+#: to use without grouping the same rows again.
+BY_SYMBOL = "by_symbol"
+_QUOTE, _TRADE = 0, 1
+_NAMESPACE = "JoinTradesWithMid"
+
+
+class RecordBatchCoder(beam.coders.Coder):
+    """An Arrow record batch as Arrow IPC (schema included)."""
+
+    def encode(self, value: pa.RecordBatch) -> bytes:
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, value.schema) as writer:
+            writer.write_batch(value)
+        return sink.getvalue().to_pybytes()
+
+    def decode(self, encoded: bytes) -> pa.RecordBatch:
+        return pa.ipc.open_stream(pa.py_buffer(encoded)).read_next_batch()
+
+    def is_deterministic(self) -> bool:
+        return True
+
+    def estimate_size(self, value: pa.RecordBatch) -> int:
+        return value.nbytes
+
+    def to_type_hint(self):
+        return pa.RecordBatch
+
+
+beam.coders.registry.register_coder(pa.RecordBatch, RecordBatchCoder)
+
+_Keyed = tuple[str, pa.RecordBatch]
+_TAGGED = tuple[str, tuple[int, pa.RecordBatch]]  # (symbol, (_QUOTE or _TRADE, batch))
+
+
+class _CountRowsFn(beam.DoFn):
+    """Passes ``(symbol, batch)`` through and adds its rows to a counter.
+
+    Counting here, downstream of the join, rather than in the timer callback that emits most
+    rows, counts them on every runner: the BundleBasedDirectRunner does not report counters
+    incremented in timer callbacks.
+    """
+
+    def __init__(self, name: str):
+        self._name = name
+        self._rows = Metrics.counter(_NAMESPACE, name)
+
+    def process(self, element: _Keyed) -> Iterator[_Keyed]:
+        self._rows.inc(element[1].num_rows)
+        yield element
+
+
+def _concat(batches: Iterable[pa.RecordBatch], schema: pa.Schema) -> pa.RecordBatch:
+    parts = [batch for batch in batches if batch.num_rows]
+    if not parts:
+        return market.empty(schema)
+    return parts[0] if len(parts) == 1 else pa.concat_batches(parts)
+
+
+def _outputs(symbol: str, enriched: pa.RecordBatch, unmatched: pa.RecordBatch) -> Iterator:
+    if enriched.num_rows:
+        yield symbol, enriched
+    if unmatched.num_rows:
+        yield beam.pvalue.TaggedOutput(UNMATCHED, (symbol, unmatched))
+
+
+# --------------------------------------------------------------------------- quote points
+
+
+class _QuotePointsFn(beam.DoFn):
+    def __init__(self, latency_threshold_ms: int | None):
+        self._threshold_ms = latency_threshold_ms
+
+    def process(self, block: QuoteBlock) -> Iterator[_Keyed]:
+        yield from asof.quote_points(block.batch, self._threshold_ms)
+
+
+class QuotePoints(beam.PTransform):
+    """Valid quote blocks (:data:`transforms.normalize.VALID_SCHEMA`) -> ``(symbol, QUOTE_POINT batch)``.
+
+    The quotes kept are those of ``mid_prices.log`` (see :func:`transforms.asof.quote_points`);
+    each element keeps its block's timestamp.
+    """
+
+    def __init__(self, latency_threshold_ms: int | None):
+        super().__init__()
+        self._threshold_ms = latency_threshold_ms
+
+    def expand(self, valid_blocks):
+        return valid_blocks | "QuotePointsBySymbol" >> beam.ParDo(_QuotePointsFn(self._threshold_ms)).with_output_types(
+            tuple[str, pa.RecordBatch]
+        )
+
+
+# --------------------------------------------------------------------------- batch
+
+
+class _BatchJoinFn(beam.DoFn):
+    def __init__(self, max_age_us: int, scale: int):
+        self._max_age_us = max_age_us
+        self._scale = scale
+
+    def process(self, grouped) -> Iterator:
+        symbol, sides = grouped
+        trades = _concat(sides["trades"], market.TRADE_SCHEMA)
+        quotes = asof.sorted_quotes(_concat(sides["quotes"], market.QUOTE_POINT_SCHEMA))
+        enriched, unmatched = asof.join_trades(trades, quotes, self._max_age_us, self._scale)
+        yield from _outputs(symbol, enriched, unmatched)
+        yield beam.pvalue.TaggedOutput(
+            BY_SYMBOL, (symbol, {"quotes": [quotes], "enriched": [enriched], "unmatched": [unmatched]})
+        )
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+class _StreamingJoinFn(beam.DoFn):
+    QUOTES = userstate.BagStateSpec("quotes", RecordBatchCoder())
+    PENDING = userstate.BagStateSpec("pending", RecordBatchCoder())
+    CLOSED = userstate.ReadModifyWriteStateSpec("closed_us", VarIntCoder())
+    TIMER_AT = userstate.ReadModifyWriteStateSpec("timer_us", VarIntCoder())
+    FLUSH = userstate.TimerSpec("flush", userstate.TimeDomain.WATERMARK)
+
+    def __init__(self, max_age_us: int, scale: int, allowed_lateness_us: int):
+        self._max_age_us = max_age_us
+        self._scale = scale
+        self._lateness_us = allowed_lateness_us
+        self._late_quotes = Metrics.counter(_NAMESPACE, "late_quotes")
+
+    def process(
+        self,
+        element,
+        quotes=beam.DoFn.StateParam(QUOTES),
+        pending=beam.DoFn.StateParam(PENDING),
+        closed=beam.DoFn.StateParam(CLOSED),
+        timer_at=beam.DoFn.StateParam(TIMER_AT),
+        flush=beam.DoFn.TimerParam(FLUSH),
+    ) -> Iterator:
+        symbol, (kind, batch) = element
+        if batch.num_rows == 0:
+            return
+        closed_us = closed.read()
+        if kind == _QUOTE:
+            if closed_us is not None:
+                event_us = batch.column("event_us").to_numpy(zero_copy_only=False)
+                late = int(np.count_nonzero(event_us + self._lateness_us <= closed_us))
+                if late:
+                    self._late_quotes.inc(late)
+            quotes.add(batch)
+            if timer_at.read() is None:  # nothing pending: let the quotes be collected later
+                self._set(flush, timer_at, self._gc_deadline(batch))
+            return
+        deadline = batch.column("event_us").to_numpy(zero_copy_only=False) + self._lateness_us
+        if closed_us is not None:
+            late = deadline <= closed_us
+            if late.any():
+                detail = (
+                    f"the trade arrived after its join closed at {_time_text(closed_us)}"
+                    f" (allowed lateness {asof.seconds_text(self._lateness_us)})"
+                )
+                yield from _outputs(
+                    symbol, market.empty(market.ENRICHED_SCHEMA), asof.late_trades(batch.filter(pa.array(late)), detail)
+                )
+                if late.all():
+                    return
+                batch = batch.filter(pa.array(~late))
+                deadline = deadline[~late]
+        pending.add(batch)
+        earliest = int(deadline.min())
+        current = timer_at.read()
+        if current is None or earliest < current:
+            self._set(flush, timer_at, earliest)
+
+    @userstate.on_timer(FLUSH)
+    def flush(
+        self,
+        key=beam.DoFn.KeyParam,
+        fired=beam.DoFn.TimestampParam,
+        quotes=beam.DoFn.StateParam(QUOTES),
+        pending=beam.DoFn.StateParam(PENDING),
+        closed=beam.DoFn.StateParam(CLOSED),
+        timer_at=beam.DoFn.StateParam(TIMER_AT),
+        flush=beam.DoFn.TimerParam(FLUSH),
+    ) -> Iterator:
+        now_us = fired.micros
+        closed.write(now_us)
+        timer_at.clear()
+        trades = _concat(pending.read(), market.TRADE_SCHEMA)
+        held = asof.sorted_quotes(_concat(quotes.read(), market.QUOTE_POINT_SCHEMA))
+        deadline = trades.column("event_us").to_numpy(zero_copy_only=False) + self._lateness_us
+        due = deadline <= now_us
+        if due.any():
+            enriched, unmatched = asof.join_trades(
+                trades.filter(pa.array(due)), held, self._max_age_us, self._scale
+            )
+            yield from _outputs(key, enriched, unmatched)
+        pending.clear()
+        waiting = trades.filter(pa.array(~due)) if due.any() else trades
+        if waiting.num_rows:
+            pending.add(waiting)
+        kept = self._collect(held, now_us - self._lateness_us - self._max_age_us)
+        quotes.clear()
+        if kept.num_rows:
+            quotes.add(kept)
+        if waiting.num_rows:
+            self._set(flush, timer_at, int(deadline[~due].min()))
+        elif kept.num_rows > 1:
+            # Only the quotes newer than the latest one kept as a witness can still be collected.
+            next_gc = self._gc_deadline(kept)
+            if next_gc > now_us:
+                self._set(flush, timer_at, next_gc)
+
+    def _gc_deadline(self, quotes: pa.RecordBatch) -> int:
+        """When the newest of ``quotes`` may be dropped (all but it, in fact: it is kept as the witness)."""
+        return int(pc.max(quotes.column("event_us")).as_py()) + self._lateness_us + self._max_age_us
+
+    @staticmethod
+    def _collect(ordered: pa.RecordBatch, cutoff_us: int) -> pa.RecordBatch:
+        """Of quotes in as-of order, those at or after ``cutoff_us`` and the latest one before it."""
+        if ordered.num_rows == 0:
+            return ordered
+        event_us = ordered.column("event_us").to_numpy(zero_copy_only=False)
+        first = max(int(np.searchsorted(event_us, cutoff_us, side="left")) - 1, 0)
+        return ordered.slice(first)
+
+    @staticmethod
+    def _set(flush, timer_at, micros: int) -> None:
+        flush.set(Timestamp(micros=micros))
+        timer_at.write(micros)
+
+
+def _tag(element: _Keyed, kind: int) -> _TAGGED:
+    return element[0], (kind, element[1])
+
+
+def _time_text(micros: int) -> str:
+    return columns.format_timestamps(np.array([micros], dtype=np.int64))[0].as_py()
+
+
+class JoinTradesWithMid(beam.PTransform):
+    """As-of join of trades with the latest quote of their symbol (see the module docstring).
+
+    Input: ``{"quotes": PCollection[(symbol, QUOTE_POINT batch)], "trades": PCollection[(symbol,
+    TRADE batch)]}``. Output: ``{"enriched": PCollection[(symbol, ENRICHED batch)], "unmatched":
+    PCollection[(symbol, UNMATCHED batch)]}``, and in batch also ``"by_symbol"`` (see :data:`BY_SYMBOL`).
+
+    Args:
+        max_age_us: the oldest quote that still matches a trade, in microseconds (inclusive).
+        scale: the prices' decimal scale.
+        streaming: join with state and event-time timers instead of one CoGroupByKey.
+        allowed_lateness_us: (streaming) how long after a trade's time its quotes may still come.
+    """
+
+    def __init__(self, max_age_us: int, *, scale: int, streaming: bool = False, allowed_lateness_us: int = 0):
+        super().__init__()
+        if max_age_us < 0:
+            raise ValueError(f"max_age_us must be >= 0, got {max_age_us}")
+        if allowed_lateness_us < 0:
+            raise ValueError(f"allowed_lateness_us must be >= 0, got {allowed_lateness_us}")
+        self._max_age_us = max_age_us
+        self._scale = scale
+        self._streaming = streaming
+        self._lateness_us = allowed_lateness_us
+
+    def expand(self, inputs):
+        quotes = inputs["quotes"] | "QuotesGlobal" >> beam.WindowInto(window.GlobalWindows())
+        trades = inputs["trades"] | "TradesGlobal" >> beam.WindowInto(window.GlobalWindows())
+        if self._streaming:
+            tagged = (
+                quotes | "TagQuotes" >> beam.Map(_tag, _QUOTE).with_output_types(_TAGGED),
+                trades | "TagTrades" >> beam.Map(_tag, _TRADE).with_output_types(_TAGGED),
+            ) | "QuotesAndTrades" >> beam.Flatten()
+            fn = _StreamingJoinFn(self._max_age_us, self._scale, self._lateness_us)
+            joined = tagged | "AsOfJoinOnWatermark" >> beam.ParDo(fn).with_outputs(UNMATCHED, main=ENRICHED)
+        else:
+            grouped = {"quotes": quotes, "trades": trades} | "BySymbol" >> beam.CoGroupByKey()
+            fn = _BatchJoinFn(self._max_age_us, self._scale)
+            joined = grouped | "AsOfJoin" >> beam.ParDo(fn).with_outputs(UNMATCHED, BY_SYMBOL, main=ENRICHED)
+        enriched = joined[ENRICHED] | "CountJoined" >> beam.ParDo(_CountRowsFn("trades_joined")).with_output_types(
+            _Keyed
+        )
+        unmatched = joined[UNMATCHED] | "CountUnmatched" >> beam.ParDo(
+            _CountRowsFn("trades_unmatched")
+        ).with_output_types(_Keyed)
+        outputs = {ENRICHED: enriched, UNMATCHED: unmatched}
+        if not self._streaming:
+            outputs[BY_SYMBOL] = joined[BY_SYMBOL]
+        return outputs
