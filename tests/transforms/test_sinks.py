@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import heapq
+import io
 import json
+import random
+
+import pytest
 
 import apache_beam as beam
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
+from transforms import sinks
 from transforms.blocks import TextChunk
 from transforms.sinks import MergeCounts, PartFile, WriteOrderedText, WriteRunMetrics, balance, publish
 
@@ -36,6 +42,23 @@ def test_publish_merges_keyed_parts_by_key_and_drops_the_key(tmp_path):
     summary = publish(str(tmp_path), str(tmp_path / "tmp"), ["d.jsonl"], parts)
     assert (tmp_path / "d.jsonl").read_text() == "three\nfive\nnine\nother file\n"
     assert summary["d.jsonl"] == {"lines": 4, "tally": {"x": 3, "y": 1}}
+
+
+@pytest.mark.parametrize("in_memory", [True, False], ids=["one-sort", "streaming-heap"])
+def test_keyed_merge_in_memory_and_streaming_agree_with_heapq(tmp_path, monkeypatch, in_memory):
+    """Both ways of merging keyed parts give heapq.merge's order: by key, then part, then line."""
+    monkeypatch.setattr(sinks, "IN_MEMORY_MERGE_BYTES", 1 << 30 if in_memory else 0)
+    rng = random.Random(5)
+    texts = []
+    for seq in range(4):
+        keys = sorted(rng.randrange(50) for _ in range(rng.randrange(0, 300)))  # many ties
+        texts.append("".join(f"{key:020d}\tpart {seq} line {i} {'x' * rng.randrange(5)}\n" for i, key in enumerate(keys)))
+    parts = [part(tmp_path, "m.jsonl", seq, text, keyed=True) for seq, text in enumerate(texts)]
+    publish(str(tmp_path), str(tmp_path / "tmp"), ["m.jsonl"], parts)
+    streams = [io.StringIO(text) for text in texts]
+    expected = "".join(line[21:] for line in heapq.merge(*streams, key=lambda line: line[:20]))
+    assert (tmp_path / "m.jsonl").read_text() == expected
+    assert sinks.merge_keyed(b"") == b""
 
 
 def test_publish_replaces_an_old_output(tmp_path):
