@@ -40,10 +40,14 @@ from beam_pipeline.pipeline import (
 import runners
 from runners import RunnerError, is_direct, make_runner
 from schemas import SchemaError, field_rules, load_schema
+from transforms.analytics import OUTPUTS as ANALYTICS_OUTPUTS
+from transforms.analytics import SCORE_OUTPUTS
 from transforms.avro import AVRO_SUFFIX
 from transforms.modes import ModeError, PositionStore, forget_run, replay_layout, run_control
 from transforms.normalize import price_rule
+from transforms.scoring import ModelError, load_model
 from transforms.sinks import balance
+from transforms.trades import TradeInputError, check_trade_headers
 from transforms.webhook import PATH as WEBHOOK_PATH
 from transforms.webhook import WebhookInbox, WebhookPolicy, WebhookServer, registered_inbox
 
@@ -102,23 +106,39 @@ def prepare_output_dir(path: str, flag: str = "--output_dir") -> None:
         raise UsageError(f"{flag} {path}: not a directory")
 
 
-_CHECK_LABELS = {"balanced": "mid-price counts", "windows_balanced": "window counts"}
+_CHECK_LABELS = {
+    "balanced": "mid-price counts",
+    "windows_balanced": "window counts",
+    "trades_balanced": "trade counts",
+    "scores_balanced": "score counts",
+}
+
+
+def check_trade_files(paths: Sequence[str]) -> None:
+    """Read every trade file's header now: a wrong file fails before the pipeline starts."""
+    check_trade_headers(paths, FileSystems.open)
+
+
+def check_model(path: str) -> None:
+    """Load the scoring model now: a missing or broken model is a usage error, not a failed run."""
+    load_model(path)
 
 
 def _summary(output_dir: str, metrics: dict) -> str:
     partitions = metrics.get("partitions", {})
     where = "tenant=*/" if partitions else ""
-    names = {metric: where + name for name, metric in {**OUTPUTS, **WINDOW_OUTPUTS}.items()}
+    names = {metric: where + name
+             for name, metric in {**OUTPUTS, **WINDOW_OUTPUTS, **ANALYTICS_OUTPUTS, **SCORE_OUTPUTS}.items()}
     width = max(len(FileSystems.join(output_dir, name)) for name in [*names.values(), "metrics.json"])
 
     def row(metric: str, text: str) -> str:
         name = names.get(metric, metric)
         return f"  {FileSystems.join(output_dir, name):<{width}}  {text}"
 
-    def balance_text(terms: list[str]) -> str:
+    def balance_text(terms: list[str], total: str) -> str:
         parts = " + ".join(f"{metrics.get(m, 0):,}" for m in terms)
-        ok = "balance" if balance(metrics, terms) else "DO NOT BALANCE"
-        return f"{ok}: {metrics['records_in']:,} in = {parts}"
+        ok = "balance" if balance(metrics, terms, total) else "DO NOT BALANCE"
+        return f"{ok}: {metrics.get(total, 0):,} in = {parts}"
 
     source = metrics.get("source", "historical")
     if "sink" in metrics:
@@ -154,13 +174,31 @@ def _summary(output_dir: str, metrics: dict) -> str:
                 f"{metrics['windows_emitted']:,} panes ({timing or 'none'}), {metrics['windowing']['window']}"),
             row("late_dropped", f"{metrics['late_dropped']:,} quotes past their window's allowed lateness"),
         ]
+    if "duplicates" in metrics:
+        lines.append(f"  {metrics['duplicates']:,} duplicate quotes dropped (same line within "
+                     f"{metrics['dedup_horizon']})")
+    if "trades" in metrics:
+        lines += [
+            f"Read {metrics['trades_in']:,} trades from {len(metrics['trade_inputs'])} file(s); "
+            f"{metrics.get('trades_duplicates', 0):,} duplicates dropped",
+            row("trades_enriched", f"{metrics['trades_enriched']:,} trades joined with the prevailing mid "
+                                   f"(at most {metrics['max_quote_age']} old)"),
+            row("trades_unmatched", f"{metrics['trades_unmatched']:,} trades without a quote, each with its reason"),
+            row("trades_dead_lettered", f"{metrics['trades_dead_lettered']:,} rejected trade rows, each with its reason"),
+            row("feature_windows", f"{metrics['feature_windows']:,} feature windows, {metrics['features']}"),
+        ]
+        if "windows_scored" in metrics:
+            flagged = metrics.get("scores_by_flag", {}).get("anomalies", 0)
+            lines.append(row("windows_scored", f"{metrics['windows_scored']:,} windows scored by model "
+                                               f"{metrics['model_id']}, {flagged:,} flagged as anomalies"))
     if partitions:
         tenants = ", ".join(partition.split("=", 1)[1] for partition in partitions)
         lines.append(f"  {len(partitions)} tenant partitions in {output_dir}: {tenants}")
     checks = metrics["balance_terms"]
     for check, terms in checks.items():
         label = _CHECK_LABELS.get(check, check) if len(checks) > 1 else "counts"
-        lines.append(row("metrics.json", f"{label} {balance_text(terms)}"))
+        total = metrics.get("balance_totals", {}).get(check, "records_in")
+        lines.append(row("metrics.json", f"{label} {balance_text(terms, total)}"))
     return "\n".join(lines)
 
 
@@ -322,6 +360,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"(got --runner {standard.runner}); on Flink or Dataflow, WindowQuotes reads a real unbounded source"
             )
         problems += runners.check(options) + shared_files_problems(options, [config.input])
+        if config.trades and runners.remote_workers(options) and FileSystems.get_scheme(config.trades) is None:
+            problems.append(f"--trades {config.trades}: the workers of --runner {standard.runner} cannot read "
+                            "this machine's files; copy it to gs:// and pass --trades gs://...")
         if problems:
             raise UsageError("; ".join(problems))
         sources = ([] if source_kind(config.source) in ("live", "webhook", QUEUE)
@@ -331,6 +372,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise UsageError("--reader_schema_version applies to .avro inputs, and --input has none")
             load_schema("quote", config.reader_schema_version)  # a SchemaError names what exists
         check_headers(sources, input_opener(config))
+        trade_sources = expand_inputs(config.trades, "--trades") if config.trades else None
+        if trade_sources:
+            check_trade_files(trade_sources)
+            model = options_module.analytics_config(config).model
+            if model:
+                check_model(model)
         if config.sink:
             check_queue(config.sink, "--sink")
         if live:
@@ -343,11 +390,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if config.avro_output:
             prepare_output_dir(config.avro_output, "--avro_output")
         run_id = uuid.uuid4().hex[:12]
-        pipeline = build_pipeline(options, sources, runner=runner, run_id=run_id, started_at=started_at)
+        pipeline = build_pipeline(options, sources, trade_sources=trade_sources, runner=runner, run_id=run_id,
+                                  started_at=started_at)
         problems = runners.portability_problems(pipeline, options)
         if problems:
             raise UsageError("; ".join(problems))
-    except (UsageError, InputError, RunnerError, SchemaError, ModeError) as exc:
+    except (UsageError, InputError, RunnerError, SchemaError, ModeError, TradeInputError, ModelError) as exc:
         if webhook is not None:
             webhook.close()
         print(f"{PROG}: error: {exc}", file=sys.stderr)

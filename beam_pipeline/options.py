@@ -6,6 +6,7 @@ import argparse
 import os
 import re
 import socket
+from dataclasses import dataclass
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -14,6 +15,7 @@ from transforms.quotes import MAX_LATENCY_MS, TENANT_PATTERN
 from transforms.replay import DEFAULT_BLOCK_BYTES
 from transforms.windowing import (
     ACCUMULATION_MODES,
+    duration_text,
     WindowConfig,
     WindowingError,
     parse_duration,
@@ -165,6 +167,33 @@ class QuoteOptions(PipelineOptions):
         queue.add_argument("--queue_dead_after_ms", type=int, default=10_000,
                            help="--source redis://...: a consumer silent this long is dead and its pending "
                            "entries are taken over (default: 10000)")
+        analytics = parser.add_argument_group(
+            "trade analytics (--trades: trades_enriched.jsonl, unmatched_trades.jsonl, features.jsonl, scores.jsonl)"
+        )
+        analytics.add_argument(
+            "--trades", default=None,
+            help="trade CSV file or glob (timestamp,symbol,price,size,side,trade_id[,latency_ms]): each trade is "
+            "joined with the prevailing mid of its symbol, features are computed per window and scored "
+            "(default: no trades; the bundled sample is beam_pipeline/data/trades_sample.csv)",
+        )
+        analytics.add_argument(
+            "--max_quote_age", default=None,
+            help="--trades: the oldest quote a trade may be joined with; older -> unmatched (default: 1s)",
+        )
+        analytics.add_argument(
+            "--features", default=None,
+            help="--trades: the feature windows per symbol, sliding:SIZE,PERIOD (default: sliding:10s,1s)",
+        )
+        analytics.add_argument(
+            "--model", default=None,
+            help="--trades: the anomaly model scoring each feature window, a local JSON file from "
+            "python -m beam_pipeline.train_model, or none (default: the bundled model)",
+        )
+        analytics.add_argument(
+            "--dedup_horizon", default=None,
+            help="drop a quote (same CSV line) or trade (same trade_id) delivered again within this much "
+            "arrival time, counted as duplicates (default: 10m with --trades, otherwise off; 0: off)",
+        )
         windowing = parser.add_argument_group("event-time windows (windows.jsonl, late.jsonl)")
         windowing.add_argument(
             "--window", default=None,
@@ -215,6 +244,68 @@ def window_config(options: QuoteOptions, streaming: bool) -> WindowConfig | None
     )
 
 
+#: Defaults of the analytics flags (see :func:`analytics_config`).
+DEFAULT_MAX_QUOTE_AGE = "1s"
+DEFAULT_FEATURES = "sliding:10s,1s"
+DEFAULT_DEDUP_HORIZON = "10m"
+NO_MODEL = "none"
+
+
+@dataclass(frozen=True)
+class AnalyticsConfig:
+    """What ``--trades`` and its flags ask for (durations in microseconds)."""
+
+    trades: str
+    max_quote_age_us: int
+    feature_size_us: int
+    feature_period_us: int
+    model: str | None  # a path; None: no scoring (--model none)
+
+    def as_extra(self) -> dict:
+        """The run's settings for ``metrics.json``."""
+        return {
+            "trades": self.trades,
+            "max_quote_age": duration_text(self.max_quote_age_us),
+            "features": f"sliding:{duration_text(self.feature_size_us)},{duration_text(self.feature_period_us)}",
+            "model": self.model,
+        }
+
+
+def dedup_horizon(options: QuoteOptions) -> int:
+    """``--dedup_horizon`` in microseconds: 0 is off (the default without ``--trades``)."""
+    text = options.dedup_horizon
+    if text is None:
+        text = DEFAULT_DEDUP_HORIZON if options.trades else "0ms"
+    elif text.strip() == "0":
+        return 0
+    return parse_duration(text, "--dedup_horizon")
+
+
+def analytics_config(options: QuoteOptions) -> AnalyticsConfig | None:
+    """The trade analytics the flags ask for (None without ``--trades``); raises :class:`WindowingError`."""
+    if options.trades is None:
+        given = [flag for flag in ("max_quote_age", "features", "model") if getattr(options, flag) is not None]
+        if given:
+            raise WindowingError(f"--{given[0]} needs --trades (e.g. --trades beam_pipeline/data/trades_sample.csv)")
+        return None
+    if not options.trades.strip():
+        raise WindowingError("--trades must not be empty")
+    age = parse_duration(options.max_quote_age or DEFAULT_MAX_QUOTE_AGE, "--max_quote_age")
+    spec = parse_window(options.features or DEFAULT_FEATURES)
+    if spec.kind != "sliding":
+        raise WindowingError(f"--features takes sliding:SIZE,PERIOD, got {options.features!r}")
+    if spec.size_us % spec.period_us:
+        raise WindowingError(f"--features {options.features}: the size must be a whole number of periods")
+    model = options.model or None
+    if model is not None and model.strip().lower() == NO_MODEL:
+        model = None
+    elif model is None:
+        from transforms.scoring import DEFAULT_MODEL  # numpy-only module, imported when needed
+
+        model = str(DEFAULT_MODEL)
+    return AnalyticsConfig(options.trades, age, spec.size_us, spec.period_us, model)
+
+
 def watermark_lag(options: QuoteOptions) -> int | float:
     """``--watermark_lag`` in microseconds (``transforms.windowing.INFINITE`` for ``inf``)."""
     return parse_duration(options.watermark_lag or "0ms", "--watermark_lag", allow_infinite=True)
@@ -242,7 +333,31 @@ def check(options: QuoteOptions, streaming: bool = False) -> list[str]:
         problems.append("--avro_output must not be empty")
     problems += _live_problems(options)
     problems += _webhook_problems(options)
+    problems += _analytics_problems(options, streaming)
     problems += _queue_problems(options)
+    return problems
+
+
+def _analytics_problems(options: QuoteOptions, streaming: bool) -> list[str]:
+    problems = []
+    try:
+        analytics_config(options)
+        dedup_horizon(options)
+    except WindowingError as exc:
+        return [str(exc)]
+    if dedup_horizon(options) and (streaming or options.source != "historical"):
+        problems.append("--dedup_horizon applies to batch runs of historical files (--source historical, "
+                        "no --streaming)")
+    if options.trades is None:
+        return problems
+    if streaming or options.source != "historical":
+        problems.append(
+            "--trades runs in batch on historical quotes (--source historical, no --streaming): the streaming "
+            "join (transforms.join, state and event-time timers) is not wired to a live trade source yet"
+        )
+    for flag in ("sink", "partition_by_tenant"):
+        if getattr(options, flag):
+            problems.append(f"--trades does not go with --{flag}")
     return problems
 
 

@@ -24,17 +24,24 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from beam_pipeline.options import (
     QUEUE,
     UNBOUNDED_SOURCES,
+    AnalyticsConfig,
     QuoteOptions,
     consumer_dir,
     consumer_name,
+    analytics_config,
+    dedup_horizon,
     source_kind,
     watermark_lag,
     window_config,
 )
 from runners import make_runner
 from schemas import SchemaError, field_rules, latest_version, load_schema
+from transforms.analytics import OUTPUTS as ANALYTICS_OUTPUTS
+from transforms.analytics import SCORE_BALANCE, SCORE_OUTPUTS, TRADE_BALANCE, AnalyseTrades
 from transforms.avro import InputOpener, WriteAvroBlocks, check_mid_scale, mid_price_records, quote_records
 from transforms.csv_blocks import HeaderError, read_header
+from transforms.scoring import load_model, model_id
+from transforms.trades import trade_rules
 from transforms.feeds import HistoricalFeed, QuoteFeed
 from transforms.fetch import ReadFeed, ReplayAsStream, ReplayHistorical, plan_stream_replay
 from transforms.live import LiveFeed
@@ -91,15 +98,15 @@ def bundled_sample(name: str = "historical_sample.csv") -> str:
     return str(resources.files("beam_pipeline") / "data" / name)
 
 
-def expand_inputs(pattern: str) -> list[str]:
+def expand_inputs(pattern: str, flag: str = "--input") -> list[str]:
     """The files a path or glob names, sorted (the tie-break order); raises :class:`InputError`."""
     try:
         matches = FileSystems.match([pattern])[0].metadata_list
     except Exception as exc:  # Beam raises BeamIOError or a filesystem-specific error
-        raise InputError(f"--input {pattern}: {exc}") from None
+        raise InputError(f"{flag} {pattern}: {exc}") from None
     paths = sorted(m.path for m in matches if not os.path.isdir(m.path))
     if not paths:
-        raise InputError(f"--input {pattern}: no such file")
+        raise InputError(f"{flag} {pattern}: no such file")
     return paths
 
 
@@ -126,6 +133,7 @@ def build_pipeline(
     options: PipelineOptions,
     sources: Sequence[str] | None = None,
     *,
+    trade_sources: Sequence[str] | None = None,
     runner=None,
     run_id: str | None = None,
     started_at: float | None = None,
@@ -147,6 +155,8 @@ def build_pipeline(
     if sources is None and kind not in ("live", "webhook", QUEUE):
         sources = expand_inputs(config.input or bundled_sample())
     sources = list(sources or [])
+    if trade_sources is None and config.trades:
+        trade_sources = expand_inputs(config.trades, "--trades")
     rules = field_rules(load_schema("quote", 1))
     scale = price_rule(rules).scale
     run_id = run_id or uuid.uuid4().hex[:12]
@@ -193,6 +203,7 @@ def build_pipeline(
             block_bytes=config.block_bytes,
             show_progress=config.progress == "auto",
             open_file=input_opener(config),
+            dedup_horizon_us=dedup_horizon(config),
         )
     per_tenant = config.partition_by_tenant
     normalized = replay["blocks"] | "NormalizeQuotes" >> NormalizeQuotes(rules, partition_by_tenant=per_tenant)
@@ -211,7 +222,12 @@ def build_pipeline(
     }
     metric_names = dict(OUTPUTS)
     balances = {"balanced": list(OUTPUTS.values())}
-    counts = replay["counts"]
+    totals = {}
+    counts = [replay["counts"]]
+    horizon_us = dedup_horizon(config) if not streaming else 0
+    if horizon_us:
+        balances["balanced"].append("duplicates")  # records_in = out + filtered + dead letters + duplicates
+        extra["dedup_horizon"] = duration_text(horizon_us)
     if windowing:
         windowed = normalized.valid | "WindowQuotes" >> WindowQuoteBlocks(windowing, lag_us)
         panes = windowed["panes"] | "PanesToText" >> PanesToText(scale, windowing.accumulation, per_tenant)
@@ -221,25 +237,65 @@ def build_pipeline(
         metric_names.update(WINDOW_OUTPUTS)
         in_panes = "quotes_in_panes" if windowing.accumulation == "discarding" else "windowed_quotes"
         balances["windows_balanced"] = [in_panes, "late_dropped", "dead_lettered"]
-        counts = merge_counts(counts, windowed["counts"], panes["counts"])
+        counts += [windowed["counts"], panes["counts"]]
         extra["windowing"] = windowing.as_dict()
         if streaming:
             extra["watermark_lag"] = duration_text(lag_us)
 
+    analytics = analytics_config(config)
+    if analytics:
+        analysed = normalized.valid | "AnalyseTrades" >> analyse_trades(config, analytics, trade_sources, horizon_us)
+        counts.append(analysed.pop("counts"))
+        outputs.update(analysed)
+        metric_names.update({name: metric for name, metric in ANALYTICS_OUTPUTS.items() if name in analysed})
+        balances["trades_balanced"] = list(TRADE_BALANCE)
+        totals["trades_balanced"] = "trades_in"
+        if analytics.model:
+            metric_names.update(SCORE_OUTPUTS)
+            balances["scores_balanced"] = list(SCORE_BALANCE)
+            totals["scores_balanced"] = "feature_windows"
+        extra.update(analytics.as_extra(), trade_inputs=list(trade_sources))
+        if analytics.model:
+            extra["model_id"] = model_id(load_model(analytics.model))
     if per_tenant:
         extra["partition_by_tenant"] = True
     out_dir = output_dir(config)
     published = write_files(outputs, out_dir, live, run_id, per_tenant)
     _ = published | "WriteMetrics" >> WriteRunMetrics(
         out_dir,
-        counts,
+        merge_counts(*counts) if len(counts) > 1 else counts[0],
         metric_names,
         extra=extra,
         started_at=started_at,
         balances=balances,
-        tally_names={"windows.jsonl": "panes_by_timing"},
+        tally_names={
+            "windows.jsonl": "panes_by_timing",
+            "trades_dead_letter.jsonl": "trades_dead_lettered_by_reason",
+            "scores.jsonl": "scores_by_flag",
+        },
+        totals=totals,
     )
     return pipeline
+
+
+def analyse_trades(config: QuoteOptions, analytics: AnalyticsConfig, trade_sources: Sequence[str],
+                   horizon_us: int) -> AnalyseTrades:
+    """The ``--trades`` stage: prices must have the same decimal in the quote and trade schemas."""
+    quote_rule = price_rule(field_rules(load_schema("quote", 1)))
+    trade_rule = trade_rules(load_schema("trade", latest_version("trade")))
+    if (trade_rule.precision, trade_rule.scale) != (quote_rule.precision, quote_rule.scale):
+        raise SchemaError("the trade schema's price must have the quote schema's decimal precision and scale")
+    return AnalyseTrades(
+        trade_sources,
+        latency_threshold_ms=config.latency_threshold_ms,
+        max_age_us=analytics.max_quote_age_us,
+        feature_size_us=analytics.feature_size_us,
+        feature_period_us=analytics.feature_period_us,
+        model_path=analytics.model,
+        precision=quote_rule.precision,
+        scale=quote_rule.scale,
+        dedup_horizon_us=horizon_us,
+    )
 
 
 def merge_counts(*counts):
