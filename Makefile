@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat setup.py | cksum | cut -d' ' -f1)
 
-.PHONY: demo test test-portable install bench clean
+.PHONY: demo test test-portable install bench clean model
 
 $(STAMP):
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,13 @@ bench: install
 	$(PY) benchmarks/deliver_throughput.py
 	$(PY) benchmarks/runners.py
 	$(PY) benchmarks/queue_throughput.py
+	$(PY) benchmarks/analytics.py
 
 clean:
-	rm -rf $(VENV) output *.egg-info .pytest_cache
+	rm -rf $(VENV) output build *.egg-info .pytest_cache
+
+# The bundled scoring model: features of the bundled samples (no scores), then the fit.
+model: install
+	rm -rf build/model
+	$(PY) -m beam_pipeline --trades beam_pipeline/data/trades_sample.csv --model none --output_dir build/model --progress off
+	$(PY) -m beam_pipeline.train_model --features build/model/features.jsonl --output beam_pipeline/data/models/market_anomaly.json --version 1
