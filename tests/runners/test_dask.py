@@ -25,7 +25,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 import runners.dask as dask_preset
 from beam_pipeline.cli import parse_options
-from beam_pipeline.pipeline import build_pipeline
+from beam_pipeline.pipeline import build_pipeline, bundled_sample
 from runners.common import RunnerError
 from tests.beam_pipeline.test_tenants import clean_rows, flood_rows, write
 from tests.waiting import wait_for
@@ -90,6 +90,7 @@ def tenant_inputs(tmp_path_factory) -> Path:
 JOBS = {
     "bundled-sample": [],
     "sample-sessions": ["--window", "session:30ms"],
+    "sample-trades": ["--trades", bundled_sample("trades_sample.csv")],
     "tenants-windows-avro": ["--partition_by_tenant", "--window", "fixed:100ms", "--allowed_lateness", "20ms",
                              "--block_bytes", "4096", "--avro_output", "{out}/avro"],
 }

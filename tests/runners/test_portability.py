@@ -31,7 +31,7 @@ from apache_beam.testing import test_stream
 from apache_beam.transforms import window
 
 from beam_pipeline.cli import parse_options
-from beam_pipeline.pipeline import build_pipeline
+from beam_pipeline.pipeline import build_pipeline, bundled_sample
 from beam_pipeline.products import build_products_pipeline
 from runners.portability import (
     PORTABLE_URNS,
@@ -97,9 +97,11 @@ def quotes(tmp_path, *args: str) -> tuple[beam.Pipeline, PipelineOptions]:
                  id="session"),
     pytest.param(("--avro_output", "AVRO"), id="avro_output"),
     pytest.param(("--partition_by_tenant", "--window", "fixed:100ms"), id="partition_by_tenant"),
+    pytest.param(("--trades", "TRADES"), id="trades"),
 ])
 def test_the_batch_quotes_job_is_portable(tmp_path, no_network, args):
-    args = tuple(str(tmp_path / "avro") if arg == "AVRO" else arg for arg in args)
+    named = {"AVRO": str(tmp_path / "avro"), "TRADES": bundled_sample("trades_sample.csv")}
+    args = tuple(named.get(arg, arg) for arg in args)
     urns = assert_portable(*quotes(tmp_path, *args))
     assert urns[GROUP_BY_KEY] >= 1
 

@@ -107,6 +107,14 @@ def test_batch_sliding_windows(tmp_path, portable_runs):
     assert (direct / "windows.jsonl").stat().st_size > 0
 
 
+def test_trades_joined_featured_and_scored(tmp_path, portable_runs):
+    trades = bundled_sample("trades_sample.csv")
+    direct, portable = run_both(tmp_path, portable_runs, "--trades", trades)
+    metrics = assert_same_outputs(direct, portable)
+    assert metrics["trades_balanced"] and metrics["scores_balanced"]
+    assert metrics["trades_enriched"] > 1000 and metrics["trades_unmatched"] > 0 and metrics["windows_scored"] > 0
+
+
 def test_multi_tenant_partitions_from_several_files(tmp_path, portable_runs):
     """Three files (two clean tenants and a malformed flood), windows per tenant, partitioned output."""
     inputs = tmp_path / "in"
