@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass, field
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -54,38 +54,56 @@ class CsvLayout:
         return name in self.positions
 
 
-def parse_header(line: str, source: str) -> CsvLayout:
-    """Map a header line (``bid``/``ask``/``latency`` accepted as aliases) to a :class:`CsvLayout`."""
+def map_header(
+    line: str,
+    source: str,
+    *,
+    fields: Sequence[str] = FIELDS,
+    required: Sequence[str] = REQUIRED,
+    aliases: Mapping[str, str] = ALIASES,
+    error: type[ValueError] = HeaderError,
+    what: str = "header",
+) -> CsvLayout:
+    """Map a header line to a :class:`CsvLayout` of ``fields`` (names case-insensitive, ``aliases``
+    accepted); a missing ``required`` field, a name given twice or an empty line raise ``error``."""
     text = line.lstrip("\ufeff").rstrip("\r\n")
     if not text.strip():
-        raise HeaderError(f"{source}: the first line must be a header naming the columns, got an empty line")
+        raise error(f"{source}: the first line must be a {what} naming the columns, got an empty line")
     names = [name.strip().lower() for name in next(csv.reader([text]))]
     positions: dict[str, int] = {}
     ignored = []
     for index, name in enumerate(names):
-        canonical = ALIASES.get(name, name)
-        if canonical not in FIELDS:
+        canonical = aliases.get(name, name)
+        if canonical not in fields:
             ignored.append(name)
             continue
         if canonical in positions:
-            raise HeaderError(f"{source}: header names {canonical!r} twice (aliases: {ALIASES})")
+            raise error(f"{source}: {what} names {canonical!r} twice (aliases: {dict(aliases)})")
         positions[canonical] = index
-    missing = [name for name in REQUIRED if name not in positions]
+    missing = [name for name in required if name not in positions]
     if missing:
         wanted = ", ".join(
-            name + "".join(f" (or {a!r})" for a, c in ALIASES.items() if c == name) for name in missing
+            name + "".join(f" (or {a!r})" for a, c in aliases.items() if c == name) for name in missing
         )
-        raise HeaderError(f"{source}: header lacks {wanted}; it has {', '.join(names)}")
+        raise error(f"{source}: {what} lacks {wanted}; it has {', '.join(names)}")
     return CsvLayout(len(names), positions, tuple(ignored))
 
 
-def read_header(stream: BinaryIO, source: str) -> CsvLayout:
-    """Read and parse the first line of an open file."""
+def parse_header(line: str, source: str) -> CsvLayout:
+    """Map a quote file's header line (``bid``/``ask``/``latency`` accepted as aliases) to a :class:`CsvLayout`."""
+    return map_header(line, source)
+
+
+def read_header(
+    stream: BinaryIO, source: str, parse: Callable[[str, str], CsvLayout] = parse_header,
+    error: type[ValueError] = HeaderError,
+) -> CsvLayout:
+    """Read and parse (with ``parse``) the first line of an open file."""
     first = stream.readline()
     try:
-        return parse_header(first.decode("utf-8"), source)
+        return parse(first.decode("utf-8"), source)
     except UnicodeDecodeError as exc:
-        raise HeaderError(f"{source}: header is not valid UTF-8 ({exc})") from None
+        raise error(f"{source}: header is not valid UTF-8 ({exc})") from None
 
 
 def line_blocks(stream: BinaryIO, block_bytes: int) -> Iterator[bytes]:
@@ -138,8 +156,41 @@ def _is_fast(data: bytes) -> bool:
     return True
 
 
+@dataclass
+class SplitLines:
+    """Complete lines split into string columns: the rows that split, and the lines that cannot.
+
+    Attributes:
+        line: int64, the physical line of each row.
+        raw: each row's line as read (without its line break).
+        fields: canonical name -> string column, for the fields the layout has.
+        rejected_lines, rejected_raw, rejected_reasons: the lines that cannot be split, and why.
+        blank_lines: how many blank lines there were (not records).
+    """
+
+    line: np.ndarray
+    raw: pa.Array
+    fields: dict[str, pa.Array]
+    rejected_lines: list[int]
+    rejected_raw: list[str]
+    rejected_reasons: list[str]
+    blank_lines: int
+
+
+def split_lines(data: bytes, first_line: int, layout: CsvLayout) -> SplitLines:
+    """Split complete lines (the last ending with ``\\n``) by ``layout``: Arrow's CSV parser for a
+    block it can split exactly, the ``csv`` module line by line otherwise. ``first_line`` is the
+    physical line number of the block's first line (the header is line 1)."""
+    starts, ends = _line_bounds(data)
+    if _is_fast(data):
+        split = _split_with_arrow(data, starts, ends, first_line, layout)
+        if split is not None:
+            return split
+    return _split_with_csv_module(data, starts, ends, first_line, layout)
+
+
 def split_block(data: bytes, first_line: int, layout: CsvLayout, default_symbol: str) -> SplitBlock:
-    """Split a block of complete lines into string columns (see :data:`SPLIT_SCHEMA`).
+    """Split a block of quote lines into string columns (see :data:`SPLIT_SCHEMA`).
 
     Args:
         data: complete lines, the last ending with ``\\n``.
@@ -147,22 +198,23 @@ def split_block(data: bytes, first_line: int, layout: CsvLayout, default_symbol:
         layout: the file's header mapping.
         default_symbol: the symbol of every row when the file has no symbol column.
     """
-    starts, ends = _line_bounds(data)
-    if _is_fast(data):
-        split = _split_with_arrow(data, starts, ends, first_line, layout)
-        if split is not None:
-            return _with_defaults(split, layout, default_symbol)
-    return _with_defaults(_split_with_csv_module(data, starts, ends, first_line, layout), layout, default_symbol)
+    split = split_lines(data, first_line, layout)
+    columns = {"line": pa.array(split.line, type=pa.int64()), "raw": split.raw, **split.fields}
+    block = SplitBlock(_rows(columns, len(split.line)), split.rejected_lines, split.rejected_raw,
+                       split.rejected_reasons, split.blank_lines)
+    return _with_defaults(block, layout, default_symbol)
 
 
 def _split_with_arrow(
     data: bytes, starts: np.ndarray, ends: np.ndarray, first_line: int, layout: CsvLayout
-) -> SplitBlock | None:
+) -> SplitLines | None:
     lengths = ends - starts
     blank = lengths == 0
     if (lengths == 1).any():
         blank |= (lengths == 1) & (np.frombuffer(data, dtype=np.uint8)[np.minimum(starts, len(data) - 1)] == 13)
     records = np.flatnonzero(~blank)
+    if not len(records):
+        return None  # Arrow refuses a CSV without rows; the line splitter has nothing to do
     invalid: list[tuple[int, str]] = []
 
     def on_invalid(row: pa_csv.InvalidRow) -> str:
@@ -199,10 +251,9 @@ def _split_with_arrow(
             reasons.append(Rejected("wrong_field_count", _field_count_detail(layout.width, got)).reason)
     if len(kept) != len(ends):
         raw = raw.take(pa.array(kept))
-    columns = {"line": pa.array(kept + first_line, type=pa.int64()), "raw": raw}
-    for name, index in layout.positions.items():
-        columns[name] = table.column(names[index]).combine_chunks()
-    return SplitBlock(_rows(columns, table.num_rows), rejected_lines, rejected_raw, reasons, int(blank.sum()))
+    fields = {name: table.column(names[index]).combine_chunks() for name, index in layout.positions.items()}
+    return SplitLines(kept.astype(np.int64) + first_line, raw, fields, rejected_lines, rejected_raw, reasons,
+                      int(blank.sum()))
 
 
 class RejectedLine(Rejected):
@@ -238,7 +289,7 @@ def split_line(chunk: bytes, width: int) -> tuple[str, list[str]] | None:
 
 def _split_with_csv_module(
     data: bytes, starts: np.ndarray, ends: np.ndarray, first_line: int, layout: CsvLayout
-) -> SplitBlock:
+) -> SplitLines:
     lines: list[int] = []
     raws: list[str] = []
     fields: list[list[str]] = []
@@ -258,10 +309,10 @@ def _split_with_csv_module(
         lines.append(first_line + index)
         raws.append(split[0])
         fields.append(split[1])
-    columns = {"line": pa.array(lines, type=pa.int64()), "raw": pa.array(raws, type=pa.string())}
-    for name, index in layout.positions.items():
-        columns[name] = pa.array([row[index] for row in fields], type=pa.string())
-    return SplitBlock(_rows(columns, len(lines)), rejected_lines, rejected_raw, reasons, blank)
+    columns = {name: pa.array([row[index] for row in fields], type=pa.string())
+               for name, index in layout.positions.items()}
+    return SplitLines(np.array(lines, dtype=np.int64), pa.array(raws, type=pa.string()), columns,
+                      rejected_lines, rejected_raw, reasons, blank)
 
 
 def _field_count_detail(expected: int, got: int) -> str:

@@ -35,27 +35,23 @@ deduplication need them all) and emits the valid trades per symbol, the dead let
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Iterator, Mapping, Sequence
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pa_csv
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from schemas import SchemaError, field_rules, load_schema
 from transforms import columns
-from transforms.csv_blocks import RejectedLine, _field_count_detail, _is_fast, _line_bounds, line_blocks, split_line
+from transforms.csv_blocks import CsvLayout, SplitLines, line_blocks, map_header, read_header, split_lines
 from transforms.dedup import Deduplicator
 from transforms.market import TRADE_SCHEMA, empty
 from transforms.normalize import dead_letter_chunk
-from transforms.quotes import Rejected
 from transforms.replay import open_local
 
 LOG = logging.getLogger(__name__)
@@ -125,44 +121,21 @@ def trade_rules(schema: Mapping[str, Any] | None = None) -> TradeRules:
     return TradeRules(price.precision, price.scale)
 
 
-@dataclass(frozen=True)
-class TradeLayout:
-    """Where the trade columns sit: ``width`` columns in all, ``positions`` name -> index."""
-
-    width: int
-    positions: dict[str, int] = field(hash=False)
-
-    def has(self, name: str) -> bool:
-        return name in self.positions
+#: Where the trade columns sit in a file (the quote files' layout type, with the trade fields).
+TradeLayout = CsvLayout
+#: A block of trade lines split into string columns (see :func:`transforms.csv_blocks.split_lines`).
+SplitTrades = SplitLines
 
 
 def parse_trade_header(line: str, source: str) -> TradeLayout:
     """Map a trade file's header line to a :class:`TradeLayout`; raises :class:`TradeInputError`."""
-    text = line.lstrip("\ufeff").rstrip("\r\n")
-    if not text.strip():
-        raise TradeInputError(f"{source}: the first line must be a trade header naming the columns, got an empty line")
-    names = [name.strip().lower() for name in next(csv.reader([text]))]
-    positions: dict[str, int] = {}
-    for index, name in enumerate(names):
-        canonical = ALIASES.get(name, name)
-        if canonical not in FIELDS:
-            continue
-        if canonical in positions:
-            raise TradeInputError(f"{source}: trade header names {canonical!r} twice")
-        positions[canonical] = index
-    for name in REQUIRED:
-        if name not in positions:
-            raise TradeInputError(f"{source}: trade header lacks column {name!r}; it has {', '.join(names)}")
-    return TradeLayout(len(names), positions)
+    return map_header(line, source, fields=FIELDS, required=REQUIRED, aliases=ALIASES, error=TradeInputError,
+                      what="trade header")
 
 
 def read_trade_header(stream: BinaryIO, source: str) -> TradeLayout:
     """Read and parse the first line of an open trade file."""
-    first = stream.readline()
-    try:
-        return parse_trade_header(first.decode("utf-8"), source)
-    except UnicodeDecodeError as exc:
-        raise TradeInputError(f"{source}: trade header is not valid UTF-8 ({exc})") from None
+    return read_header(stream, source, parse_trade_header, TradeInputError)
 
 
 def check_trade_headers(paths: Sequence[str], open_file: Callable[[str], BinaryIO] = open_local) -> None:
@@ -175,101 +148,6 @@ def check_trade_headers(paths: Sequence[str], open_file: Callable[[str], BinaryI
             stream.close()
 
 
-# --------------------------------------------------------------------------- splitting lines
-
-
-@dataclass
-class SplitTrades:
-    """The lines of one file (or block): split rows as string columns, and lines that cannot be."""
-
-    line: np.ndarray  # int64, physical line of each split row
-    raw: pa.Array  # the line as read
-    fields: dict[str, pa.Array]  # canonical name -> string column, for the file's columns
-    rejected_lines: list[int]
-    rejected_raw: list[str]
-    rejected_reasons: list[str]
-
-
-def split_trade_block(data: bytes, first_line: int, layout: TradeLayout) -> SplitTrades:
-    """Split complete lines (the last ending with ``\\n``); blank lines are not records."""
-    starts, ends = _line_bounds(data)
-    if _is_fast(data):
-        split = _split_with_arrow(data, starts, ends, first_line, layout)
-        if split is not None:
-            return split
-    return _split_with_csv_module(data, starts, ends, first_line, layout)
-
-
-def _split_with_arrow(
-    data: bytes, starts: np.ndarray, ends: np.ndarray, first_line: int, layout: TradeLayout
-) -> SplitTrades | None:
-    lengths = ends - starts
-    first_bytes = np.frombuffer(data, dtype=np.uint8)[np.minimum(starts, len(data) - 1)]
-    blank = (lengths == 0) | ((lengths == 1) & (first_bytes == 13))  # empty, or a lone "\r"
-    records = np.flatnonzero(~blank)
-    if not len(records):
-        return None  # Arrow refuses an empty CSV; the line splitter has nothing to do
-    invalid: list[tuple[int | None, int]] = []
-
-    def on_invalid(row: pa_csv.InvalidRow) -> str:
-        invalid.append((row.number, row.actual_columns))
-        return "skip"
-
-    names = [f"c{i}" for i in range(layout.width)]
-    wanted = [names[i] for i in layout.positions.values()]
-    table = pa_csv.read_csv(
-        io.BytesIO(data),
-        read_options=pa_csv.ReadOptions(column_names=names, use_threads=False, block_size=len(data) + 1),
-        parse_options=pa_csv.ParseOptions(invalid_row_handler=on_invalid),
-        convert_options=pa_csv.ConvertOptions(
-            column_types={name: pa.string() for name in wanted}, include_columns=wanted,
-            strings_can_be_null=False, quoted_strings_can_be_null=False,
-        ),
-    )
-    if table.num_rows + len(invalid) != len(records) or any(number is None for number, _ in invalid):
-        return None  # rows and lines do not line up: the line-by-line splitter decides
-    offsets = np.empty(len(ends) + 1, dtype=np.int32)
-    offsets[:-1] = starts
-    offsets[-1] = ends[-1] + 1 if len(ends) else 0
-    raw = pa.StringArray.from_buffers(len(ends), pa.py_buffer(offsets), pa.py_buffer(data))
-    kept = records
-    rejected_lines, rejected_raw, reasons = [], [], []
-    if invalid:
-        bad = records[[number - 1 for number, _ in invalid]]
-        kept = np.setdiff1d(records, bad, assume_unique=True)
-        for index, (_, got) in zip(bad.tolist(), invalid):
-            rejected_lines.append(first_line + index)
-            rejected_raw.append(raw[index].as_py().rstrip("\r\n"))
-            reasons.append(Rejected("wrong_field_count", _field_count_detail(layout.width, got)).reason)
-    fields = {name: table.column(names[index]).combine_chunks() for name, index in layout.positions.items()}
-    return SplitTrades(kept + first_line, raw.take(pa.array(kept)), fields, rejected_lines, rejected_raw, reasons)
-
-
-def _split_with_csv_module(
-    data: bytes, starts: np.ndarray, ends: np.ndarray, first_line: int, layout: TradeLayout
-) -> SplitTrades:
-    lines, raws, rows = [], [], []
-    rejected_lines, rejected_raw, reasons = [], [], []
-    for index, (start, end) in enumerate(zip(starts.tolist(), ends.tolist())):
-        try:
-            split = split_line(data[start:end], layout.width)
-        except RejectedLine as rejected:
-            rejected_lines.append(first_line + index)
-            rejected_raw.append(rejected.raw)
-            reasons.append(rejected.reason)
-            continue
-        if split is not None:
-            lines.append(first_line + index)
-            raws.append(split[0])
-            rows.append(split[1])
-    fields = {name: pa.array([row[index] for row in rows], type=pa.string())
-              for name, index in layout.positions.items()}
-    return SplitTrades(
-        np.array(lines, dtype=np.int64), pa.array(raws, type=pa.string()), fields,
-        rejected_lines, rejected_raw, reasons,
-    )
-
-
 def read_trade_file(
     stream: BinaryIO, source: str, block_bytes: int = DEFAULT_BLOCK_BYTES
 ) -> tuple[TradeLayout, SplitTrades]:
@@ -278,10 +156,10 @@ def read_trade_file(
     parts = []
     next_line = 2  # the header is line 1
     for data in line_blocks(stream, block_bytes):
-        parts.append(split_trade_block(data, next_line, layout))
+        parts.append(split_lines(data, next_line, layout))
         next_line += data.count(b"\n")
     if not parts:
-        parts.append(split_trade_block(b"", next_line, layout))
+        parts.append(split_lines(b"", next_line, layout))
     return layout, SplitTrades(
         np.concatenate([p.line for p in parts]),
         pa.concat_arrays([p.raw for p in parts]),
@@ -289,6 +167,7 @@ def read_trade_file(
         [n for p in parts for n in p.rejected_lines],
         [r for p in parts for r in p.rejected_raw],
         [r for p in parts for r in p.rejected_reasons],
+        sum(p.blank_lines for p in parts),
     )
 
 
@@ -476,7 +355,7 @@ def gather_lines(files: Sequence[tuple[TradeLayout, SplitTrades]]) -> TradeLines
         unsplit_file=np.concatenate(
             each(lambda i, _, s: np.full(len(s.rejected_lines), i, dtype=np.int32), np.zeros(0, np.int32))),
         unsplit_line=np.array([n for _, s in files for n in s.rejected_lines], dtype=np.int64),
-        unsplit_raw=pa.array([r for _, s in files for r in s.rejected_raw], type=pa.string()),
+        unsplit_raw=pc.utf8_rtrim(pa.array([r for _, s in files for r in s.rejected_raw], type=pa.string()), "\r\n"),
         unsplit_reasons=[r for _, s in files for r in s.rejected_reasons],
     )
 

@@ -79,9 +79,9 @@ def test_columns_in_any_order_extra_ones_ignored_latency_optional():
 @pytest.mark.parametrize("missing", ["timestamp", "symbol", "price", "size", "side", "trade_id"])
 def test_a_missing_required_column_names_the_file_and_the_column(missing):
     header = ",".join(name for name in HEADER.strip().split(",") if name != missing) + "\n"
-    with pytest.raises(TradeInputError, match=rf"t\.csv: .*'{missing}'"):
+    with pytest.raises(TradeInputError, match=rf"t\.csv: trade header lacks {missing}\b"):
         read(**{"t.csv": header})
-    with pytest.raises(TradeInputError, match=rf"t\.csv: .*'{missing}'"):
+    with pytest.raises(TradeInputError, match=rf"t\.csv: trade header lacks {missing}\b"):
         check_trade_headers(["ok.csv", "t.csv"], files(**{"ok.csv": HEADER, "t.csv": header}))
 
 
