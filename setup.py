@@ -13,9 +13,10 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     # beam_pipeline/data holds the bundled samples (no code): listed so setuptools ships it.
-    packages=find_packages(include=["beam_pipeline*", "transforms*", "schemas*", "runners*"]) + ["beam_pipeline.data"],
     # data/models holds the scoring model (JSON) that python -m beam_pipeline.train_model writes.
-    package_data={"beam_pipeline.data": ["*.csv", "models/*.json"], "schemas": ["*.avsc"]},
+    packages=find_packages(include=["beam_pipeline*", "transforms*", "schemas*", "runners*"])
+    + ["beam_pipeline.data", "beam_pipeline.data.models"],
+    package_data={"beam_pipeline.data": ["*.csv"], "beam_pipeline.data.models": ["*.json"], "schemas": ["*.avsc"]},
     include_package_data=True,
     install_requires=[
         "apache-beam==2.77.*",
