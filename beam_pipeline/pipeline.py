@@ -40,18 +40,18 @@ from transforms.analytics import OUTPUTS as ANALYTICS_OUTPUTS
 from transforms.analytics import SCORE_BALANCE, SCORE_OUTPUTS, TRADE_BALANCE, AnalyseTrades
 from transforms.avro import InputOpener, WriteAvroBlocks, check_mid_scale, mid_price_records, quote_records
 from transforms.csv_blocks import HeaderError, read_header
-from transforms.scoring import load_model, model_id
-from transforms.trades import trade_rules
 from transforms.feeds import HistoricalFeed, QuoteFeed
 from transforms.fetch import ReadFeed, ReplayAsStream, ReplayHistorical, plan_stream_replay
 from transforms.live import LiveFeed
 from transforms.midprice import ComputeMidPrices
 from transforms.normalize import NormalizeQuotes, price_rule
+from transforms.quotes import PriceRule
 from transforms.modes import SwitchingFeed
 from transforms.queue import QueueAddress, QueueFeed, WriteToQueue
 from transforms.sinks import AppendText, MergeCounts, WriteOrderedText, WriteRunMetrics, when_input_ends
 from transforms.window import LateToText, PanesToText, WindowQuoteBlocks
 from transforms.webhook import WebhookFeed, endpoint_url
+from transforms.trades import trade_rules
 from transforms.windowing import duration_text
 
 LOG = logging.getLogger(__name__)
@@ -158,7 +158,9 @@ def build_pipeline(
     if trade_sources is None and config.trades:
         trade_sources = expand_inputs(config.trades, "--trades")
     rules = field_rules(load_schema("quote", 1))
-    scale = price_rule(rules).scale
+    prices = price_rule(rules)
+    scale = prices.scale
+    horizon_us = dedup_horizon(config) if not streaming else 0  # a batch replay's (options refuse it otherwise)
     run_id = run_id or uuid.uuid4().hex[:12]
     started_at = time.time() if started_at is None else started_at
     default_symbol = config.symbol.strip()
@@ -203,7 +205,7 @@ def build_pipeline(
             block_bytes=config.block_bytes,
             show_progress=config.progress == "auto",
             open_file=input_opener(config),
-            dedup_horizon_us=dedup_horizon(config),
+            dedup_horizon_us=horizon_us,
         )
     per_tenant = config.partition_by_tenant
     normalized = replay["blocks"] | "NormalizeQuotes" >> NormalizeQuotes(rules, partition_by_tenant=per_tenant)
@@ -224,7 +226,6 @@ def build_pipeline(
     balances = {"balanced": list(OUTPUTS.values())}
     totals = {}
     counts = [replay["counts"]]
-    horizon_us = dedup_horizon(config) if not streaming else 0
     if horizon_us:
         balances["balanced"].append("duplicates")  # records_in = out + filtered + dead letters + duplicates
         extra["dedup_horizon"] = duration_text(horizon_us)
@@ -244,19 +245,19 @@ def build_pipeline(
 
     analytics = analytics_config(config)
     if analytics:
-        analysed = normalized.valid | "AnalyseTrades" >> analyse_trades(config, analytics, trade_sources, horizon_us)
+        stage = analyse_trades(config, analytics, trade_sources, prices, horizon_us)
+        analysed = normalized.valid | "AnalyseTrades" >> stage
         counts.append(analysed.pop("counts"))
         outputs.update(analysed)
-        metric_names.update({name: metric for name, metric in ANALYTICS_OUTPUTS.items() if name in analysed})
+        metric_names.update(ANALYTICS_OUTPUTS)
         balances["trades_balanced"] = list(TRADE_BALANCE)
         totals["trades_balanced"] = "trades_in"
-        if analytics.model:
+        extra.update(analytics.as_extra(), trade_inputs=list(trade_sources))
+        if stage.model_id:
             metric_names.update(SCORE_OUTPUTS)
             balances["scores_balanced"] = list(SCORE_BALANCE)
             totals["scores_balanced"] = "feature_windows"
-        extra.update(analytics.as_extra(), trade_inputs=list(trade_sources))
-        if analytics.model:
-            extra["model_id"] = model_id(load_model(analytics.model))
+            extra["model_id"] = stage.model_id
     if per_tenant:
         extra["partition_by_tenant"] = True
     out_dir = output_dir(config)
@@ -279,9 +280,8 @@ def build_pipeline(
 
 
 def analyse_trades(config: QuoteOptions, analytics: AnalyticsConfig, trade_sources: Sequence[str],
-                   horizon_us: int) -> AnalyseTrades:
+                   quote_rule: PriceRule, horizon_us: int) -> AnalyseTrades:
     """The ``--trades`` stage: prices must have the same decimal in the quote and trade schemas."""
-    quote_rule = price_rule(field_rules(load_schema("quote", 1)))
     trade_rule = trade_rules(load_schema("trade", latest_version("trade")))
     if (trade_rule.precision, trade_rule.scale) != (quote_rule.precision, quote_rule.scale):
         raise SchemaError("the trade schema's price must have the quote schema's decimal precision and scale")

@@ -64,11 +64,20 @@ class AnalyseTrades(beam.PTransform):
         self._max_age_us = max_age_us
         self._size_us = feature_size_us
         self._period_us = feature_period_us
-        self._model_path = model_path
         self._precision = precision
         self._scale = scale
         self._horizon_us = dedup_horizon_us
         self._open_file = open_file
+        self._scorer = None
+        if model_path is not None:
+            from transforms.scoring import ScoreFeatures  # Beam's ml package: loaded when used
+
+            self._scorer = ScoreFeatures(model_path)  # loads the model now: a bad one fails before the run
+
+    @property
+    def model_id(self) -> str | None:
+        """``name:version`` of the scoring model (None: no scoring)."""
+        return self._scorer.model_id if self._scorer else None
 
     def expand(self, valid_blocks):
         scale = self._scale
@@ -91,9 +100,9 @@ class AnalyseTrades(beam.PTransform):
             "features.jsonl": features | "FeatureText" >> beam.MapTuple(feature_chunk),
             "counts": trades.counts,
         }
-        if self._model_path is not None:
-            from transforms.scoring import ScoreFeatures, score_chunk  # Beam's ml package: loaded when used
+        if self._scorer is not None:
+            from transforms.scoring import score_chunk
 
-            scores = features | "ScoreFeatures" >> ScoreFeatures(self._model_path)
+            scores = features | "ScoreFeatures" >> self._scorer
             outputs["scores.jsonl"] = scores | "ScoreText" >> beam.MapTuple(score_chunk)
         return outputs
