@@ -16,7 +16,7 @@ import time
 import traceback
 import uuid
 from contextlib import ExitStack, contextmanager
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 from urllib.parse import urlsplit
 
 from apache_beam.io.filesystems import FileSystems
@@ -114,15 +114,6 @@ _CHECK_LABELS = {
 }
 
 
-def check_trade_files(paths: Sequence[str]) -> None:
-    """Read every trade file's header now: a wrong file fails before the pipeline starts."""
-    check_trade_headers(paths, FileSystems.open)
-
-
-def check_model(path: str) -> None:
-    """Load the scoring model now: a missing or broken model is a usage error, not a failed run."""
-    load_model(path)
-
 
 def _summary(output_dir: str, metrics: dict) -> str:
     partitions = metrics.get("partitions", {})
@@ -202,16 +193,16 @@ def _summary(output_dir: str, metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def shared_files_problems(options: PipelineOptions, inputs: Sequence[str | None]) -> list[str]:
+def shared_files_problems(options: PipelineOptions, inputs: Mapping[str, str | None]) -> list[str]:
     """On a runner whose workers are other machines (Dataflow), every path the workers open must be
-    on a shared filesystem such as gs://; ``None`` in ``inputs`` is the bundled sample."""
+    on a shared filesystem such as gs://. ``inputs``: flag -> path; ``None`` is the bundled sample."""
     if not runners.remote_workers(options):
         return []
     name = options.view_as(StandardOptions).runner
     problems = [
-        f"--input: the workers of --runner {name} cannot read "
-        f"{'the bundled sample' if path is None else path} on this machine; copy it to gs:// and pass --input gs://..."
-        for path in inputs if FileSystems.get_scheme(path or bundled_sample()) is None
+        f"{flag}: the workers of --runner {name} cannot read "
+        f"{'the bundled sample' if path is None else path} on this machine; copy it to gs:// and pass {flag} gs://..."
+        for flag, path in inputs.items() if FileSystems.get_scheme(path or bundled_sample()) is None
     ]
     config = options.view_as(QuoteOptions)
     for flag, path in (("--output_dir", config.output_dir), ("--avro_output", config.avro_output)):
@@ -322,7 +313,7 @@ def _products(options: PipelineOptions, started_at: float) -> int:
     """``--job products``: check its flags, then run it (see :mod:`beam_pipeline.products`)."""
     from beam_pipeline import products
 
-    problems = products.check(options) + runners.check(options) + shared_files_problems(options, [])
+    problems = products.check(options) + runners.check(options) + shared_files_problems(options, {})
     if problems:
         raise UsageError("; ".join(problems))
     prepare_output_dir(options.view_as(QuoteOptions).output_dir)
@@ -359,10 +350,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"--streaming replays history through Beam's TestStream, which only the DirectRunner runs "
                 f"(got --runner {standard.runner}); on Flink or Dataflow, WindowQuotes reads a real unbounded source"
             )
-        problems += runners.check(options) + shared_files_problems(options, [config.input])
-        if config.trades and runners.remote_workers(options) and FileSystems.get_scheme(config.trades) is None:
-            problems.append(f"--trades {config.trades}: the workers of --runner {standard.runner} cannot read "
-                            "this machine's files; copy it to gs:// and pass --trades gs://...")
+        inputs = {"--input": config.input, **({"--trades": config.trades} if config.trades else {})}
+        problems += runners.check(options) + shared_files_problems(options, inputs)
         if problems:
             raise UsageError("; ".join(problems))
         sources = ([] if source_kind(config.source) in ("live", "webhook", QUEUE)
@@ -374,10 +363,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_headers(sources, input_opener(config))
         trade_sources = expand_inputs(config.trades, "--trades") if config.trades else None
         if trade_sources:
-            check_trade_files(trade_sources)
+            check_trade_headers(trade_sources, FileSystems.open)  # a wrong file fails before the run
             model = options_module.analytics_config(config).model
             if model:
-                check_model(model)
+                load_model(model)  # a missing or broken model is a usage error, not a failed run
         if config.sink:
             check_queue(config.sink, "--sink")
         if live:

@@ -71,6 +71,12 @@ def _run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
              "--temp_location", "gs://my-bucket/tmp"],
             ["cannot read the bundled sample", "--output_dir"], id="dataflow-local-files",
         ),
+        pytest.param(
+            ["--runner", "DataflowRunner", "--project", "my-project", "--region", "europe-west1",
+             "--temp_location", "gs://my-bucket/tmp", "--input", "gs://b/q.csv", "--output_dir", "gs://b/out",
+             "--trades", "trades.csv"],
+            ["--trades: the workers", "cannot read trades.csv"], id="dataflow-local-trades",
+        ),
         pytest.param(["--runner", "DaskRunner"], ["--dask_address", "--dask_local_workers"], id="dask-no-cluster"),
         pytest.param(["--runner", "PrismRunner", "--prism_location", "/nonexistent/prism"], ["--prism_location"],
                      id="prism-missing-binary"),
