@@ -198,7 +198,12 @@ def split_block(data: bytes, first_line: int, layout: CsvLayout, default_symbol:
         layout: the file's header mapping.
         default_symbol: the symbol of every row when the file has no symbol column.
     """
-    split = split_lines(data, first_line, layout)
+    return quote_block(split_lines(data, first_line, layout), layout, default_symbol)
+
+
+def quote_block(split: SplitLines, layout: CsvLayout, default_symbol: str) -> SplitBlock:
+    """Split quote lines as a :class:`SplitBlock` (:data:`SPLIT_SCHEMA` rows, the default symbol
+    filled in when the file has no symbol column)."""
     columns = {"line": pa.array(split.line, type=pa.int64()), "raw": split.raw, **split.fields}
     block = SplitBlock(_rows(columns, len(split.line)), split.rejected_lines, split.rejected_raw,
                        split.rejected_reasons, split.blank_lines)

@@ -633,7 +633,7 @@ def _summary(split: csv_blocks.SplitBlock) -> dict:
 
 def _split_both_ways(layout, data, first_line):
     starts, ends = csv_blocks._line_bounds(data)
-    by_csv_module = csv_blocks._with_defaults(
+    by_csv_module = csv_blocks.quote_block(
         csv_blocks._split_with_csv_module(data, starts, ends, first_line, layout), layout, "DEFAULT"
     )
     return csv_blocks.split_block(data, first_line, layout, "DEFAULT"), by_csv_module
