@@ -4,7 +4,7 @@ import sys
 
 from beam_pipeline import logs
 
-logs.setup()
+logs.setup(log_format=logs.format_from_argv(sys.argv[1:]))
 
 from beam_pipeline.cli import main  # noqa: E402  (logging first: Beam logs at import time)
 

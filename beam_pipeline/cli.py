@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, _BeamArgumentParser
 
+from beam_pipeline import logs
 from beam_pipeline import options as options_module
 from beam_pipeline.control import HOST as CONTROL_HOST
 from beam_pipeline.control import ControlServer, start_stdin_commands, stop_on_signals
@@ -226,6 +227,21 @@ def _sink_summary(output_dir: str, metrics: dict) -> str:
     ])
 
 
+#: metrics.json counts of records that did not reach the main outputs (mid prices, joined trades).
+SET_ASIDE = ("dead_lettered", "latency_filtered", "late_dropped", "duplicates", "trades_dead_lettered",
+             "trades_unmatched", "trades_duplicates")
+
+
+def log_set_aside(metrics: dict) -> None:
+    """One warning with the counts of everything dead-lettered, filtered, late or dropped as a
+    duplicate (never a line per record): JSON logs carry them as ``counts``."""
+    counts = {name: metrics[name] for name in SET_ASIDE if metrics.get(name)}
+    if counts:
+        LOG.warning("records set aside, each counted in metrics.json and written with its reason: %s",
+                    ", ".join(f"{count:,} {name}" for name, count in counts.items()),
+                    extra={"stage": "run", "counts": counts})
+
+
 def check_queue(url: str, flag: str) -> None:
     """The queue's Redis answers, or a UsageError."""
     from transforms.queue import QueueAddress
@@ -335,6 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         options = parse_options(argv)
         config = options.view_as(QuoteOptions)
+        logs.use_format(config.log_format)
         if config.job == "products":
             return _products(options, started_at)
         standard = options.view_as(StandardOptions)
@@ -379,6 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if config.avro_output:
             prepare_output_dir(config.avro_output, "--avro_output")
         run_id = uuid.uuid4().hex[:12]
+        logs.set_run_id(run_id)
         pipeline = build_pipeline(options, sources, trade_sources=trade_sources, runner=runner, run_id=run_id,
                                   started_at=started_at)
         problems = runners.portability_problems(pipeline, options)
@@ -405,5 +423,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         forget_run(run_id)
     with FileSystems.open(FileSystems.join(output_dir(config), "metrics.json")) as stream:
         metrics = json.load(stream)
+    log_set_aside(metrics)
     print(_summary(output_dir(config), metrics))
     return 0 if metrics["balanced"] else 1

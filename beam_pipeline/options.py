@@ -110,6 +110,11 @@ class QuoteOptions(PipelineOptions):
             "OUTPUT_DIR/tenant=<t>/<file> (dead letters whose tenant cannot be read: tenant=_unattributed)",
         )
         parser.add_argument(
+            "--log_format", default="text", choices=("text", "json"),
+            help="log lines on stderr as text or as JSON objects (timestamp, level, logger, message, "
+            "run_id, stage, counts) for a log collector (default: text)",
+        )
+        parser.add_argument(
             "--progress", default="auto", choices=("auto", "off"),
             help="print a progress line on stderr for runs longer than a few seconds (default: auto)",
         )
