@@ -101,3 +101,5 @@ def setup(level: int = logging.INFO, log_format: str = "text") -> None:
     logging.getLogger("beam_pipeline").setLevel(level)
     # The downstream sink's live report (a line a second while it delivers) is meant to be seen.
     logging.getLogger("transforms.deliver").setLevel(level)
+    # The progress of a long batch run off a terminal: a line every few seconds.
+    logging.getLogger("transforms.progress").setLevel(level)

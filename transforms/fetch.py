@@ -82,6 +82,8 @@ class _ReplayFn(beam.DoFn):
         )
         for seq, block in enumerate(feed.blocks(0, on_block=progress.advance if progress else None)):
             self._blocks.inc()
+            if progress:
+                progress.count_rows(block.batch.num_rows)
             quotes = QuoteBlock(seq, block.batch, sources)
             yield beam.window.TimestampedValue(quotes, block_timestamp(quotes))
         if progress:
