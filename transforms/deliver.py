@@ -49,11 +49,11 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import apache_beam as beam
 import requests
-from apache_beam.metrics import Metrics
 from apache_beam.transforms import window as windows
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
+from transforms import telemetry
 from transforms.resilience import TokenBucket, backoff_delay, retry_after_seconds
 
 LOG = logging.getLogger(__name__)
@@ -572,11 +572,11 @@ class _DeliverFn(beam.DoFn):
     def __init__(self, config: DeliveryConfig, report_every: float):
         self._config = config
         self._report_every = report_every
-        self._delivered = Metrics.counter(self.__class__, "delivered")
-        self._duplicates = Metrics.counter(self.__class__, "duplicates")
-        self._dead_lettered = Metrics.counter(self.__class__, "dead_lettered")
-        self._retries = Metrics.counter(self.__class__, "retries")
-        self._rate_limited = Metrics.counter(self.__class__, "rate_limited")
+        self._delivered = telemetry.counter(self.__class__, "delivered")
+        self._duplicates = telemetry.counter(self.__class__, "duplicates")
+        self._dead_lettered = telemetry.counter(self.__class__, "dead_lettered")
+        self._retries = telemetry.counter(self.__class__, "retries")
+        self._rate_limited = telemetry.counter(self.__class__, "rate_limited")
         self._deliverer: Deliverer | None = None
         self._counted = (0, 0)  # retries and rate-limit hits already added to the counters
         self._stop: threading.Event | None = None

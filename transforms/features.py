@@ -55,9 +55,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
-from apache_beam.metrics import Metrics
 
-from transforms import market
+from transforms import market, telemetry
 from transforms.blocks import TextChunk
 from transforms.columns import format_timestamps, joined_lines
 from transforms.market import ENRICHED_SCHEMA, FEATURE_SCHEMA, QUOTE_POINT_SCHEMA, UNMATCHED_SCHEMA
@@ -398,7 +397,7 @@ class _FeaturesFn(beam.DoFn):
         self._size_us = size_us
         self._period_us = period_us
         self._scale = scale
-        self._windows = Metrics.counter(self.__class__, "feature_windows")
+        self._windows = telemetry.counter(self.__class__, "feature_windows")
 
     def process(self, element):
         symbol, grouped = element

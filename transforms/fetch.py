@@ -32,13 +32,13 @@ from typing import Iterator, Sequence
 import apache_beam as beam
 import pyarrow.compute as pc
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics import Metrics
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
 from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
 
+from transforms import telemetry
 from transforms.blocks import QuoteBlock, QuoteBlockCoder
 from transforms.feeds import HistoricalFeed, QuoteFeed
 from transforms.live import LiveFeed, newest_arrival
@@ -67,8 +67,8 @@ class _ReplayFn(beam.DoFn):
         self._block_bytes = block_bytes
         self._show_progress = show_progress
         self._open_file = open_file
-        self._records = Metrics.counter(self.__class__, "records_in")
-        self._blocks = Metrics.counter(self.__class__, "blocks")
+        self._records = telemetry.counter(self.__class__, "records_in")
+        self._blocks = telemetry.counter(self.__class__, "blocks")
 
     def process(self, sources: Sequence[str]) -> Iterator[QuoteBlock | beam.pvalue.TaggedOutput]:
         sources = tuple(sources)
@@ -237,9 +237,9 @@ class _ReadFeedFn(beam.DoFn):
         self._feed = feed
         self._run_id = run_id
         self._lag_us = lag_us
-        self._records = Metrics.counter(self.__class__, "records_in")
-        self._blocks = Metrics.counter(self.__class__, "blocks")
-        self._reconnects = Metrics.counter(self.__class__, "reconnects")
+        self._records = telemetry.counter(self.__class__, "records_in")
+        self._blocks = telemetry.counter(self.__class__, "blocks")
+        self._reconnects = telemetry.counter(self.__class__, "reconnects")
 
     @beam.DoFn.unbounded_per_element()
     def process(
@@ -374,10 +374,10 @@ class _FetchClosed(Exception):
 class _FetchPagesFn(beam.DoFn):
     def __init__(self, config: FetchConfig):
         self.config = config
-        self.pages = Metrics.counter(self.__class__, "pages_fetched")
-        self.failed = Metrics.counter(self.__class__, "pages_failed")
-        self.requests = Metrics.counter(self.__class__, "http_requests")
-        self.throttled = Metrics.counter(self.__class__, "http_rate_limited")
+        self.pages = telemetry.counter(self.__class__, "pages_fetched")
+        self.failed = telemetry.counter(self.__class__, "pages_failed")
+        self.requests = telemetry.counter(self.__class__, "http_requests")
+        self.throttled = telemetry.counter(self.__class__, "http_rate_limited")
 
     def process(self, endpoints: Sequence[Endpoint]) -> Iterator:
         for event in fetch_events(endpoints, self.config):

@@ -59,11 +59,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.coders import VarIntCoder
-from apache_beam.metrics import Metrics
 from apache_beam.transforms import userstate, window
 from apache_beam.utils.timestamp import Timestamp
 
-from transforms import asof, columns, market
+from transforms import asof, columns, market, telemetry
 from transforms.blocks import QuoteBlock
 
 ENRICHED = "enriched"
@@ -114,7 +113,7 @@ class _CountRowsFn(beam.DoFn):
 
     def __init__(self, name: str):
         self._name = name
-        self._rows = Metrics.counter(_NAMESPACE, name)
+        self._rows = telemetry.counter(_NAMESPACE, name)
 
     def process(self, element: _Keyed) -> Iterator[_Keyed]:
         self._rows.inc(element[1].num_rows)
@@ -196,7 +195,7 @@ class _StreamingJoinFn(beam.DoFn):
         self._max_age_us = max_age_us
         self._scale = scale
         self._lateness_us = allowed_lateness_us
-        self._late_quotes = Metrics.counter(_NAMESPACE, "late_quotes")
+        self._late_quotes = telemetry.counter(_NAMESPACE, "late_quotes")
 
     def process(
         self,

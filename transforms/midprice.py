@@ -17,9 +17,8 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from apache_beam.metrics import Metrics
 
-from transforms import columns
+from transforms import columns, telemetry
 from transforms.blocks import QuoteBlock, TextChunk
 from transforms.replay import HISTORICAL
 from transforms.tenants import split_by_tenant
@@ -63,8 +62,8 @@ class _MidPriceFn(beam.DoFn):
         self._threshold_ms = threshold_ms
         self._scale = scale
         self._partitioned = partitioned
-        self._mids = Metrics.counter(self.__class__, "mid_prices")
-        self._filtered = Metrics.counter(self.__class__, "latency_filtered")
+        self._mids = telemetry.counter(self.__class__, "mid_prices")
+        self._filtered = telemetry.counter(self.__class__, "latency_filtered")
 
     def process(self, block: QuoteBlock) -> Iterator[TextChunk | beam.pvalue.TaggedOutput]:
         for partition, rows in split_by_tenant(block.batch, self._partitioned):

@@ -21,10 +21,9 @@ from typing import Iterator, Mapping
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
-from apache_beam.metrics import Metrics
 
 from schemas import FieldRule, SchemaError
-from transforms import columns
+from transforms import columns, telemetry
 from transforms.blocks import QuoteBlock, TextChunk
 from transforms.quotes import PriceRule, dead_letter_json, reject_code
 from transforms.tenants import dead_letter_tenants, split_by_tenant
@@ -166,8 +165,8 @@ class _NormalizeFn(beam.DoFn):
     def __init__(self, prices: PriceRule, partitioned: bool):
         self._prices = prices
         self._partitioned = partitioned
-        self._valid = Metrics.counter(self.__class__, "valid_quotes")
-        self._dead = Metrics.counter(self.__class__, "dead_lettered")
+        self._valid = telemetry.counter(self.__class__, "valid_quotes")
+        self._dead = telemetry.counter(self.__class__, "dead_lettered")
 
     def process(self, block: QuoteBlock) -> Iterator[QuoteBlock | beam.pvalue.TaggedOutput]:
         valid, dead = normalize_batch(block.batch, self._prices)

@@ -33,6 +33,7 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 from fastavro.validation import validate
 
+from transforms import telemetry
 from transforms.paginate import CURSOR, OFFSET, PAGES, Page, utc_iso
 
 LOG = logging.getLogger(__name__)
@@ -252,8 +253,8 @@ def counts_balance(reports: Sequence[Mapping], products: int, dead_letters: int)
 class _NormalizePageFn(beam.DoFn):
     def __init__(self, schema: Mapping | None):
         self.schema = schema
-        self.products = beam.metrics.Metrics.counter(self.__class__, "products")
-        self.dead = beam.metrics.Metrics.counter(self.__class__, "product_dead_letters")
+        self.products = telemetry.counter(self.__class__, "products")
+        self.dead = telemetry.counter(self.__class__, "product_dead_letters")
 
     def process(self, page: Page) -> Iterator:
         products, dead = split_page(page, self.schema)
@@ -267,7 +268,7 @@ class _NormalizePageFn(beam.DoFn):
 
 class _FirstOfIdFn(beam.DoFn):
     def __init__(self):
-        self.duplicates = beam.metrics.Metrics.counter(self.__class__, "duplicate_ids")
+        self.duplicates = telemetry.counter(self.__class__, "duplicate_ids")
 
     def process(self, keyed: tuple[str, Iterable[dict]]) -> Iterator:
         kept, duplicates = first_of_id(keyed[1])

@@ -71,10 +71,9 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 
-from transforms import market
+from transforms import market, telemetry
 from transforms.blocks import TextChunk
 from transforms.columns import format_timestamps, joined_lines
 
@@ -504,8 +503,8 @@ class FeatureModelHandler(ModelHandler[Example, PredictionResult, dict]):
 
 class _ScoresFn(beam.DoFn):
     def __init__(self):
-        self._windows = Metrics.counter("ScoreFeatures", "windows_scored")
-        self._anomalies = Metrics.counter("ScoreFeatures", "anomalies")
+        self._windows = telemetry.counter("ScoreFeatures", "windows_scored")
+        self._anomalies = telemetry.counter("ScoreFeatures", "anomalies")
 
     def process(self, keyed: tuple[str, PredictionResult]) -> Iterator[tuple[str, pa.RecordBatch]]:
         symbol, result = keyed

@@ -44,10 +44,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics import Metrics
 
 from schemas import SchemaError, field_rules, load_schema
-from transforms import columns
+from transforms import columns, telemetry
 from transforms.csv_blocks import CsvLayout, SplitLines, line_blocks, map_header, read_header, split_lines
 from transforms.dedup import Deduplicator
 from transforms.market import TRADE_SCHEMA, empty
@@ -481,10 +480,10 @@ class _ReadTradesFn(beam.DoFn):
         self._scale = scale
         self._horizon_us = horizon_us
         self._open_file = open_file
-        self._records = Metrics.counter(self.__class__, "trades_in")
-        self._valid = Metrics.counter(self.__class__, "valid_trades")
-        self._dead = Metrics.counter(self.__class__, "dead_lettered_trades")
-        self._duplicates = Metrics.counter(self.__class__, "duplicate_trades")
+        self._records = telemetry.counter(self.__class__, "trades_in")
+        self._valid = telemetry.counter(self.__class__, "valid_trades")
+        self._dead = telemetry.counter(self.__class__, "dead_lettered_trades")
+        self._duplicates = telemetry.counter(self.__class__, "duplicate_trades")
 
     def process(self, sources: Sequence[str]) -> Iterator[Any]:
         sources = tuple(sources)

@@ -30,12 +30,12 @@ from collections import Counter
 from typing import Iterable, Iterator, Sequence
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
 from apache_beam.transforms import trigger as triggers
 from apache_beam.transforms import window as windows
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
 from apache_beam.utils.windowed_value import PaneInfoTiming, WindowedValue
 
+from transforms import telemetry
 from transforms.blocks import QuoteBlock, TextChunk
 from transforms.sinks import when_input_ends
 from transforms.tenants import group_by_partition
@@ -177,9 +177,9 @@ class _RouteLateFn(beam.DoFn):
 
     def __init__(self, config: WindowConfig):
         self._config = config
-        self._windowed = Metrics.counter(self.__class__, "windowed_quotes")
-        self._late = Metrics.counter(self.__class__, "late_dropped")
-        self._partial = Metrics.counter(self.__class__, "partially_late")
+        self._windowed = telemetry.counter(self.__class__, "windowed_quotes")
+        self._late = telemetry.counter(self.__class__, "late_dropped")
+        self._partial = telemetry.counter(self.__class__, "partially_late")
 
     def start_bundle(self):
         self._tally = Counter()
@@ -216,7 +216,7 @@ class _BucketFn(beam.DoFn):
 
     def __init__(self, window: WindowSpec):
         self._window = window
-        self._windowed = Metrics.counter(self.__class__, "windowed_quotes")
+        self._windowed = telemetry.counter(self.__class__, "windowed_quotes")
 
     def process(self, block: QuoteBlock):
         batch = block.batch
