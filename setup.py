@@ -39,6 +39,11 @@ setup(
         "redis>=5",
         # redis-py's C reply parser: a third of the queue's per-quote cost in Python otherwise.
         "hiredis>=2",
+        # Beam YAML (examples/quotes.yaml, beam_pipeline/yaml_transforms.py): apache_beam.yaml imports
+        # docstring_parser, and jsonschema checks the pipeline file. Only these two of apache-beam[yaml],
+        # whose full extra pins an older pandas.
+        "docstring-parser>=0.15,<1.0",
+        "jsonschema>=4,<5",
     ],
     # avro: the Apache reference library, to prove our Avro files and encodings interoperate.
     extras_require={
@@ -46,6 +51,8 @@ setup(
         "test": ["pytest>=8", "hypothesis>=6.100", "avro>=1.11", "psutil>=5.9", "pandas>=2.2"],
         # --runner DaskRunner: Beam's Dask runner and a distributed cluster (runners/dask.py).
         "dask": ["apache-beam[dask]==2.77.*"],
+        # --report: report.png and report.html drawn with matplotlib (beam_pipeline/report.py).
+        "report": ["matplotlib>=3.8"],
         # --runner DataflowRunner: Beam's Google Cloud client libraries (for submitting; docs/deploy.md).
         "dataflow": ["apache-beam[gcp]==2.77.*"],
     },

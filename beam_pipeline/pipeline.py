@@ -73,6 +73,14 @@ WINDOW_OUTPUTS = {
 }
 
 
+#: metrics.json names of the files' tallies (the others are ``<metric>_by_reason``).
+TALLY_NAMES = {
+    "windows.jsonl": "panes_by_timing",
+    "trades_dead_letter.jsonl": "trades_dead_lettered_by_reason",
+    "scores.jsonl": "scores_by_flag",
+}
+
+
 #: What one step of a streaming replay costs on the BundleBasedDirectRunner (2 cores, measured by
 #: benchmarks/window_throughput.py): only used to tell the user how long to expect.
 SECONDS_PER_STEP = 0.25
@@ -269,11 +277,7 @@ def build_pipeline(
         extra=extra,
         started_at=started_at,
         balances=balances,
-        tally_names={
-            "windows.jsonl": "panes_by_timing",
-            "trades_dead_letter.jsonl": "trades_dead_lettered_by_reason",
-            "scores.jsonl": "scores_by_flag",
-        },
+        tally_names=TALLY_NAMES,
         totals=totals,
     )
     return pipeline

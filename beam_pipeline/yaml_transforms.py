@@ -1,0 +1,347 @@
+"""Beam YAML: the quotes pipeline's composite transforms, for ``python -m apache_beam.yaml.main``.
+
+Each transform here takes plain keyword arguments (strings, ints, bools), checks them with the
+command line's own checks (:func:`beam_pipeline.options.check`), and wraps the project's composite
+of the same stage, so a YAML pipeline and ``python -m beam_pipeline`` run the same code::
+
+    ReadQuotes         -> blocks, counts          transforms.fetch.ReplayHistorical
+    NormalizeQuotes    -> valid, dead_letters     transforms.normalize.NormalizeQuotes
+    ComputeMidPrices   -> mid_prices, errors      transforms.midprice.ComputeMidPrices
+    WindowQuotes       -> windows, late, counts   transforms.window.WindowQuoteBlocks + PanesToText + LateToText
+    WriteQuoteOutputs  (mid_prices, errors, dead_letters, counts[, windows, late, window_counts])
+                       -> summary                 transforms.sinks.WriteOrderedText + WriteRunMetrics
+
+Their outputs are named, as YAML refers to them (``Normalize.valid``, ``MidPrices.errors``, ...).
+The elements are the project's own blocks and text chunks (Arrow batches, finished lines), not
+schema'd Beam Rows: Beam YAML passes any PCollection between transforms, but its built-in
+transforms (MapToFields, Filter, Sql, ...) only make sense on Rows, so they do not apply here.
+
+``WriteQuoteOutputs`` writes every file and ``metrics.json`` exactly as the CLI's default
+historical job does: what metrics.json says about the run (the inputs, the latency threshold, the
+windowing, the dedup horizon) is read from the transforms above that produced its inputs, so it
+cannot disagree with what they did.
+
+How Beam YAML finds these transforms
+------------------------------------
+A ``providers:`` entry of ``type: python`` with an empty ``config`` (no ``packages``) makes an
+``InlineProvider``: each name under ``transforms:`` is a fully qualified Python name, imported in
+the running process (``examples/quotes.yaml``)::
+
+    providers:
+      - type: python
+        config: {}
+        transforms:
+          ReadQuotes: beam_pipeline.yaml_transforms.ReadQuotes
+          ...
+
+That is the mechanism that works offline: ``type: pythonPackage`` (or ``type: python`` with
+``packages``) starts an expansion service in a new virtualenv that pip-installs the packages, and
+``PyTransform`` works too but needs ``constructor:``/``kwargs:`` on every step. From Python,
+:func:`providers` gives the same provider for ``apache_beam.yaml.yaml_transform.YamlTransform``.
+
+Running: Beam YAML builds ``beam.Pipeline(options=...)`` itself, so ``--runner`` picks the runner.
+``--runner=beam_pipeline.yaml_transforms.QuotesRunner`` is the CLI's DirectRunner preset
+(:mod:`runners.direct`: the FnApiRunner in batch); Beam's own ``DirectRunner`` works too, after
+first trying Prism (offline: a failed download, logged at INFO, then its local fallback).
+
+Beam YAML needs ``docstring-parser`` (imported by ``apache_beam.yaml.yaml_provider``) and, for
+its default ``--json_schema_validation=generic``, ``jsonschema``: both come with
+``apache-beam[yaml]``. Streaming (``--streaming``) and per-tenant partitions are not offered here.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import deque
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.runner import PipelineRunner
+
+from beam_pipeline import options as quote_options
+from beam_pipeline.options import QuoteOptions
+from beam_pipeline.pipeline import (
+    OUTPUTS,
+    TALLY_NAMES,
+    WINDOW_OUTPUTS,
+    bundled_sample,
+    check_headers,
+    expand_inputs,
+    input_opener,
+    merge_counts,
+    write_files,
+)
+from schemas import field_rules, load_schema
+from transforms import fetch, midprice, normalize
+from transforms.avro import AVRO_SUFFIX
+from transforms.replay import DEFAULT_BLOCK_BYTES
+from transforms.sinks import WriteRunMetrics
+from transforms.window import LateToText, PanesToText, WindowQuoteBlocks
+from transforms.windowing import duration_text
+
+__all__ = [
+    "ComputeMidPrices",
+    "NormalizeQuotes",
+    "QuotesRunner",
+    "ReadQuotes",
+    "TRANSFORMS",
+    "WindowQuotes",
+    "WriteQuoteOutputs",
+    "providers",
+]
+
+#: The quote schema version the CLI normalizes with (``build_pipeline``).
+QUOTE_SCHEMA_VERSION = 1
+
+
+def _checked_options(**flags) -> QuoteOptions:
+    """The CLI's options for these flags (None: the default), after the CLI's own value checks;
+    raises ValueError with every problem on one line."""
+    argv = [f"--{name}={value}" for name, value in flags.items() if value is not None]
+    config = PipelineOptions(argv).view_as(QuoteOptions)
+    problems = quote_options.check(config)
+    if problems:
+        raise ValueError("; ".join(problems))
+    return config
+
+
+def _quote_rules():
+    return field_rules(load_schema("quote", QUOTE_SCHEMA_VERSION))
+
+
+def _price_scale() -> int:
+    return normalize.price_rule(_quote_rules()).scale
+
+
+def _upstream(pcoll: beam.PCollection, kind: type):
+    """The nearest transform of type ``kind`` that ``pcoll`` comes from (None: none), looking at
+    the transform that produced it, its enclosing composites, then their inputs, and so on."""
+    queue, seen = deque([pcoll]), set()
+    while queue:
+        current = queue.popleft()
+        applied = current.producer
+        while applied is not None:
+            if isinstance(applied.transform, kind):
+                return applied.transform
+            for value in applied.inputs:
+                if isinstance(value, beam.PCollection) and id(value) not in seen:
+                    seen.add(id(value))
+                    queue.append(value)
+            applied = applied.parent
+    return None
+
+
+class ReadQuotes(beam.PTransform):
+    """Historical quote files replayed in arrival order (the CLI's ``--input`` and its flags).
+
+    Outputs ``blocks`` (quote blocks, for NormalizeQuotes) and ``counts`` (one dict of reader
+    statistics, for WriteQuoteOutputs).
+
+    Args:
+        input: a quote CSV (or .avro) file or glob; default: the bundled sample.
+        symbol: the symbol of rows in files without a symbol column.
+        block_bytes: about how much CSV goes into one block.
+        reader_schema_version: for .avro inputs, the quote schema version to read them with.
+        dedup_horizon: drop a quote whose CSV line came within this much arrival time before,
+            e.g. 10m (default: off).
+        progress: print a progress line on stderr for long runs.
+    """
+
+    _yaml_requires_inputs = False
+
+    def __init__(self, input: str | None = None, symbol: str = "UNKNOWN",  # noqa: A002  (the CLI's name)
+                 block_bytes: int = DEFAULT_BLOCK_BYTES, reader_schema_version: int | None = None,
+                 dedup_horizon: str | None = None, progress: bool = False):
+        super().__init__()
+        config = _checked_options(input=input, symbol=symbol, block_bytes=block_bytes,
+                                  reader_schema_version=reader_schema_version, dedup_horizon=dedup_horizon)
+        self.sources = expand_inputs(config.input or bundled_sample())
+        if reader_schema_version is not None:
+            if not any(path.endswith(AVRO_SUFFIX) for path in self.sources):
+                raise ValueError("reader_schema_version applies to .avro inputs, and input has none")
+            load_schema("quote", reader_schema_version)  # a SchemaError names the versions that exist
+        opener = input_opener(config)
+        check_headers(self.sources, opener)  # a wrong file fails now, not in the middle of the run
+        self.dedup_horizon_us = quote_options.dedup_horizon(config)
+        self._replay = fetch.ReplayHistorical(
+            self.sources,
+            default_symbol=config.symbol.strip(),
+            block_bytes=config.block_bytes,
+            show_progress=bool(progress),
+            open_file=opener,
+            dedup_horizon_us=self.dedup_horizon_us,
+        )
+
+    def expand(self, pbegin):
+        replay = pbegin | "ReplayHistorical" >> self._replay
+        return {"blocks": replay.blocks, "counts": replay[fetch.COUNTS]}
+
+
+class NormalizeQuotes(beam.PTransform):
+    """Quote blocks checked against the quote schema and the domain rules.
+
+    Outputs ``valid`` (typed quote blocks) and ``dead_letters`` (``dead_letter.jsonl`` chunks).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._normalize = normalize.NormalizeQuotes(_quote_rules())
+
+    def expand(self, blocks):
+        normalized = blocks | "NormalizeQuotes" >> self._normalize
+        return {"valid": normalized.valid, "dead_letters": normalized[normalize.DEAD_LETTERS]}
+
+
+class ComputeMidPrices(beam.PTransform):
+    """Valid quote blocks -> ``mid_prices`` and ``errors`` (``mid_prices.log``, ``errors.log`` chunks).
+
+    Args:
+        latency_threshold_ms: a historical quote with a greater latency goes to ``errors``.
+    """
+
+    def __init__(self, latency_threshold_ms: int = 20):
+        super().__init__()
+        config = _checked_options(latency_threshold_ms=latency_threshold_ms)
+        self.latency_threshold_ms = config.latency_threshold_ms
+        self._compute = midprice.ComputeMidPrices(self.latency_threshold_ms, scale=_price_scale())
+
+    def expand(self, valid):
+        priced = valid | "ComputeMidPrices" >> self._compute
+        return {"mid_prices": priced.mid_prices, "errors": priced[midprice.ERRORS]}
+
+
+class WindowQuotes(beam.PTransform):
+    """Valid quote blocks -> per-symbol event-time windows (the CLI's ``--window``, batch).
+
+    Outputs ``windows`` (``windows.jsonl`` chunks), ``late`` (``late.jsonl`` chunks: empty in batch,
+    where every quote is on time) and ``counts`` (the window counts, for WriteQuoteOutputs'
+    ``window_counts``). The input must come from ReadQuotes (late lines name its files).
+
+    Args:
+        window: fixed:SIZE, sliding:SIZE,PERIOD or session:GAP, e.g. fixed:1s.
+        allowed_lateness: how long after its end a window still takes late quotes (default: 0ms).
+        trigger: watermark (a batch run fires each window once, on time).
+        accumulation: discarding (default) or accumulating.
+    """
+
+    def __init__(self, window: str = "fixed:1s", allowed_lateness: str | None = None,
+                 trigger: str | None = None, accumulation: str | None = None):
+        super().__init__()
+        config = _checked_options(window=window, allowed_lateness=allowed_lateness, trigger=trigger,
+                                  accumulation=accumulation)
+        self.windowing = quote_options.window_config(config, streaming=False)
+
+    def expand(self, valid):
+        read = _upstream(valid, ReadQuotes)
+        if read is None:
+            raise ValueError("WindowQuotes: its input must come from ReadQuotes (through NormalizeQuotes)")
+        scale = _price_scale()
+        windowed = valid | "WindowQuoteBlocks" >> WindowQuoteBlocks(self.windowing, None)  # None: batch
+        panes = windowed["panes"] | "PanesToText" >> PanesToText(scale, self.windowing.accumulation)
+        late = windowed["late"] | "LateToText" >> LateToText(read.sources, self.windowing, scale)
+        counts = (windowed["counts"], panes["counts"]) | "WindowCounts" >> beam.Flatten()
+        return {"windows": panes["chunks"], "late": late, "counts": counts}
+
+
+class WriteQuoteOutputs(beam.PTransform):
+    """The output files and ``metrics.json`` in ``output_dir``, as ``python -m beam_pipeline`` writes them.
+
+    Named inputs: ``mid_prices`` and ``errors`` (ComputeMidPrices), ``dead_letters``
+    (NormalizeQuotes), ``counts`` (ReadQuotes); with a window stage also ``windows``, ``late`` and
+    ``window_counts`` (WindowQuotes). Outputs ``summary``: the one metrics dict, once written.
+
+    Args:
+        output_dir: where every output file goes (created if missing).
+    """
+
+    _INPUTS = {"mid_prices": "mid_prices.log", "errors": "errors.log", "dead_letters": "dead_letter.jsonl"}
+    _WINDOW_INPUTS = {"windows": "windows.jsonl", "late": "late.jsonl"}
+
+    def __init__(self, output_dir: str = "output"):
+        super().__init__()
+        config = _checked_options(output_dir=output_dir)
+        self.output_dir = config.output_dir
+        self._started_at = time.time()
+        self._run_id = uuid.uuid4().hex[:12]
+
+    def expand(self, inputs):
+        if not isinstance(inputs, dict):
+            raise ValueError("WriteQuoteOutputs takes named inputs: mid_prices, errors, dead_letters, counts, ...")
+        windowed = "windows" in inputs or "late" in inputs or "window_counts" in inputs
+        expected = {*self._INPUTS, "counts", *((*self._WINDOW_INPUTS, "window_counts") if windowed else ())}
+        if set(inputs) != expected:
+            missing, unknown = sorted(expected - set(inputs)), sorted(set(inputs) - expected)
+            raise ValueError(f"WriteQuoteOutputs: inputs missing {missing or 'none'}, unknown {unknown or 'none'} "
+                             f"(it takes {', '.join(sorted(expected))})")
+        read = _upstream(inputs["counts"], ReadQuotes)
+        mids = _upstream(inputs["errors"], ComputeMidPrices)
+        if read is None or mids is None:
+            raise ValueError("WriteQuoteOutputs: counts must come from ReadQuotes and errors from ComputeMidPrices")
+        outputs = {name: inputs[key] for key, name in self._INPUTS.items()}
+        metric_names = dict(OUTPUTS)
+        balances = {"balanced": list(OUTPUTS.values())}
+        counts = [inputs["counts"]]
+        extra = {
+            "source": "historical",
+            "latency_threshold_ms": mids.latency_threshold_ms,
+            "inputs": list(read.sources),
+            "streaming": False,
+        }
+        if read.dedup_horizon_us:
+            balances["balanced"].append("duplicates")
+            extra["dedup_horizon"] = duration_text(read.dedup_horizon_us)
+        if windowed:
+            stage = _upstream(inputs["windows"], WindowQuotes)
+            if stage is None:
+                raise ValueError("WriteQuoteOutputs: windows must come from WindowQuotes")
+            outputs.update({name: inputs[key] for key, name in self._WINDOW_INPUTS.items()})
+            metric_names.update(WINDOW_OUTPUTS)
+            in_panes = "quotes_in_panes" if stage.windowing.accumulation == "discarding" else "windowed_quotes"
+            balances["windows_balanced"] = [in_panes, "late_dropped", "dead_lettered"]
+            counts.append(inputs["window_counts"])
+            extra["windowing"] = stage.windowing.as_dict()
+        if not FileSystems.exists(self.output_dir):
+            FileSystems.mkdirs(self.output_dir)  # as the CLI does before the run
+        published = write_files(outputs, self.output_dir, False, self._run_id, False)
+        summary = published | "WriteMetrics" >> WriteRunMetrics(
+            self.output_dir,
+            merge_counts(*counts) if len(counts) > 1 else counts[0],
+            metric_names,
+            extra=extra,
+            started_at=self._started_at,
+            balances=balances,
+            tally_names=TALLY_NAMES,
+        )
+        return {"summary": summary}
+
+
+#: YAML type name -> transform, as examples/quotes.yaml's ``providers:`` block lists them.
+TRANSFORMS = {
+    "ReadQuotes": ReadQuotes,
+    "NormalizeQuotes": NormalizeQuotes,
+    "ComputeMidPrices": ComputeMidPrices,
+    "WindowQuotes": WindowQuotes,
+    "WriteQuoteOutputs": WriteQuoteOutputs,
+}
+
+
+def providers() -> dict:
+    """``{type: provider}`` for ``YamlTransform(spec, providers=providers())`` or
+    ``expand_pipeline(..., providers=providers())``: the same InlineProvider as the YAML block."""
+    from apache_beam.yaml.yaml_provider import InlineProvider
+
+    provider = InlineProvider(dict(TRANSFORMS), no_input_transforms=("ReadQuotes",))
+    return {name: [provider] for name in TRANSFORMS}
+
+
+class QuotesRunner(PipelineRunner):
+    """``--runner=beam_pipeline.yaml_transforms.QuotesRunner``: the CLI's DirectRunner preset
+    (:func:`runners.direct.create`, never Prism), for pipelines whose runner Beam creates by name."""
+
+    def run_pipeline(self, pipeline, options):
+        from runners import direct
+
+        return direct.create(options).run_pipeline(pipeline, options)
+
