@@ -38,6 +38,8 @@ from beam_pipeline.pipeline import (
     input_opener,
     output_dir,
 )
+from beam_pipeline.plugins import PluginError, check_plugins, input_hint, list_plugins
+from beam_pipeline.report import ReportError, check_matplotlib, write_report
 import runners
 from runners import RunnerError, is_direct, make_runner
 from schemas import SchemaError, field_rules, load_schema
@@ -47,7 +49,9 @@ from transforms.avro import AVRO_SUFFIX
 from transforms.modes import ModeError, PositionStore, forget_run, replay_layout, run_control
 from transforms.normalize import price_rule
 from transforms.scoring import ModelError, load_model
+from transforms import telemetry
 from transforms.sinks import balance
+from transforms.telemetry import MetricsServer
 from transforms.trades import TradeInputError, check_trade_headers
 from transforms.webhook import PATH as WEBHOOK_PATH
 from transforms.webhook import WebhookInbox, WebhookPolicy, WebhookServer, registered_inbox
@@ -304,14 +308,20 @@ def open_webhook(config: QuoteOptions) -> WebhookServer:
 
 
 @contextmanager
-def steering(config: QuoteOptions, run_id: str, webhook: WebhookServer | None = None) -> Iterator[None]:
+def steering(config: QuoteOptions, run_id: str, webhook: WebhookServer | None = None,
+             metrics: MetricsServer | None = None) -> Iterator[None]:
     """For a live run: signals stop it; for a replay, the control endpoint and stdin switch it;
-    for a webhook run, ``webhook`` serves (and feeds the run) until the run ends."""
+    for a webhook run, ``webhook`` serves (and feeds the run) until the run ends; ``metrics``
+    serves the counters until then."""
     if source_kind(config.source) not in UNBOUNDED_SOURCES:
         yield
         return
     control = run_control(run_id)
     with stop_on_signals(control), ExitStack() as stack:
+        if metrics is not None:
+            stack.callback(metrics.close)
+            print(f"{PROG}: metrics endpoint {metrics.url} (the Beam counters, Prometheus text format)",
+                  file=sys.stderr, flush=True)
         if config.source == "replay":
             if config.control_port is not None:
                 server = stack.enter_context(ControlServer(control, config.control_port))
@@ -325,11 +335,21 @@ def steering(config: QuoteOptions, run_id: str, webhook: WebhookServer | None = 
         yield
 
 
+def open_metrics(port: int) -> MetricsServer:
+    """The ``--metrics_port`` server, listening before the run starts (a port in use is a usage error)."""
+    try:
+        return MetricsServer(port)
+    except OSError as exc:
+        raise UsageError(f"--metrics_port {port}: cannot listen on it ({exc})") from None
+
+
 def _products(options: PipelineOptions, started_at: float) -> int:
     """``--job products``: check its flags, then run it (see :mod:`beam_pipeline.products`)."""
     from beam_pipeline import products
 
     problems = products.check(options) + runners.check(options) + shared_files_problems(options, {})
+    if options.view_as(QuoteOptions).report:
+        problems.append("--report draws the quotes job's outputs; the products job has summary.json")
     if problems:
         raise UsageError("; ".join(problems))
     prepare_output_dir(options.view_as(QuoteOptions).output_dir)
@@ -348,12 +368,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     started_at = time.time()
     webhook: WebhookServer | None = None
+    metrics_server: MetricsServer | None = None
     try:
         options = parse_options(argv)
         config = options.view_as(QuoteOptions)
+        if config.list_plugins:
+            print(list_plugins())
+            return 0
         logs.use_format(config.log_format)
         if config.job == "products":
             return _products(options, started_at)
+        check_plugins()  # a broken normalizer plugin is a usage error, before anything is created
         standard = options.view_as(StandardOptions)
         live = source_kind(config.source) in UNBOUNDED_SOURCES
         problems = options_module.check(config, streaming=live or bool(standard.streaming))
@@ -377,8 +402,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not any(path.endswith(AVRO_SUFFIX) for path in sources):
                 raise UsageError("--reader_schema_version applies to .avro inputs, and --input has none")
             load_schema("quote", config.reader_schema_version)  # a SchemaError names what exists
-        check_headers(sources, input_opener(config))
+        opener = input_opener(config)
+        for path in sources:  # one by one: an unreadable file's error says which plugin (if any) reads it
+            try:
+                check_headers([path], opener)
+            except InputError as exc:
+                raise InputError(f"{exc}{input_hint(path)}") from None
         trade_sources = expand_inputs(config.trades, "--trades") if config.trades else None
+        if config.report:
+            check_matplotlib()  # --report without matplotlib is a usage error before the run, not after it
         if trade_sources:
             check_trade_headers(trade_sources, FileSystems.open)  # a wrong file fails before the run
             model = options_module.analytics_config(config).model
@@ -391,6 +423,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             standard.streaming = True  # an unbounded source: say so to the runner
         if config.source == "webhook":
             webhook = open_webhook(config)  # before the output folder: a port in use leaves none behind
+        if config.metrics_port is not None:
+            metrics_server = open_metrics(config.metrics_port)
         runner = make_runner(options, unbounded_source=live)
         prepare_output_dir(config.output_dir)  # the last checks: a usage error leaves no folder behind
         if config.avro_output:
@@ -402,9 +436,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         problems = runners.portability_problems(pipeline, options)
         if problems:
             raise UsageError("; ".join(problems))
-    except (UsageError, InputError, RunnerError, SchemaError, ModeError, TradeInputError, ModelError) as exc:
+    except (UsageError, InputError, RunnerError, SchemaError, ModeError, TradeInputError, ModelError,
+            PluginError, ReportError) as exc:
         if webhook is not None:
             webhook.close()
+        if metrics_server is not None:
+            metrics_server.close()
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
 
@@ -413,7 +450,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         LOG.info("replaying %d file(s) into %s", len(sources), config.output_dir)
     try:
-        with steering(config, run_id, webhook):
+        telemetry.reset()  # /metrics counts this run from zero
+        with steering(config, run_id, webhook, metrics_server):
             pipeline.run().wait_until_finish()
     except Exception as exc:  # the run itself failed: show why, with the trace for a bug report
         traceback.print_exc()
@@ -425,4 +463,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics = json.load(stream)
     log_set_aside(metrics)
     print(_summary(output_dir(config), metrics))
+    if config.report:
+        try:
+            png, page = write_report(output_dir(config), default_symbol=config.symbol.strip(),
+                                     reader_schema_version=config.reader_schema_version)
+        except ReportError as exc:
+            print(f"{PROG}: report: {exc}", file=sys.stderr)
+            return 1
+        print(f"  {page}  the run report (its figure: {png})")
     return 0 if metrics["balanced"] else 1

@@ -110,6 +110,12 @@ class QuoteOptions(PipelineOptions):
             "OUTPUT_DIR/tenant=<t>/<file> (dead letters whose tenant cannot be read: tenant=_unattributed)",
         )
         parser.add_argument(
+            "--report", action="store_true", default=False,
+            help="after the run, also write report.png and report.html (self-contained) to the output "
+            "folder: mid prices per symbol with filtered and late quotes marked, OHLC, latencies, counts "
+            "(needs pip install 'beam_pipeline[report]')",
+        )
+        parser.add_argument(
             "--log_format", default="text", choices=("text", "json"),
             help="log lines on stderr as text or as JSON objects (timestamp, level, logger, message, "
             "run_id, stage, counts) for a log collector (default: text)",
@@ -118,12 +124,23 @@ class QuoteOptions(PipelineOptions):
             "--progress", default="auto", choices=("auto", "off"),
             help="print a progress line on stderr for runs longer than a few seconds (default: auto)",
         )
+        parser.add_argument(
+            "--list_plugins", action="store_true", default=False,
+            help="print the installed normalizer plugins (input formats, entry point group "
+            "beam_pipeline.normalizers) and exit",
+        )
         live = parser.add_argument_group("live feed and replay (--source live or replay)")
         live.add_argument("--live_url", default=None, help="the websocket quote feed, ws://HOST:PORT/PATH")
         live.add_argument(
             "--control_port", type=int, default=None,
             help="--source replay: serve GET /status and POST /mode on 127.0.0.1 at this port "
             "(0: any free port, printed at start; default: no endpoint, stdin commands only)",
+        )
+        live.add_argument(
+            "--metrics_port", type=int, default=None,
+            help="long-running sources (live, replay, webhook, redis://...): serve the Beam counters as they "
+            "grow, GET /metrics in Prometheus' text format, on 127.0.0.1 at this port (0: any free port, "
+            "printed at start; default: none)",
         )
         live.add_argument(
             "--state_dir", default=None,
@@ -339,6 +356,12 @@ def check(options: QuoteOptions, streaming: bool = False) -> list[str]:
     problems += _live_problems(options)
     problems += _webhook_problems(options)
     problems += _analytics_problems(options, streaming)
+    if options.metrics_port is not None:
+        if source_kind(options.source) not in UNBOUNDED_SOURCES:
+            problems.append("--metrics_port needs a long-running source (--source live, replay, webhook or "
+                            "redis://...); a batch run writes its counters to metrics.json")
+        if not 0 <= options.metrics_port <= 65535:
+            problems.append(f"--metrics_port must be from 0 to 65535, got {options.metrics_port}")
     problems += _queue_problems(options)
     return problems
 

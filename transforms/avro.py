@@ -31,9 +31,9 @@ import fastavro
 import pyarrow as pa
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics import Metrics
 
 from schemas import SchemaError, load_schema
+from transforms import telemetry
 from transforms.midprice import split_by_latency
 from transforms.tenants import partition_dir, split_by_tenant
 from schemas.compat import can_read
@@ -156,15 +156,49 @@ def open_avro_quotes(path: str, reader_schema: dict, open_file: Callable = FileS
 
 class InputOpener:
     """Opens replay inputs: ``.avro`` files as CSV (with the ``quote`` reader schema of
-    ``reader_version``), anything else as it is. Picklable, for the replay's ``open_file``."""
+    ``reader_version``), files a normalizer plugin claims (:mod:`beam_pipeline.plugins`) as the
+    CSV it makes of them, anything else as it is. Picklable, for the replay's ``open_file``.
 
-    def __init__(self, reader_version: int):
+    ``plugins``: suffix -> entry point name (default: the installed plugins'). Only the names
+    travel to the workers; each worker loads the plugins from its own installed packages.
+    """
+
+    def __init__(self, reader_version: int, plugins: dict[str, str] | None = None):
         self.reader_version = reader_version
+        if plugins is None:
+            from beam_pipeline.plugins import claimed_suffixes  # transforms does not need it otherwise
+
+            plugins = claimed_suffixes()
+        self.plugins = dict(plugins)
 
     def __call__(self, path: str) -> BinaryIO:
         if path.endswith(AVRO_SUFFIX):
             return open_avro_quotes(path, load_schema("quote", self.reader_version))
+        if self.plugins:
+            from beam_pipeline.plugins import plugin_for, plugin_suffix
+
+            suffix = plugin_suffix(path, self.plugins)
+            if suffix is not None:
+                return open_with_plugin(path, plugin_for(suffix, self.plugins[suffix]))
         return FileSystems.open(path)
+
+
+def open_with_plugin(path: str, plugin, open_file: Callable = FileSystems.open) -> BinaryIO:
+    """A file opened as the CSV a normalizer ``plugin`` (:class:`beam_pipeline.plugins.Plugin`)
+    makes of it, streamed. What the plugin raises comes out of ``read`` as a ``PluginError``
+    naming the plugin and the file."""
+    from beam_pipeline.plugins import read_as_csv
+
+    stream = open_file(path)
+    chunks = read_as_csv(plugin, stream, path)
+
+    def close() -> None:
+        try:
+            chunks.close()
+        finally:
+            stream.close()
+
+    return io.BufferedReader(_ChunkStream(chunks, close), buffer_size=1 << 16)
 
 
 def match_files(pattern: str) -> list[str]:
@@ -178,7 +212,7 @@ def match_files(pattern: str) -> list[str]:
 class _ReadFileFn(beam.DoFn):
     def __init__(self, reader_schema: dict):
         self._reader_schema = reader_schema
-        self._records = Metrics.counter(self.__class__, "avro_records_in")
+        self._records = telemetry.counter(self.__class__, "avro_records_in")
 
     def process(self, path: str) -> Iterator[dict]:
         count = 0
@@ -218,7 +252,7 @@ class _DecodeFn(beam.DoFn):
         self._writer_schemas = tuple(writer_schemas)
         self._source = source
         self._decoder = None
-        self._dead = Metrics.counter(self.__class__, "dead_lettered")
+        self._dead = telemetry.counter(self.__class__, "dead_lettered")
 
     def setup(self):
         self._decoder = SingleObjectDecoder(self._reader_schema, self._writer_schemas)
@@ -313,7 +347,7 @@ class _WriteAvroFn(beam.DoFn):
         self._to_records = to_records
         self._run_id = run_id
         self._partitioned = partitioned
-        self._written = Metrics.counter(self.__class__, f"avro_{name}_written")
+        self._written = telemetry.counter(self.__class__, f"avro_{name}_written")
 
     def process(self, block) -> Iterator[str]:
         for partition, rows in split_by_tenant(block.batch, self._partitioned):
