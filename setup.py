@@ -48,11 +48,16 @@ setup(
     # avro: the Apache reference library, to prove our Avro files and encodings interoperate.
     extras_require={
         # pandas: the independent reference the analytics tests and benchmark check the join against.
-        "test": ["pytest>=8", "hypothesis>=6.100", "avro>=1.11", "psutil>=5.9", "pandas>=2.2"],
+        # opentelemetry: tests/transforms/test_tracing.py records the spans with the SDK's in-memory exporter.
+        "test": ["pytest>=8", "hypothesis>=6.100", "avro>=1.11", "psutil>=5.9", "pandas>=2.2",
+                 "opentelemetry-api>=1.20", "opentelemetry-sdk>=1.20"],
         # --runner DaskRunner: Beam's Dask runner and a distributed cluster (runners/dask.py).
         "dask": ["apache-beam[dask]==2.77.*"],
         # --report: report.png and report.html drawn with matplotlib (beam_pipeline/report.py).
         "report": ["matplotlib>=3.8"],
+        # OpenTelemetry spans of a run, its bundles and its HTTP calls (transforms/tracing.py): the API
+        # the code uses and the SDK to record them; opentelemetry-distro adds opentelemetry-instrument.
+        "tracing": ["opentelemetry-api>=1.20", "opentelemetry-sdk>=1.20"],
         # --runner DataflowRunner: Beam's Google Cloud client libraries (for submitting; docs/deploy.md).
         "dataflow": ["apache-beam[gcp]==2.77.*"],
     },

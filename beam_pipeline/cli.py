@@ -43,13 +43,13 @@ from beam_pipeline.report import ReportError, check_matplotlib, write_report
 import runners
 from runners import RunnerError, is_direct, make_runner
 from schemas import SchemaError, field_rules, load_schema
+from transforms import telemetry, tracing
 from transforms.analytics import OUTPUTS as ANALYTICS_OUTPUTS
 from transforms.analytics import SCORE_OUTPUTS
 from transforms.avro import AVRO_SUFFIX
 from transforms.modes import ModeError, PositionStore, forget_run, replay_layout, run_control
 from transforms.normalize import price_rule
 from transforms.scoring import ModelError, load_model
-from transforms import telemetry
 from transforms.sinks import balance
 from transforms.telemetry import MetricsServer
 from transforms.trades import TradeInputError, check_trade_headers
@@ -451,7 +451,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         LOG.info("replaying %d file(s) into %s", len(sources), config.output_dir)
     try:
         telemetry.reset()  # /metrics counts this run from zero
-        with steering(config, run_id, webhook, metrics_server):
+        with steering(config, run_id, webhook, metrics_server), \
+                tracing.run_span(run_id, config.job, type(pipeline.runner).__name__):
             pipeline.run().wait_until_finish()
     except Exception as exc:  # the run itself failed: show why, with the trace for a bug report
         traceback.print_exc()

@@ -25,9 +25,11 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from beam_pipeline import logs
 from beam_pipeline.options import ProductOptions, QuoteOptions
 from runners import make_runner
 from schemas import load_schema
+from transforms import tracing
 from transforms.deliver import DeliverToApi
 from transforms.fetch import FetchPaginated
 from transforms.paginate import Endpoint, FetchConfig, parse_endpoints
@@ -139,8 +141,12 @@ def run(options: PipelineOptions, started_at: float, prog: str) -> int:
             deliver_url = stack.enter_context(MockDownstreamApi()).url
             print(f"{prog}: mock downstream API: {deliver_url}", file=sys.stderr, flush=True)
         LOG.info("fetching %d endpoint(s) into %s", len(endpoints), output_dir)
-        pipeline = build_products_pipeline(options, endpoints, started_at=started_at, deliver_url=deliver_url)
-        pipeline.run().wait_until_finish()
+        run_id = uuid.uuid4().hex[:12]
+        logs.set_run_id(run_id)
+        pipeline = build_products_pipeline(options, endpoints, run_id=run_id, started_at=started_at,
+                                           deliver_url=deliver_url)
+        with tracing.run_span(run_id, "products", type(pipeline.runner).__name__):
+            pipeline.run().wait_until_finish()
     with FileSystems.open(FileSystems.join(output_dir, "summary.json")) as stream:
         document = json.load(stream)
     print(summary_text(output_dir, document))

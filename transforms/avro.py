@@ -36,6 +36,7 @@ from schemas import SchemaError, load_schema
 from transforms import telemetry
 from transforms.midprice import split_by_latency
 from transforms.tenants import partition_dir, split_by_tenant
+from transforms.tracing import TracedDoFn
 from schemas.compat import can_read
 from schemas.single_object import DecodeError, SingleObjectDecoder
 
@@ -209,7 +210,9 @@ def match_files(pattern: str) -> list[str]:
     return paths
 
 
-class _ReadFileFn(beam.DoFn):
+class _ReadFileFn(TracedDoFn):
+    STAGE = "read_avro"
+
     def __init__(self, reader_schema: dict):
         self._reader_schema = reader_schema
         self._records = telemetry.counter(self.__class__, "avro_records_in")
@@ -246,7 +249,9 @@ def dead_letter(source: str, index: int, message: bytes, reason: str) -> dict:
     return {"source": source, "line": index, "raw": base64.b64encode(message).decode("ascii"), "reason": reason}
 
 
-class _DecodeFn(beam.DoFn):
+class _DecodeFn(TracedDoFn):
+    STAGE = "decode_avro"
+
     def __init__(self, reader_schema: dict, writer_schemas: Sequence[dict], source: str):
         self._reader_schema = reader_schema
         self._writer_schemas = tuple(writer_schemas)
@@ -339,7 +344,9 @@ def check_mid_scale(mid_schema: dict, price_scale: int) -> None:
                           f"has {mid.get('scale')}")
 
 
-class _WriteAvroFn(beam.DoFn):
+class _WriteAvroFn(TracedDoFn):
+    STAGE = "write_avro"
+
     def __init__(self, directory: str, name: str, schema: dict, to_records: Callable, run_id: str, partitioned: bool):
         self._directory = directory
         self._name = name

@@ -55,6 +55,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms import telemetry
 from transforms.resilience import TokenBucket, backoff_delay, retry_after_seconds
+from transforms.tracing import TracedDoFn, http_span
 
 LOG = logging.getLogger(__name__)
 
@@ -395,6 +396,9 @@ class Deliverer:
     ``session``: a ``requests.Session`` (default: a new one, closed by :meth:`close`).
     """
 
+    #: The OpenTelemetry context its requests' spans are children of (None: the current one).
+    trace_parent = None
+
     def __init__(self, config: DeliveryConfig, *, session: requests.Session | None = None,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
                  unit_random: Callable[[], float] = random.random):
@@ -543,7 +547,9 @@ class Deliverer:
                           separators=(",", ":"), allow_nan=False).encode("utf-8")
         headers = {"Content-Type": "application/json", "Idempotency-Key": batch_key(keys)}
         try:
-            response = self._session.post(self.config.url, data=body, timeout=self.config.timeout, headers=headers)
+            with http_span("POST", self.config.url, self.trace_parent) as traced:
+                response = self._session.post(self.config.url, data=body, timeout=self.config.timeout, headers=headers)
+                traced.status(response.status_code)
         except requests.Timeout:
             return None, None, "timeout", None
         except requests.ConnectionError as exc:
@@ -566,8 +572,10 @@ def _global(value: Any, timestamp: Any) -> WindowedValue:
     return WindowedValue(value, MIN_TIMESTAMP if timestamp is None else timestamp, [windows.GlobalWindow()])
 
 
-class _DeliverFn(beam.DoFn):
+class _DeliverFn(TracedDoFn):
     """Records -> delivered (main), ``dead_letters`` and one ``report`` dict per bundle."""
+
+    STAGE = "deliver"
 
     def __init__(self, config: DeliveryConfig, report_every: float):
         self._config = config
@@ -596,7 +604,9 @@ class _DeliverFn(beam.DoFn):
                 LOG.info("%s", format_report(figures))
 
     def start_bundle(self):
+        super().start_bundle()
         self._deliverer.start()
+        self._deliverer.trace_parent = self.trace_context  # its POSTs: children of this bundle's span
         self._counted = (0, 0)
 
     def process(self, record, timestamp=beam.DoFn.TimestampParam):
@@ -608,6 +618,7 @@ class _DeliverFn(beam.DoFn):
         if figures["received"]:
             LOG.info("%s", format_report(figures, "deliver done"))
             yield beam.pvalue.TaggedOutput(REPORT, _global(figures, None))
+        super().finish_bundle()
 
     def _outputs(self, settled: list[Settled]) -> Iterator:
         for outcome in settled:

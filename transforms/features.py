@@ -60,6 +60,7 @@ from transforms import market, telemetry
 from transforms.blocks import TextChunk
 from transforms.columns import format_timestamps, joined_lines
 from transforms.market import ENRICHED_SCHEMA, FEATURE_SCHEMA, QUOTE_POINT_SCHEMA, UNMATCHED_SCHEMA
+from transforms.tracing import TracedDoFn
 from transforms.windowing import WindowingError, parse_window
 
 #: The inputs of :class:`ComputeFeatures`, and the schema of each.
@@ -392,7 +393,9 @@ def _concat(batches: Iterable[pa.RecordBatch], schema: pa.Schema) -> pa.RecordBa
     return pa.concat_batches([batch.select(schema.names) for batch in batches])
 
 
-class _FeaturesFn(beam.DoFn):
+class _FeaturesFn(TracedDoFn):
+    STAGE = "features"
+
     def __init__(self, size_us: int, period_us: int, scale: int):
         self._size_us = size_us
         self._period_us = period_us

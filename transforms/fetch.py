@@ -47,6 +47,7 @@ from transforms.paginate import Endpoint, FetchConfig, FetchError, Page, fetch_a
 from transforms.progress import Progress
 from transforms.replay import DEFAULT_BLOCK_BYTES, HistoricalReplay
 from transforms.stream_replay import StreamPlan, plan_steps
+from transforms.tracing import TracedDoFn, attached
 from transforms.windowing import WindowSpec, watermark_after
 
 LOG = logging.getLogger(__name__)
@@ -59,7 +60,9 @@ def block_timestamp(block: QuoteBlock) -> Timestamp:
     return MIN_TIMESTAMP if earliest is None else Timestamp(micros=earliest)
 
 
-class _ReplayFn(beam.DoFn):
+class _ReplayFn(TracedDoFn):
+    STAGE = "replay"
+
     def __init__(self, default_symbol: str, block_bytes: int, show_progress: bool, open_file,
                  dedup_horizon_us: int = 0):
         self._default_symbol = default_symbol
@@ -230,8 +233,10 @@ def next_watermark(current_us: int | None, batch, lag_us: int | float) -> int | 
     return candidate if current_us is None else max(current_us, candidate)
 
 
-class _ReadFeedFn(beam.DoFn):
+class _ReadFeedFn(TracedDoFn):
     """A splittable DoFn over a feed's positions; runs until the feed ends or the run stops."""
+
+    STAGE = "read_feed"
 
     def __init__(self, feed: QuoteFeed, run_id: str, lag_us: int | float):
         self._feed = feed
@@ -321,13 +326,15 @@ def ReadLiveQuotes(url: str, *, run_id: str | None = None, lag_us: int | float =
 _DONE = object()
 
 
-def fetch_events(endpoints: Sequence[Endpoint], config: FetchConfig, buffer: int = 8, **clocks) -> Iterator:
+def fetch_events(endpoints: Sequence[Endpoint], config: FetchConfig, buffer: int = 8, *, trace_parent=None,
+                 **clocks) -> Iterator:
     """Events of :func:`transforms.paginate.fetch_all` (pages, errors, reports) as a plain iterator.
 
     The fetch runs on its own event loop in a helper thread, so requests, timeouts and rate limits
     keep their timing while the caller processes a page; at most ``buffer`` events wait between
     the two (a full buffer pauses the fetch), so nothing accumulates the pages. Closing the
-    iterator early (an error downstream) cancels the fetch and ends the thread.
+    iterator early (an error downstream) cancels the fetch and ends the thread. ``trace_parent``:
+    the OpenTelemetry context the requests' spans are children of (see :mod:`transforms.tracing`).
     """
     events: queue.Queue = queue.Queue(maxsize=buffer)
     closed = threading.Event()
@@ -347,7 +354,8 @@ def fetch_events(endpoints: Sequence[Endpoint], config: FetchConfig, buffer: int
 
     def run() -> None:
         try:
-            asyncio.run(fetch_all(endpoints, config, emit, **clocks))
+            with attached(trace_parent):  # the loop's tasks inherit it: their requests' parent
+                asyncio.run(fetch_all(endpoints, config, emit, **clocks))
         except _FetchClosed:
             return
         except BaseException as exc:  # handed to the caller, raised there with its traceback
@@ -371,7 +379,9 @@ class _FetchClosed(Exception):
     """The reader of :func:`fetch_events` went away: stop fetching."""
 
 
-class _FetchPagesFn(beam.DoFn):
+class _FetchPagesFn(TracedDoFn):
+    STAGE = "fetch"
+
     def __init__(self, config: FetchConfig):
         self.config = config
         self.pages = telemetry.counter(self.__class__, "pages_fetched")
@@ -380,7 +390,7 @@ class _FetchPagesFn(beam.DoFn):
         self.throttled = telemetry.counter(self.__class__, "http_rate_limited")
 
     def process(self, endpoints: Sequence[Endpoint]) -> Iterator:
-        for event in fetch_events(endpoints, self.config):
+        for event in fetch_events(endpoints, self.config, trace_parent=self.trace_context):
             if isinstance(event, Page):
                 self.pages.inc()
                 yield event

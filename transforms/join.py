@@ -64,6 +64,7 @@ from apache_beam.utils.timestamp import Timestamp
 
 from transforms import asof, columns, market, telemetry
 from transforms.blocks import QuoteBlock
+from transforms.tracing import TracedDoFn
 
 ENRICHED = "enriched"
 UNMATCHED = "unmatched"
@@ -103,13 +104,15 @@ _Keyed = tuple[str, pa.RecordBatch]
 _TAGGED = tuple[str, tuple[int, pa.RecordBatch]]  # (symbol, (_QUOTE or _TRADE, batch))
 
 
-class _CountRowsFn(beam.DoFn):
+class _CountRowsFn(TracedDoFn):
     """Passes ``(symbol, batch)`` through and adds its rows to a counter.
 
     Counting here, downstream of the join, rather than in the timer callback that emits most
     rows, counts them on every runner: the BundleBasedDirectRunner does not report counters
     incremented in timer callbacks.
     """
+
+    STAGE = "join_count"
 
     def __init__(self, name: str):
         self._name = name
@@ -137,7 +140,9 @@ def _outputs(symbol: str, enriched: pa.RecordBatch, unmatched: pa.RecordBatch) -
 # --------------------------------------------------------------------------- quote points
 
 
-class _QuotePointsFn(beam.DoFn):
+class _QuotePointsFn(TracedDoFn):
+    STAGE = "join_quotes"
+
     def __init__(self, latency_threshold_ms: int | None):
         self._threshold_ms = latency_threshold_ms
 
@@ -165,7 +170,9 @@ class QuotePoints(beam.PTransform):
 # --------------------------------------------------------------------------- batch
 
 
-class _BatchJoinFn(beam.DoFn):
+class _BatchJoinFn(TracedDoFn):
+    STAGE = "join"
+
     def __init__(self, max_age_us: int, scale: int):
         self._max_age_us = max_age_us
         self._scale = scale
@@ -184,7 +191,9 @@ class _BatchJoinFn(beam.DoFn):
 # --------------------------------------------------------------------------- streaming
 
 
-class _StreamingJoinFn(beam.DoFn):
+class _StreamingJoinFn(TracedDoFn):
+    STAGE = "join_streaming"
+
     QUOTES = userstate.BagStateSpec("quotes", RecordBatchCoder())
     PENDING = userstate.BagStateSpec("pending", RecordBatchCoder())
     CLOSED = userstate.ReadModifyWriteStateSpec("closed_us", VarIntCoder())

@@ -22,6 +22,7 @@ from transforms import columns, telemetry
 from transforms.blocks import QuoteBlock, TextChunk
 from transforms.replay import HISTORICAL
 from transforms.tenants import split_by_tenant
+from transforms.tracing import TracedDoFn
 
 ERRORS = "errors"
 
@@ -57,7 +58,9 @@ def latency_error_text(late: pa.RecordBatch, threshold_ms: int) -> bytes:
     )
 
 
-class _MidPriceFn(beam.DoFn):
+class _MidPriceFn(TracedDoFn):
+    STAGE = "midprice"
+
     def __init__(self, threshold_ms: int | None, scale: int, partitioned: bool):
         self._threshold_ms = threshold_ms
         self._scale = scale

@@ -27,6 +27,7 @@ from transforms import columns, telemetry
 from transforms.blocks import QuoteBlock, TextChunk
 from transforms.quotes import PriceRule, dead_letter_json, reject_code
 from transforms.tenants import dead_letter_tenants, split_by_tenant
+from transforms.tracing import TracedDoFn
 
 VALID_SCHEMA = pa.schema(
     [
@@ -161,7 +162,9 @@ def dead_letter_chunk(seq: int, dead: pa.RecordBatch, sources: tuple[str, ...], 
     return TextChunk(seq, text.encode("utf-8"), len(lines), tally, keyed=True, partition=partition)
 
 
-class _NormalizeFn(beam.DoFn):
+class _NormalizeFn(TracedDoFn):
+    STAGE = "normalize"
+
     def __init__(self, prices: PriceRule, partitioned: bool):
         self._prices = prices
         self._partitioned = partitioned

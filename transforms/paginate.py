@@ -399,11 +399,15 @@ class EndpointFetcher:
             await asyncio.sleep(self.bucket.reserve())
             attempts += 1
             self.report.requests += 1
+            from transforms.tracing import http_span  # imports Beam: only once a request is made
+
             try:
-                async with self.session.get(url, timeout=aiohttp.ClientTimeout(total=self.config.timeout)) as response:
-                    status = response.status
-                    text = await response.text()
-                    headers = response.headers
+                with http_span("GET", url) as traced:
+                    async with self.session.get(url, timeout=aiohttp.ClientTimeout(total=self.config.timeout)) as response:
+                        status = response.status
+                        traced.status(status)
+                        text = await response.text()
+                        headers = response.headers
             except asyncio.TimeoutError:
                 last = _PageFailed(TIMEOUT, None, f"no answer within {self.config.timeout:g} s")
             except aiohttp.ClientError as exc:

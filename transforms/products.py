@@ -35,6 +35,7 @@ from fastavro.validation import validate
 
 from transforms import telemetry
 from transforms.paginate import CURSOR, OFFSET, PAGES, Page, utc_iso
+from transforms.tracing import TracedDoFn
 
 LOG = logging.getLogger(__name__)
 
@@ -250,7 +251,9 @@ def counts_balance(reports: Sequence[Mapping], products: int, dead_letters: int)
 # --------------------------------------------------------------------------- Beam stages
 
 
-class _NormalizePageFn(beam.DoFn):
+class _NormalizePageFn(TracedDoFn):
+    STAGE = "normalize_products"
+
     def __init__(self, schema: Mapping | None):
         self.schema = schema
         self.products = telemetry.counter(self.__class__, "products")
@@ -266,7 +269,9 @@ class _NormalizePageFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(DEAD_LETTERS, letter)
 
 
-class _FirstOfIdFn(beam.DoFn):
+class _FirstOfIdFn(TracedDoFn):
+    STAGE = "first_of_id"
+
     def __init__(self):
         self.duplicates = telemetry.counter(self.__class__, "duplicate_ids")
 
@@ -306,14 +311,17 @@ class NormalizeProducts(beam.PTransform):
 # --------------------------------------------------------------------------- sorted JSON-lines files
 
 
-class _SortedPartFn(beam.DoFn):
+class _SortedPartFn(TracedDoFn):
     """Writes each bundle's lines, sorted, to a part file; emits the part's path at bundle end."""
+
+    STAGE = "write_products"
 
     def __init__(self, tmp_dir: str, to_line: Callable[[Any], tuple[Any, str]]):
         self.tmp_dir = tmp_dir
         self.to_line = to_line
 
     def start_bundle(self):
+        super().start_bundle()
         self.lines = []
 
     def process(self, record):
@@ -321,6 +329,7 @@ class _SortedPartFn(beam.DoFn):
 
     def finish_bundle(self):
         if not self.lines:
+            super().finish_bundle()
             return
         path = FileSystems.join(self.tmp_dir, f"part-{uuid.uuid4().hex}.jsonl")
         with FileSystems.create(path) as stream:
@@ -329,6 +338,7 @@ class _SortedPartFn(beam.DoFn):
         count = len(self.lines)
         self.lines = []
         yield WindowedValue((path, count), 0, [GlobalWindow()])
+        super().finish_bundle()
 
 
 def merged_lines(parts: Sequence[str], sort_key: Callable[[str], Any]) -> Iterator[str]:
@@ -359,7 +369,9 @@ def _dead_letter_line(letter: Mapping) -> tuple[tuple, str]:
     return (letter["source"], letter["line"], letter["reason"]), json.dumps(letter, separators=(",", ":"))
 
 
-class _WriteSummaryFn(beam.DoFn):
+class _WriteSummaryFn(TracedDoFn):
+    STAGE = "write_summary"
+
     def __init__(self, output_dir: str, tmp_dir: str, started_at: float, clock: Callable[[], float], extra: Mapping):
         self.output_dir, self.tmp_dir = output_dir, tmp_dir
         self.started_at, self.clock, self.extra = started_at, clock, dict(extra)

@@ -51,6 +51,7 @@ from transforms.avro import QUOTE_COLUMNS, quote_records, quote_row
 from transforms.feeds import FeedBlock, Stopping, never
 from transforms.live import Message, frames_to_batch, newest_arrival
 from transforms.replay import BLOCK_SCHEMA, MODES
+from transforms.tracing import TracedDoFn
 
 LOG = logging.getLogger(__name__)
 
@@ -566,8 +567,10 @@ def entry_message(entry_id: str, fields: dict, seq: int, decoder: SingleObjectDe
 # --------------------------------------------------------------------------- Beam
 
 
-class _PublishFn(beam.DoFn):
+class _PublishFn(TracedDoFn):
     """Valid quote blocks -> the stream; one counts dict per block (queued, waits, trims)."""
+
+    STAGE = "queue_publish"
 
     def __init__(self, url: str, group: str, scale: int, settings: dict):
         self._url, self._group, self._scale, self._settings = url, group, scale, settings

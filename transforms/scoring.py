@@ -76,6 +76,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, Predi
 from transforms import market, telemetry
 from transforms.blocks import TextChunk
 from transforms.columns import format_timestamps, joined_lines
+from transforms.tracing import TracedDoFn
 
 #: The model's name, in every score row (``model``) and in the RunInference model id.
 MODEL_NAME = "market_anomaly"
@@ -501,7 +502,9 @@ class FeatureModelHandler(ModelHandler[Example, PredictionResult, dict]):
         return "ScoreFeatures"
 
 
-class _ScoresFn(beam.DoFn):
+class _ScoresFn(TracedDoFn):
+    STAGE = "score"
+
     def __init__(self):
         self._windows = telemetry.counter("ScoreFeatures", "windows_scored")
         self._anomalies = telemetry.counter("ScoreFeatures", "anomalies")

@@ -36,6 +36,7 @@ from apache_beam.transforms.window import GlobalWindows
 
 from transforms.blocks import TextChunk
 from transforms.tenants import partition_dir
+from transforms.tracing import TracedDoFn
 
 LOG = logging.getLogger(__name__)
 _KEY_WIDTH = 20  # width of the sort key in keyed chunks (see TextChunk)
@@ -99,7 +100,9 @@ def staging_dir(output_dir: str, run_id: str) -> str:
     return FileSystems.join(output_dir, f".tmp-{run_id}")
 
 
-class _WritePartFn(beam.DoFn):
+class _WritePartFn(TracedDoFn):
+    STAGE = "write"
+
     def __init__(self, tmp_dir: str, name: str):
         self._tmp_dir = tmp_dir
         self._name = name
@@ -211,7 +214,9 @@ def publish(
     return summary
 
 
-class _PublishFn(beam.DoFn):
+class _PublishFn(TracedDoFn):
+    STAGE = "publish"
+
     def __init__(self, output_dir: str, tmp_dir: str, names: Sequence[str], partitioned: bool):
         self._output_dir = output_dir
         self._tmp_dir = tmp_dir
@@ -290,7 +295,9 @@ class MergeCounts(beam.CombineFn):
         return accumulator
 
 
-class _MetricsFn(beam.DoFn):
+class _MetricsFn(TracedDoFn):
+    STAGE = "metrics"
+
     def __init__(self, path: str, metric_names: Mapping[str, str], balances: Mapping[str, Sequence[str]],
                  tally_names: Mapping[str, str], extra: Mapping, started_at: float, clock: Callable[[], float],
                  totals: Mapping[str, str] | None = None):
@@ -384,12 +391,14 @@ def strip_sort_keys(data: bytes) -> bytes:
     return b"".join(line[_KEY_WIDTH + 1 :] for line in data.splitlines(keepends=True))
 
 
-class _AppendFn(beam.DoFn):
+class _AppendFn(TracedDoFn):
     """Append each chunk to its local file as it comes, and flush it: readers see lines at once.
 
     Not ``partitioned``: the file ``<output_dir>/<name>`` exists from the start. Partitioned:
     ``<output_dir>/<partition>/<name>`` is created with its partition's first chunk.
     """
+
+    STAGE = "append"
 
     def __init__(self, output_dir: str, name: str, partitioned: bool):
         self._output_dir = output_dir

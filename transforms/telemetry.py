@@ -31,11 +31,15 @@ class MirroredCounter:
     def __init__(self, namespace, name: str):
         self._counter = Metrics.counter(namespace, name)
         self._key = (Metrics.get_namespace(namespace), name)
+        self.name = name
+        #: What this instance added (a DoFn's own copy): bundle spans report it (transforms.tracing).
+        self.value = 0
 
     def inc(self, n: int = 1) -> None:
         self._counter.inc(n)
         with _lock:
             _totals[self._key] = _totals.get(self._key, 0) + n
+            self.value += n
 
     def dec(self, n: int = 1) -> None:
         self.inc(-n)

@@ -52,6 +52,7 @@ from transforms.dedup import Deduplicator
 from transforms.market import TRADE_SCHEMA, empty
 from transforms.normalize import dead_letter_chunk
 from transforms.replay import open_local
+from transforms.tracing import TracedDoFn
 
 LOG = logging.getLogger(__name__)
 
@@ -474,7 +475,9 @@ def by_symbol(trades: pa.RecordBatch) -> list[tuple[str, pa.RecordBatch]]:
 # --------------------------------------------------------------------------- Beam
 
 
-class _ReadTradesFn(beam.DoFn):
+class _ReadTradesFn(TracedDoFn):
+    STAGE = "read_trades"
+
     def __init__(self, precision: int, scale: int, horizon_us: int, open_file):
         self._precision = precision
         self._scale = scale

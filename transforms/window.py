@@ -39,6 +39,7 @@ from transforms import telemetry
 from transforms.blocks import QuoteBlock, TextChunk
 from transforms.sinks import when_input_ends
 from transforms.tenants import group_by_partition
+from transforms.tracing import TracedDoFn
 from transforms.windowing import (
     INFINITE,
     Pane,
@@ -122,7 +123,9 @@ def stamped_quotes(block: QuoteBlock, lag_us: int | float) -> list[StampedQuote]
     ]
 
 
-class _StampFn(beam.DoFn):
+class _StampFn(TracedDoFn):
+    STAGE = "window_stamp"
+
     def __init__(self, lag_us: int | float):
         self._lag_us = lag_us
 
@@ -172,8 +175,10 @@ def _counts(tally: Counter) -> beam.pvalue.TaggedOutput:
     return beam.pvalue.TaggedOutput(COUNTS, WindowedValue(dict(tally), MIN_TIMESTAMP, [windows.GlobalWindow()]))
 
 
-class _RouteLateFn(beam.DoFn):
+class _RouteLateFn(TracedDoFn):
     """Quotes some window still takes -> ``((tenant, symbol), PaneStats)``; the others -> ``late``."""
+
+    STAGE = "window_route_late"
 
     def __init__(self, config: WindowConfig):
         self._config = config
@@ -182,6 +187,7 @@ class _RouteLateFn(beam.DoFn):
         self._partial = telemetry.counter(self.__class__, "partially_late")
 
     def start_bundle(self):
+        super().start_bundle()
         self._tally = Counter()
 
     def process(self, quote: StampedQuote):
@@ -204,15 +210,18 @@ class _RouteLateFn(beam.DoFn):
     def finish_bundle(self):
         if self._tally:
             yield _counts(self._tally)
+        super().finish_bundle()
 
 
-class _BucketFn(beam.DoFn):
+class _BucketFn(TracedDoFn):
     """Batch (no watermark, nothing late): a valid block -> pre-aggregated stats.
 
     Fixed and sliding windows: ``((key, start, end), PaneStats)`` once per window the block has
     quotes for, to be combined by key; a key is ``(tenant, symbol)``. Sessions: ``(key, [Session, ...])``, the block's own
     sessions, to be merged with the other blocks' by :class:`MergeSessionsFn`.
     """
+
+    STAGE = "window_bucket"
 
     def __init__(self, window: WindowSpec):
         self._window = window
@@ -262,7 +271,9 @@ def _session_panes(keyed: tuple[tuple[str, str], list[Session]]) -> Iterator[Pan
         yield Pane(symbol, session.start_us, session.end_us, "ON_TIME", 0, session.stats, tenant)
 
 
-class _PaneFn(beam.DoFn):
+class _PaneFn(TracedDoFn):
+    STAGE = "window_pane"
+
     def process(
         self, keyed: tuple[tuple[str, str], PaneStats], window=beam.DoFn.WindowParam, pane=beam.DoFn.PaneInfoParam
     ):
@@ -390,7 +401,9 @@ def late_chunks(
     return [late_chunk(group, sources, config, scale, partition) for partition, group in groups.items()]
 
 
-class _ChunkFn(beam.DoFn):
+class _ChunkFn(TracedDoFn):
+    STAGE = "window_chunk"
+
     def __init__(self, to_chunks, to_counts=None):
         self._to_chunks = to_chunks
         self._to_counts = to_counts
