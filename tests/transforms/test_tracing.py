@@ -20,8 +20,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode  # noqa: E402
 
 from beam_pipeline import logs  # noqa: E402
-from beam_pipeline.cli import main  # noqa: E402
+from beam_pipeline.cli import main, parse_options  # noqa: E402
 from beam_pipeline.mock_api import MockDownstreamApi, start_product_apis  # noqa: E402
+from runners import make_runner  # noqa: E402
 from transforms import telemetry, tracing  # noqa: E402
 from transforms.fetch import _FetchPagesFn  # noqa: E402
 from transforms.paginate import FetchConfig  # noqa: E402
@@ -74,7 +75,9 @@ def test_the_quotes_job_is_a_run_span_over_a_bundle_span_per_stage(exporter, run
     roots, by_id, children = tree(spans)
     [root] = roots
     assert root.name == tracing.RUN_SPAN and root.status.status_code != StatusCode.ERROR
-    assert dict(root.attributes) == {"run_id": run_ids[-1], "job": "quotes", "runner": "FnApiRunner"}
+    # The runner the CLI builds for these options (FnApiRunner; an embedded PortableRunner under --portable).
+    runner = type(make_runner(parse_options(["--output_dir", str(tmp_path / "out")]), unbounded_source=False)).__name__
+    assert dict(root.attributes) == {"run_id": run_ids[-1], "job": "quotes", "runner": runner}
     assert len(spans) == 1 + len(children[root.context.span_id]), "every other span is a child of the run"
     bundles = children[root.context.span_id]
     assert all(span.context.trace_id == root.context.trace_id for span in bundles)
