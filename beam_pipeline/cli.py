@@ -106,7 +106,10 @@ def prepare_output_dir(path: str, flag: str = "--output_dir") -> None:
         if not FileSystems.exists(path):
             FileSystems.mkdirs(path)
     except Exception as exc:  # Beam wraps OSError in its own IOError types
-        raise UsageError(f"{flag} {path}: cannot create it ({exc})") from None
+        # Processes sharing an output folder (consumers of one queue group) may race to create it:
+        # the loser's "already exists" is fine.
+        if not FileSystems.exists(path):
+            raise UsageError(f"{flag} {path}: cannot create it ({exc})") from None
     if FileSystems.get_scheme(path) is None and not os.path.isdir(path):
         raise UsageError(f"{flag} {path}: not a directory")
 

@@ -310,3 +310,24 @@ def test_subprocess_bad_header(tmp_path):
     result = _run_cli("--input", str(path), "--output_dir", str(tmp_path / "out"))
     line = assert_one_line_usage_error(result.returncode, result.stderr)
     assert "ask_price" in line and str(path) in line
+
+
+def test_an_output_folder_another_process_creates_first_is_fine(tmp_path, monkeypatch):
+    """Consumers of one queue group start together and share --output_dir: losing the race to
+    create it is not an error (it was, now and then, in CI)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    target = tmp_path / "shared"
+    real_mkdirs = FileSystems.mkdirs
+
+    def racing_mkdirs(path):
+        real_mkdirs(path)  # the other process wins...
+        raise OSError(17, "File exists", path)  # ...so ours fails
+
+    monkeypatch.setattr(FileSystems, "mkdirs", staticmethod(racing_mkdirs))
+    cli.prepare_output_dir(str(target))
+    assert target.is_dir()
+    blocked = tmp_path / "file"
+    blocked.write_text("x")
+    with pytest.raises(cli.UsageError, match="not a directory"):
+        cli.prepare_output_dir(str(blocked))
