@@ -6,8 +6,10 @@
 The features file is the pipeline's ``features.jsonl``: one JSON object per line with ``symbol``,
 ``window_start`` and ``window_end`` (``YYYY-MM-DD HH:MM:SS.fff``, UTC) and the numeric columns of
 :data:`transforms.market.FEATURE_SCHEMA` by the same names (``null`` where unknown). The model is
-:mod:`transforms.scoring`'s; ``trained_on`` records the file's name, sha256 and row count, so the
-artifact says which data made it, and fitting the same file twice writes the same bytes.
+:mod:`transforms.scoring`'s; ``trained_on`` records the file's name, its row count and
+``inputs_sha256`` (:func:`transforms.scoring.training_digest`: the symbols and the model inputs
+rounded to 9 significant digits), so the artifact says which data made it, and the same features
+write the same bytes on any machine, even when their floats differ in the last bits.
 
 Exit codes: 0 written; 2 bad usage or a malformed features file (one line on stderr).
 """
@@ -15,7 +17,6 @@ Exit codes: 0 written; 2 bad usage or a malformed features file (one line on std
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -25,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from transforms import market
-from transforms.scoring import fit_model, save_model
+from transforms.scoring import fit_model, save_model, training_digest
 
 _TIMES = {"window_start": "window_start_us", "window_end": "window_end_us"}
 _NUMERIC = [field for field in market.FEATURE_SCHEMA if field.name not in ("symbol", *_TIMES.values())]
@@ -76,14 +77,6 @@ def read_features(path: str | Path) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(arrays, schema=market.FEATURE_SCHEMA)
 
 
-def sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as data:
-        for block in iter(lambda: data.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m beam_pipeline.train_model", description=__doc__.split("\n")[0])
     parser.add_argument("--features", required=True, help="features.jsonl to fit on")
@@ -102,7 +95,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, FeaturesError) as error:
         print(f"train_model: error: {error}", file=sys.stderr)
         return 2
-    trained_on = {"file": Path(args.features).name, "sha256": sha256(args.features), "rows": features.num_rows}
+    trained_on = {
+        "file": Path(args.features).name,
+        "inputs_sha256": training_digest(features),
+        "rows": features.num_rows,
+    }
     model = fit_model(features, version=args.version, quantile=args.quantile, trained_on=trained_on)
     save_model(model, args.output)
     training = model["training"]

@@ -58,6 +58,7 @@ batch as keyed ``scores.jsonl`` lines.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.resources
 import json
 import math
@@ -92,7 +93,14 @@ MAD_TO_SIGMA = 1.4826  # 1 / Phi^-1(3/4): MAD of a normal distribution -> its st
 MEAN_AD_TO_SIGMA = 1.2533  # sqrt(pi / 2): mean absolute deviation of a normal -> its standard deviation
 DEFAULT_CLIP = 10.0
 DEFAULT_MIN_COUNT = 30
-SIGNIFICANT_DIGITS = 12
+#: Every fitted number (statistics, threshold) and every training input is rounded to this many
+#: significant digits. Feature values computed on two machines (another numpy build, SIMD width,
+#: libm) can differ in their last bits; rounded to 9 of the 15-17 digits a float64 holds, they are
+#: the same numbers, so the same features make the same artifact bytes anywhere.
+SIGNIFICANT_DIGITS = 9
+#: A training input smaller in magnitude than this is fitted as 0: far below every min scale, and
+#: where two machines may compute 0 and 1e-17 for the same value (relative rounding keeps both).
+TINY_INPUT = 1e-9
 
 #: (input, min scale), in the order of the score's terms.
 INPUTS: tuple[tuple[str, float], ...] = (
@@ -176,6 +184,41 @@ def _round(value: float) -> float:
     return float(f"{value:.{SIGNIFICANT_DIGITS}g}")
 
 
+def training_inputs(features: pa.RecordBatch | pa.Table) -> np.ndarray:
+    """:func:`feature_inputs` rounded to :data:`SIGNIFICANT_DIGITS`: what :func:`fit_model` fits on.
+
+    The rounding is Python's correctly rounded decimal conversion (``float(f"{x:.9g}")``), the
+    same on every platform; an input below :data:`TINY_INPUT` in magnitude becomes 0; NaN (missing)
+    stays NaN.
+    """
+    values = feature_inputs(features)
+    flat = values.reshape(-1)
+    rounded = np.fromiter(
+        (
+            value if value != value else 0.0 if abs(value) < TINY_INPUT else _round(value)
+            for value in flat.tolist()
+        ),
+        dtype=np.float64,
+        count=flat.size,
+    )
+    return rounded.reshape(values.shape)
+
+
+def training_digest(features: pa.RecordBatch | pa.Table) -> str:
+    """The sha256 of what a fit depends on: each row's symbol and its :func:`training_inputs`.
+
+    Recorded as ``trained_on.inputs_sha256`` by ``python -m beam_pipeline.train_model``: two
+    features files with the same digest make the same model, whatever their last float bits,
+    key order or line endings; a file whose inputs changed anywhere gets another digest.
+    """
+    batch = _as_batch(features)
+    digest = hashlib.sha256()
+    digest.update(json.dumps(batch.column("symbol").to_pylist()).encode("utf-8"))
+    for value in training_inputs(batch).reshape(-1).tolist():
+        digest.update(b"null," if value != value else repr(value).encode("ascii") + b",")
+    return digest.hexdigest()
+
+
 def _statistics(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Median, scale and non-null count of each input column (NaN median where none is known)."""
     inputs = values.shape[1]
@@ -215,15 +258,18 @@ def fit_model(
 ) -> dict:
     """Fit the model on feature rows (see the module docstring); returns the model document.
 
-    Numbers are rounded to :data:`SIGNIFICANT_DIGITS` here already, and the threshold is computed
-    with the rounded statistics, so the fitted model scores exactly as its saved artifact does.
+    The inputs are rounded to :data:`SIGNIFICANT_DIGITS` before fitting (:func:`training_inputs`),
+    so last-bit differences in the features do not reach the model; its numbers are rounded the
+    same way here already, and the threshold is computed with the rounded statistics, so the
+    fitted model scores exactly as its saved artifact does.
     An input with no value at all in training gets median 0 and its min scale.
 
     Args:
         features: rows of :data:`transforms.market.FEATURE_SCHEMA` (at least one).
         version: the model version carried by every score.
         quantile: the threshold is this quantile of the training scores.
-        trained_on: what the model was fitted on (e.g. file name, sha256, rows); kept as is.
+        trained_on: what the model was fitted on (e.g. file name, :func:`training_digest`, rows);
+            kept as is.
         min_count: a symbol's input with fewer non-null values uses the pooled statistics.
         clip: bound of each z-score's magnitude.
     """
@@ -234,7 +280,7 @@ def fit_model(
     batch = _as_batch(features)
     if batch.num_rows == 0:
         raise ValueError("no feature rows to fit the model on")
-    values = feature_inputs(batch)
+    values = training_inputs(batch)
     pooled_median, pooled_scale, _ = _statistics(values)
     pooled_median = np.nan_to_num(pooled_median, nan=0.0)
     symbols = {POOLED: _entry(batch.num_rows, pooled_median, pooled_scale)}
@@ -333,7 +379,7 @@ def _rounded(value: Any) -> Any:
 
 
 def dumps_model(model: Mapping) -> str:
-    """The artifact's text: sorted keys, 2-space indent, floats to 12 significant digits."""
+    """The artifact's text: sorted keys, 2-space indent, floats to :data:`SIGNIFICANT_DIGITS` digits."""
     return json.dumps(_rounded(dict(model)), sort_keys=True, indent=2, allow_nan=False) + "\n"
 
 
