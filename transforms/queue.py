@@ -14,21 +14,24 @@ that the group had not read yet are counted (``trimmed_unread``) and logged.
 
 **Consumers** (:class:`QueueFeed`, a :class:`~transforms.feeds.QuoteFeed` that
 :class:`~transforms.fetch.ReadFeed` reads like the live feed) share the stream through a
-consumer group (``XREADGROUP``): each entry goes to one of them. An entry is acknowledged only
-after the blocks yielded for it have been written: the feed yields a block, the stages fused
-after the source (normalize, mid price, the file sink) process it before the ``yield`` returns,
-and only then does the feed commit.
+consumer group (``XREADGROUP``): each entry goes to one of them. The feed yields a block, the
+stages fused after the source (normalize, mid price, the file sink) process it before the
+``yield`` returns, and only then does the feed commit.
 
-**Exactly once in the files, by message id.** A commit is one Redis transaction: ``XACK`` of the
-block's entries together with the sizes of the consumer's output files (its *ledger*). A
-consumer killed between writing lines and committing leaves lines whose entries are still
-pending. Whoever recovers those entries (the consumer itself when restarted under the same name,
-or any consumer of the group once the dead one's heartbeat has expired) first truncates the dead
-consumer's files back to their committed sizes, then claims the entries (``XPENDING`` +
-``XCLAIM``, the owner-aware form of ``XAUTOCLAIM``: an entry of a consumer that is alive but slow
-is never taken from it) and processes them again. So each entry's lines are in the files exactly
-once, whatever crashes. The files must be where every consumer of the group can reach them (one
-machine, or a shared filesystem).
+**Exactly once in the files, by stream entry.** A block's lines are held back by the sink and
+written as one *part* named by the block's entry-id range (:mod:`transforms.staging`); the
+commit is one atomic Redis script: ``XACK`` of the block's entries and the part's name in the
+group's registry, refused if the entries are no longer this consumer's (a consumer taken for
+dead must not commit what another now owns). Only then is the part appended to the readable
+files. A consumer killed before its commit leaves an uncommitted part and pending entries;
+whoever recovers them (the consumer itself when restarted under the same name, or any consumer
+of the group once the dead one's heartbeat has expired) claims the entries (``XPENDING`` +
+``XCLAIM``, the owner-aware form of ``XAUTOCLAIM``: an entry of a consumer that is alive but
+slow is never taken from it) and processes them again into its *own* files. The dead
+consumer's folder is settled from the registry (committed parts applied, uncommitted dropped)
+by its restart, by a recoverer that can reach it, or by ``python -m beam_pipeline.queue_outputs``
+where it is: no consumer ever needs another's files, so consumers may write to separate
+``--output_dir``\ s on machines that share no filesystem.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from transforms.avro import QUOTE_COLUMNS, quote_records, quote_row
 from transforms.feeds import FeedBlock, Stopping, never
 from transforms.live import Message, frames_to_batch, newest_arrival
 from transforms.replay import BLOCK_SCHEMA, MODES
+from transforms.staging import apply_part, build, drop_part, open_staging, part_name, write_part
 from transforms.tracing import TracedDoFn
 
 LOG = logging.getLogger(__name__)
@@ -378,43 +382,31 @@ class ConsumeStats:
     recovered_consumers: int = 0
     reclaimed: int = 0
     redelivered: int = 0
-    truncated_bytes: int = 0
+    parts_applied: int = 0
+    parts_dropped: int = 0
+    fenced: int = 0
     lost_trimmed: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
 
 
-#: Not lines: a finished run's summary, replaced whole at the end of a run.
-UNLEDGERED = ("metrics.json",)
-
-
-def file_sizes(directory: str | None) -> dict[str, int]:
-    """Sizes of the line files under ``directory`` (relative paths); hidden files and
-    :data:`UNLEDGERED` ones excluded."""
-    sizes: dict[str, int] = {}
-    if not directory or not os.path.isdir(directory):
-        return sizes
-    for root, dirs, files in os.walk(directory):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        for name in files:
-            if not name.startswith(".") and name not in UNLEDGERED:
-                path = os.path.join(root, name)
-                sizes[os.path.relpath(path, directory)] = os.path.getsize(path)
-    return sizes
-
-
-def truncate_to(directory: str, committed: dict[str, int]) -> int:
-    """Cut every file under ``directory`` back to its committed size (0 if never committed);
-    the bytes removed."""
-    removed = 0
-    for name, size in file_sizes(directory).items():
-        keep = committed.get(name, 0)
-        if size > keep:
-            with open(os.path.join(directory, name), "r+b") as stream:
-                stream.truncate(keep)
-            removed += size - keep
-    return removed
+#: Commit a block: only while its first and last entries are still ours (a consumer taken for
+#: dead and recovered must not commit what another now owns), the part's name in the registry
+#: and XACK of the entries, atomically. KEYS: stream, registry; ARGV: group, consumer, registry
+#: field ('' for none), ids...; returns the entries acknowledged, or -1 when not ours any more.
+_COMMIT = """
+local first, last = ARGV[4], ARGV[#ARGV]
+for _, id in ipairs({first, last}) do
+  if #redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1, ARGV[2]) == 0 then return -1 end
+end
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[2], ARGV[3], ARGV[2]) end
+local acked = 0
+for i = 4, #ARGV, 500 do
+  acked = acked + redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, i, math.min(i + 499, #ARGV)))
+end
+return acked
+"""
 
 
 @dataclass
@@ -426,7 +418,8 @@ class QueueFeed:
 
     Attributes:
         address, group, consumer: the stream, the consumer group and this consumer's name.
-        ledger_dir: the folder of this consumer's output files (None: commits acknowledge only).
+        ledger_dir: the folder of this consumer's output files, written in parts
+            (:mod:`transforms.staging`; None: commits acknowledge only).
         max_rows: entries per block (``XREADGROUP COUNT``).
         block_ms: how long one read waits for new entries before checking ``stopping()``.
         dead_after_ms: a consumer whose heartbeat is this old is dead; its entries are recovered.
@@ -458,6 +451,10 @@ class QueueFeed:
     def _ledger_key(self) -> str:
         return self.address.key("ledger", self.group)
 
+    @property
+    def _parts_key(self) -> str:
+        return self.address.key("parts", self.group)
+
     def blocks(self, start: int = 0, stopping: Stopping = never) -> Iterator[FeedBlock]:
         client = self.client = self.client or self.address.connect()
         ensure_group(client, self.address.stream, self.group)
@@ -466,27 +463,73 @@ class QueueFeed:
             [load_schema("quote", version) for version in range(1, latest_version("quote") + 1)],
         )
         self._heartbeat()
-        if not self.client.hexists(self._ledger_key, self.consumer):
-            self._commit([])  # the baseline: what is in our files before we write anything
-        self._recover(self.consumer)  # an earlier run under this name: its uncommitted lines go
+        commit = client.register_script(_COMMIT)
+        staging = None
+        if self.ledger_dir is not None:
+            os.makedirs(self.ledger_dir, exist_ok=True)
+            client.hset(self._ledger_key, self.consumer, json.dumps({"dir": os.path.abspath(self.ledger_dir)}))
+            self._build(self.consumer, self.ledger_dir)  # an earlier run under this name: settle its parts
+            staging = open_staging(self.ledger_dir)
         cursor: str | None = "0"  # first our own pending entries, then new ones
         position, newest = start, None
         next_check = 0.0
-        while not stopping():
-            self._heartbeat()
-            if time.monotonic() >= next_check:
-                if self._recover_dead():
-                    cursor = "0"
-                next_check = time.monotonic() + self.dead_after_ms / 2000
-            entries, cursor = self._read(cursor)
-            if not entries:
-                continue
-            batch = self._to_batch(entries, position, newest, decoder)
-            newest = newest_arrival(batch) or newest
-            ids = [entry_id for entry_id, _ in entries]
-            yield FeedBlock(batch, position, position + len(entries), self.sources)
-            self._commit(ids)
-            position += len(entries)
+        try:
+            while not stopping():
+                self._heartbeat()
+                if time.monotonic() >= next_check:
+                    if self._recover_dead():
+                        cursor = "0"
+                    next_check = time.monotonic() + self.dead_after_ms / 2000
+                entries, cursor = self._read(cursor)
+                if not entries:
+                    continue
+                batch = self._to_batch(entries, position, newest, decoder)
+                newest = newest_arrival(batch) or newest
+                ids = [_text(entry_id) for entry_id, _ in entries]
+                if staging is not None:
+                    staging.begin()
+                yield FeedBlock(batch, position, position + len(entries), self.sources)
+                self._commit(commit, ids, staging.end() if staging is not None else [])
+                position += len(entries)
+        finally:
+            if staging is not None:
+                staging.end()  # a block cut short is not committed: its entries stay pending
+
+    def _commit(self, commit, ids: list[str], chunks: list) -> None:
+        """Write the block's part, commit it with its entries, then apply it (module docstring of
+        :mod:`transforms.staging`)."""
+        name = part_name(ids[0], ids[-1]) if chunks else None
+        if name is not None:
+            write_part(self.ledger_dir, name, chunks)
+        field_name = f"{self.consumer} {name}" if name else ""
+        acked = commit(keys=[self.address.stream, self._parts_key],
+                       args=[self.group, self.consumer, field_name, *ids])
+        if acked < 0:  # taken over while we were seen as dead: the new owner writes these entries
+            self._stats.fenced += len(ids)
+            LOG.warning("queue %s: %s's entries %s..%s were taken over; not writing them", self.address.url,
+                        self.consumer, ids[0], ids[-1])
+            if name is not None:
+                drop_part(self.ledger_dir, name)
+            return
+        if name is not None:
+            apply_part(self.ledger_dir, name)
+            self._stats.parts_applied += 1
+            self.client.hdel(self._parts_key, field_name)
+        self._stats.committed += len(ids)
+
+    def _build(self, name: str, directory: str) -> None:
+        """Settle ``name``'s parts in ``directory`` from the registry (:func:`transforms.staging.build`)."""
+        registry = self._parts_key
+        done = build(
+            directory,
+            committed=lambda part: self.client.hexists(registry, f"{name} {part}"),
+            forget=lambda part: self.client.hdel(registry, f"{name} {part}"),
+        )
+        self._stats.parts_applied += done.applied
+        self._stats.parts_dropped += done.dropped
+        if done.applied or done.dropped:
+            LOG.warning("queue %s: settled %s's folder %s: %s committed parts applied, %s uncommitted dropped",
+                        self.address.url, name, directory, done.applied, done.dropped)
 
     def _heartbeat(self) -> None:
         self.client.set(self._alive_key(self.consumer), os.getpid(), px=self.dead_after_ms)
@@ -526,17 +569,6 @@ class QueueFeed:
         batch = frames_to_batch(messages, newest)
         return batch.set_column(BLOCK_SCHEMA.get_field_index("mode"), "mode", pa.array(modes, type=pa.string()))
 
-    def _commit(self, ids: list) -> None:
-        """Acknowledge ``ids`` and record the output files' sizes, in one transaction."""
-        pipe = self.client.pipeline(transaction=True)
-        if ids:
-            pipe.xack(self.address.stream, self.group, *ids)
-        if self.ledger_dir is not None:
-            ledger = {"dir": os.path.abspath(self.ledger_dir), "sizes": file_sizes(self.ledger_dir)}
-            pipe.hset(self._ledger_key, self.consumer, json.dumps(ledger))
-        pipe.execute()
-        self._stats.committed += len(ids)
-
     # -- recovery --
     def _recover_dead(self) -> bool:
         """Recover every other consumer of the group that has no heartbeat (its pending entries
@@ -552,29 +584,26 @@ class QueueFeed:
         return claimed
 
     def _recover(self, name: str) -> bool:
-        """Truncate ``name``'s files to its ledger, then claim its pending entries (ours: keep
-        them); whether any entries changed hands. One recoverer at a time (a short lock)."""
+        """Take over dead consumer ``name``'s pending entries, and settle its folder if it is
+        reachable from here (a shared ``--output_dir``; otherwise its own restart, or
+        ``python -m beam_pipeline.queue_outputs`` where it is, does); whether any entries changed
+        hands. One recoverer at a time (a short lock)."""
         lock = self.address.key("recovering", self.group, name)
-        if name != self.consumer and not self.client.set(lock, self.consumer, nx=True, px=self.dead_after_ms):
+        if not self.client.set(lock, self.consumer, nx=True, px=self.dead_after_ms):
             return False
         try:
-            raw = self.client.hget(self._ledger_key, name)
-            ledger = json.loads(raw) if raw else {}
-            removed = truncate_to(ledger["dir"], ledger["sizes"]) if ledger.get("dir") else 0
-            if removed:
-                self._stats.truncated_bytes += removed
-                LOG.warning("queue %s: cut %s uncommitted bytes from %s's files", self.address.url, removed, name)
-            if name == self.consumer:
-                return False
             ids = self._claim_all(name)
             self._stats.recovered_consumers += 1
             self.client.xgroup_delconsumer(self.address.stream, self.group, name)
             LOG.warning("queue %s: consumer %s is gone; %s took its %s pending entries", self.address.url, name,
                         self.consumer, len(ids))  # (none: it had committed everything)
+            raw = self.client.hget(self._ledger_key, name)
+            folder = json.loads(raw).get("dir") if raw else None
+            if folder and os.path.isdir(folder) and self.ledger_dir is not None:
+                self._build(name, folder)
             return bool(ids)
         finally:
-            if name != self.consumer:
-                self.client.delete(lock)
+            self.client.delete(lock)
 
     def _claim_all(self, name: str) -> list:
         claimed: list = []

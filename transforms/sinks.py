@@ -35,6 +35,7 @@ from apache_beam.transforms import trigger
 from apache_beam.transforms.window import GlobalWindows
 
 from transforms.blocks import TextChunk
+from transforms.staging import staging_for
 from transforms.tenants import partition_dir
 from transforms.tracing import TracedDoFn
 
@@ -394,6 +395,10 @@ def strip_sort_keys(data: bytes) -> bytes:
 class _AppendFn(TracedDoFn):
     """Append each chunk to its local file as it comes, and flush it: readers see lines at once.
 
+    In a queue consumer's folder, a chunk that comes while a block of stream entries is in flight
+    goes to that block's part instead, appended once the block is committed
+    (:mod:`transforms.staging`).
+
     Not ``partitioned``: the file ``<output_dir>/<name>`` exists from the start. Partitioned:
     ``<output_dir>/<partition>/<name>`` is created with its partition's first chunk.
     """
@@ -419,10 +424,17 @@ class _AppendFn(TracedDoFn):
         return handle
 
     def process(self, chunk: TextChunk) -> Iterator[tuple[str, int, tuple, str]]:
-        handle = self._open(chunk.partition)
-        handle.write(strip_sort_keys(chunk.data) if chunk.keyed else chunk.data)
-        handle.flush()
+        data = strip_sort_keys(chunk.data) if chunk.keyed else chunk.data
+        staging = staging_for(self._output_dir)
+        if staging is None or not staging.add(self._relative(chunk.partition), data):
+            handle = self._open(chunk.partition)
+            handle.write(data)
+            handle.flush()
         yield self._name, chunk.lines, chunk.tally, chunk.partition
+
+    def _relative(self, partition: str) -> str:
+        directory = partition_dir(self._output_dir, partition)
+        return os.path.relpath(os.path.join(directory, self._name), self._output_dir)
 
     def teardown(self):
         for handle in self._files.values():

@@ -119,30 +119,50 @@ def test_two_consumers_share_the_work_and_write_every_quote_once(redis_url, quot
     assert all(m["records_in"] > 0 for m in metrics), "both consumers should have taken part"
 
 
+def settle(redis_url: str, *folders: Path) -> str:
+    """``python -m beam_pipeline.queue_outputs`` on ``folders``, as on a dead consumer's machine."""
+    done = subprocess.run([sys.executable, "-m", "beam_pipeline.queue_outputs", "--source", f"{redis_url}/{STREAM}",
+                           "--group", GROUP, *map(str, folders)], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 @pytest.mark.usefixtures("empty_stdin")
-def test_a_consumer_killed_mid_run_loses_and_repeats_nothing(redis_url, quotes, tmp_path, processes):
+@pytest.mark.parametrize("layout", ["shared", "separate"])
+def test_a_consumer_killed_mid_run_loses_and_repeats_nothing(redis_url, quotes, tmp_path, processes, layout):
+    """a and b consume, a is SIGKILLed once it has written lines, a new c joins (a is never
+    restarted). Shared --output_dir: the recoverer settles a's folder. Separate ones (as on
+    machines that share no filesystem): nobody touches a's folder until queue_outputs runs there."""
     path, direct = quotes
     client = redis.Redis.from_url(redis_url)
-    out = tmp_path / "out"
+    out = {name: tmp_path / ("out" if layout == "shared" else f"out_{name}") for name in "abc"}
+    folder = {name: out[name] / f"consumer={name}" for name in "abc"}
     fast_recovery = ("--queue_dead_after_ms", "1000")
-    a = _consumer(redis_url, "a", out, processes, *fast_recovery)
-    b = _consumer(redis_url, "b", out, processes, *fast_recovery)
+    a = _consumer(redis_url, "a", out["a"], processes, *fast_recovery)
+    b = _consumer(redis_url, "b", out["b"], processes, *fast_recovery)
     publisher = _publish(redis_url, path, tmp_path / "pub", processes)
-    mid_a = out / "consumer=a" / "mid_prices.log"
+    mid_a = folder["a"] / "mid_prices.log"
     wait_for(lambda: mid_a.exists() and mid_a.stat().st_size > 100_000, 120, "consumer a to be busy")
     a.send_signal(signal.SIGKILL)
     a.wait(10)
     killed_at = mid_a.stat().st_size
-    c = _consumer(redis_url, "c", out, processes, *fast_recovery)
+    away = tmp_path / "a_machine"
+    if layout == "separate":
+        out["a"].rename(away)  # gone with its machine: nobody can reach a's folder now
+    c = _consumer(redis_url, "c", out["c"], processes, *fast_recovery)
     assert publisher.wait(120) == 0, publisher.stderr.read()[-3000:]
     wait_for(lambda: _drained(client), 120, "the group to drain")
     wait_for(lambda: "a" not in {p["name"].decode() for p in client.xinfo_consumers(STREAM, GROUP)}, 30,
              "the dead consumer to be recovered and removed from the group")
     for process in (b, c):
         _stop(process)
-    _assert_exactly_once([out / f"consumer={name}" for name in ("a", "b", "c")], direct)
-    print(f"consumer a killed with {killed_at:,} bytes of mid prices; "
-          f"kept {mid_a.stat().st_size:,} (its last commit)")
+    if layout == "separate":
+        assert not out["a"].exists()  # (and nobody made it again)
+        away.rename(out["a"])  # a's machine is back: its folder is settled where it is
+        settle(redis_url, out["a"])
+    assert not list((folder["a"] / ".parts").glob("*.part")), "a's folder still holds parts"
+    _assert_exactly_once(list(folder.values()), direct)
+    print(f"consumer a killed with {killed_at:,} bytes of mid prices; has {mid_a.stat().st_size:,} settled")
 
 
 def test_a_bad_queue_url_is_a_usage_error(capsys):

@@ -15,6 +15,7 @@ import redis
 from schemas import latest_version, load_schema
 from schemas.single_object import SingleObjectDecoder, SingleObjectEncoder
 from tests.waiting import wait_for
+from transforms import staging
 from transforms.queue import (
     AddedHistory,
     QueueAddress,
@@ -24,10 +25,8 @@ from transforms.queue import (
     backoff,
     entry_id_key,
     entry_message,
-    file_sizes,
     group_lag,
     quote_messages,
-    truncate_to,
     unread_trimmed,
 )
 
@@ -113,19 +112,36 @@ def test_backoff_doubles_up_to_a_ceiling():
     assert [backoff(n) for n in range(6)] == [0.005, 0.01, 0.02, 0.04, 0.05, 0.05]
 
 
-def test_truncate_to_cuts_back_to_committed_sizes(tmp_path):
-    (tmp_path / "mid_prices.log").write_text("a\nb\nc\n")
-    (tmp_path / "tenant=x").mkdir()
-    (tmp_path / "tenant=x" / "errors.log").write_text("e\n")
-    (tmp_path / "metrics.json").write_text("{}")
-    sizes = file_sizes(str(tmp_path))
-    assert sizes == {"mid_prices.log": 6, "tenant=x/errors.log": 2}  # metrics.json is not lines
+def test_a_half_applied_part_is_cut_back_and_applied_once(tmp_path):
+    (tmp_path / "mid_prices.log").write_text("a\n")
+    name = staging.part_name("5-0", "5-9")
+    staging.write_part(str(tmp_path), name, [("mid_prices.log", b"b\n"), ("tenant=x/errors.log", b"e\n"),
+                                             ("mid_prices.log", b"c\n")])
+    # a consumer killed mid-apply: the sizes were recorded and part of the bytes appended
+    parts = tmp_path / staging.PARTS
+    (parts / staging.APPLYING).write_text(json.dumps({"part": name, "sizes": {"mid_prices.log": 2,
+                                                                               "tenant=x/errors.log": 0}}))
     with open(tmp_path / "mid_prices.log", "a") as stream:
-        stream.write("d\n")
-    assert truncate_to(str(tmp_path), {"mid_prices.log": 4}) == 4 + 2
-    assert (tmp_path / "mid_prices.log").read_text() == "a\nb\n"
-    assert (tmp_path / "tenant=x" / "errors.log").read_text() == ""
-    assert (tmp_path / "metrics.json").read_text() == "{}"
+        stream.write("b\n")
+    done = staging.build(str(tmp_path), committed=lambda part: part == name)
+    assert (done.applied, done.dropped) == (1, 0)
+    assert (tmp_path / "mid_prices.log").read_text() == "a\nb\nc\n"
+    assert (tmp_path / "tenant=x" / "errors.log").read_text() == "e\n"
+    assert staging.pending_parts(str(tmp_path)) == []
+    # an uncommitted part is dropped, the readable files untouched
+    staging.write_part(str(tmp_path), staging.part_name("6-0", "6-9"), [("mid_prices.log", b"x\n")])
+    done = staging.build(str(tmp_path), committed=lambda part: False)
+    assert (done.applied, done.dropped) == (0, 1)
+    assert (tmp_path / "mid_prices.log").read_text() == "a\nb\nc\n"
+
+
+def test_parts_round_trip_and_a_torn_part_is_refused():
+    chunks = [("a.log", b"1\n2\n"), ("t=x/b.log", b""), ("a.log", b"3\n")]
+    assert staging.decode_part(staging.encode_part(chunks)) == [("a.log", b"1\n2\n3\n"), ("t=x/b.log", b"")]
+    with pytest.raises(ValueError, match="cut short"):
+        staging.decode_part(staging.encode_part(chunks)[:-1])
+    with pytest.raises(ValueError, match="leaves"):
+        staging._safe("/tmp/x", "../y")
 
 
 def test_entry_message_decodes_or_rejects():
@@ -190,11 +206,12 @@ def _feed(redis_url: str, consumer: str, ledger_dir, **kwargs) -> QueueFeed:
 
 
 def _write(block, write_to) -> list[str]:
-    """A block's bids, appended to ``write_to`` (a sink) if given."""
+    """A block's bids, handed to the folder's staging as the file sink does (``write_to``: the
+    readable file; its lines reach it when the block commits)."""
     bids = block.batch.column("bid_price").to_pylist()
     if write_to is not None:
-        with open(write_to, "a") as stream:
-            stream.writelines(f"{bid}\n" for bid in bids)
+        folder = staging.staging_for(str(write_to.parent))
+        assert folder.add(write_to.name, "".join(f"{bid}\n" for bid in bids).encode())
     return bids
 
 
@@ -225,29 +242,82 @@ def test_feed_reads_every_entry_once_and_acknowledges_after_the_block(redis_url,
     assert feed.stats()["records_in"] == 25 and feed.stats()["committed"] == 25
 
 
-def test_a_dead_consumers_uncommitted_lines_are_cut_and_its_entries_taken_over(redis_url, tmp_path):
-    """c1 writes two blocks' lines but commits only the first, then dies; c2 cuts c1's file back
-    to the committed size and processes the uncommitted entries: every entry's line once."""
+class Killed(BaseException):
+    """SIGKILL, as far as the feed's code can tell: it stops there, and no clean-up writes anything."""
+
+
+def _die_at(monkeypatch, step: str) -> None:
+    """The next block's commit stops at ``step``: ``commit`` (part written, not committed) or
+    ``apply`` (committed, not appended)."""
+    def killed(*args, **kwargs):
+        raise Killed(step)
+
+    if step == "commit":
+        original = staging.write_part
+
+        def write_then_die(*args, **kwargs):
+            original(*args, **kwargs)
+            raise Killed(step)
+
+        monkeypatch.setattr("transforms.queue.write_part", write_then_die)
+    else:
+        monkeypatch.setattr("transforms.queue.apply_part", killed)
+
+
+@pytest.mark.parametrize("step", ["commit", "apply"])
+@pytest.mark.parametrize("reachable", [True, False], ids=["shared", "separate"])
+def test_a_dead_consumers_block_is_written_once_by_the_group(redis_url, tmp_path, monkeypatch, step, reachable):
+    """c1 writes block 1, dies in block 2's commit; c2 takes its entries over: every entry's line
+    once across both folders, c1's settled by c2 (shared) or by queue_outputs (separate)."""
     address = QueueAddress.parse(f"{redis_url}/quotes")
     Publisher(address, "midprice").publish(_messages(40))
-    dir1, dir2 = tmp_path / "c1", tmp_path / "c2"
-    dir1.mkdir(), dir2.mkdir()
-    dead = _feed(redis_url, "c1", dir1, dead_after_ms=300)
-    blocks = dead.blocks()
-    _write(next(blocks), dir1 / "lines")  # block 1 written; committed when block 2 is asked for
-    next(blocks)  # block 2 handed out ...
-    with open(dir1 / "lines", "a") as stream:
-        stream.write("uncommitted\n" * 10)  # ... and written, but the consumer dies before committing
-    # (a killed process runs no clean-up)
-    ledger = json.loads(address.connect().hget("quotes:ledger:midprice", "c1"))
-    assert ledger["sizes"] == {"lines": (dir1 / "lines").stat().st_size - len("uncommitted\n") * 10}
+    dir1, dir2 = tmp_path / "out" / "consumer=c1", tmp_path / "other" / "consumer=c2"
+    blocks = _feed(redis_url, "c1", dir1, dead_after_ms=300).blocks()
+    _write(next(blocks), dir1 / "lines")
+    _write(next(blocks), dir1 / "lines")  # block 1 committed and applied once block 2 was asked for
+    with monkeypatch.context() as patch:
+        _die_at(patch, step)
+        with pytest.raises(Killed):
+            next(blocks)  # block 2's commit
+    assert len((dir1 / "lines").read_text().split()) == 10  # block 2 is not readable (yet)
+    assert staging.pending_parts(str(dir1))  # its part is there
+    hidden = tmp_path / "elsewhere"
+    if not reachable:
+        dir1.rename(hidden)  # on a machine c2 cannot see
     time.sleep(0.4)  # its heartbeat expires
-    taken = _consume(_feed(redis_url, "c2", dir2, dead_after_ms=300), 30, write_to=dir2 / "lines")
+    taken = _consume(_feed(redis_url, "c2", dir2, dead_after_ms=300), 40 - 10 - (10 if step == "apply" else 0),
+                     write_to=dir2 / "lines")
+    if not reachable:
+        hidden.rename(dir1)
+        assert staging.pending_parts(str(dir1))  # nobody touched it
+        from beam_pipeline import queue_outputs
+
+        assert queue_outputs.main(["--source", f"{redis_url}/quotes", "--group", "midprice",
+                                   str(tmp_path / "out")]) == 0
+    assert staging.pending_parts(str(dir1)) == []
     lines = (dir1 / "lines").read_text().split() + (dir2 / "lines").read_text().split()
-    assert "uncommitted" not in lines
     assert len(lines) == len(set(lines)) == 40
-    assert len(taken) == 30
+    assert len(taken) == (30 if step == "commit" else 20)
     assert address.connect().xpending("quotes", "midprice")["pending"] == 0
+
+
+def test_a_consumer_taken_for_dead_cannot_commit_what_another_took(redis_url, tmp_path):
+    address = QueueAddress.parse(f"{redis_url}/quotes")
+    Publisher(address, "midprice").publish(_messages(20))
+    slow = _feed(redis_url, "slow", tmp_path / "consumer=slow", dead_after_ms=200)
+    woke: list[bool] = []
+    slow_blocks = slow.blocks(stopping=lambda: bool(woke))
+    _write(next(slow_blocks), tmp_path / "consumer=slow" / "lines")  # 10 entries pending at "slow" ...
+    time.sleep(0.3)  # ... whose heartbeat expires (a long pause): it is taken for dead
+    other = _feed(redis_url, "other", tmp_path / "consumer=other", dead_after_ms=200)
+    assert len(_consume(other, 20, write_to=tmp_path / "consumer=other" / "lines")) == 20
+    woke.append(True)
+    with pytest.raises(StopIteration):
+        next(slow_blocks)  # it wakes up and commits: refused, its part dropped
+    assert slow.stats()["fenced"] == 10
+    assert not (tmp_path / "consumer=slow" / "lines").exists()  # nothing of its block was written
+    assert staging.pending_parts(str(tmp_path / "consumer=slow")) == []
+    assert len(set((tmp_path / "consumer=other" / "lines").read_text().split())) == 20
 
 
 def test_a_live_consumer_is_not_robbed(redis_url, tmp_path):
@@ -266,17 +336,21 @@ def test_a_live_consumer_is_not_robbed(redis_url, tmp_path):
     assert pending["slow"] == 10 and other.stats()["reclaimed"] == 0
 
 
-def test_a_restarted_consumer_redoes_its_own_uncommitted_entries(redis_url, tmp_path):
+@pytest.mark.parametrize("step", ["commit", "apply"])
+def test_a_restarted_consumer_settles_its_folder_and_redoes_its_own_uncommitted_entries(redis_url, tmp_path,
+                                                                                       monkeypatch, step):
     address = QueueAddress.parse(f"{redis_url}/quotes")
     Publisher(address, "midprice").publish(_messages(20))
     first = _feed(redis_url, "c1", tmp_path).blocks()
     _write(next(first), tmp_path / "lines")
-    next(first)
-    with open(tmp_path / "lines", "a") as stream:
-        stream.write("uncommitted\n")
-    again = _consume(_feed(redis_url, "c1", tmp_path), 10, write_to=tmp_path / "lines")
+    _write(next(first), tmp_path / "lines")
+    with monkeypatch.context() as patch:
+        _die_at(patch, step)
+        with pytest.raises(Killed):
+            next(first)
+    again = _consume(_feed(redis_url, "c1", tmp_path), 10 if step == "commit" else 0, write_to=tmp_path / "lines")
     lines = (tmp_path / "lines").read_text().split()
-    assert len(again) == 10 and "uncommitted" not in lines and len(lines) == len(set(lines)) == 20
+    assert len(again) == (10 if step == "commit" else 0) and len(lines) == len(set(lines)) == 20
 
 
 def test_unreachable_redis_is_a_connection_error():
@@ -317,3 +391,23 @@ def test_fast_messages_are_the_bytes_fastavro_writes(write_csv):
     encoder = SingleObjectEncoder(SCHEMA)
     slow = quote_messages(quote_records(valid, scale), valid.column("mode").to_pylist(), encoder)
     assert fast_quote_messages(valid, scale, single_object_header(SCHEMA)) == slow
+
+
+def test_queue_outputs_leaves_a_live_consumers_folder_alone_and_says_what_is_wrong(redis_url, tmp_path, capsys):
+    from beam_pipeline import queue_outputs
+
+    folder = tmp_path / "consumer=x"
+    staging.write_part(str(folder), staging.part_name("1-0", "1-9"), [("mid_prices.log", b"m\n")])
+    client = QueueAddress.parse(f"{redis_url}/quotes").connect()
+    client.set("quotes:alive:midprice:x", 1, px=60_000)
+    command = ["--source", f"{redis_url}/quotes", "--group", "midprice"]
+    assert queue_outputs.main([*command, str(tmp_path)]) == 1
+    assert "consumer x is alive" in capsys.readouterr().err
+    assert staging.pending_parts(str(folder)) == ["1-0_1-9"]  # untouched
+    client.delete("quotes:alive:midprice:x")
+    client.hset("quotes:parts:midprice", "x 1-0_1-9", "x")  # it had committed that part
+    assert queue_outputs.main([*command, str(folder)]) == 0
+    assert (folder / "mid_prices.log").read_text() == "m\n" and not client.hexists("quotes:parts:midprice", "x 1-0_1-9")
+    with pytest.raises(SystemExit) as exit_info:
+        queue_outputs.main([*command, str(tmp_path / "nothing")])
+    assert exit_info.value.code == 2 and "no consumer=<name> folder" in capsys.readouterr().err
