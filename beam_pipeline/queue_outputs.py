@@ -22,8 +22,7 @@ import os
 import sys
 from typing import Sequence
 
-from transforms.queue import QueueAddress, QueueError
-from transforms.staging import build
+from transforms.queue import QueueAddress, QueueError, settle_folder
 
 PREFIX = "consumer="
 
@@ -56,7 +55,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     import redis
 
     client = address.connect()
-    registry = address.key("parts", args.group)
     alive = 0
     try:
         for name, folder in found:
@@ -64,8 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{folder}: consumer {name} is alive; it settles its own folder", file=sys.stderr)
                 alive += 1
                 continue
-            done = build(folder, committed=lambda part, name=name: client.hexists(registry, f"{name} {part}"),
-                         forget=lambda part, name=name: client.hdel(registry, f"{name} {part}"))
+            done = settle_folder(client, address, args.group, name, folder)
             print(f"{folder}: {done.applied} committed parts applied ({done.applied_bytes} bytes), "
                   f"{done.dropped} uncommitted dropped")
     except redis.ConnectionError as error:

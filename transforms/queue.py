@@ -54,7 +54,7 @@ from transforms.avro import QUOTE_COLUMNS, quote_records, quote_row
 from transforms.feeds import FeedBlock, Stopping, never
 from transforms.live import Message, frames_to_batch, newest_arrival
 from transforms.replay import BLOCK_SCHEMA, MODES
-from transforms.staging import apply_part, build, drop_part, open_staging, part_name, write_part
+from transforms.staging import Built, apply_part, build, drop_part, open_staging, part_name, write_part
 from transforms.tracing import TracedDoFn
 
 LOG = logging.getLogger(__name__)
@@ -409,6 +409,17 @@ return acked
 """
 
 
+def settle_folder(client, address: QueueAddress, group: str, consumer: str, directory: str) -> Built:
+    """Settle ``consumer``'s parts in ``directory`` from the group's registry of committed parts
+    (:func:`transforms.staging.build`): committed ones applied and forgotten, the others dropped."""
+    registry = address.key("parts", group)
+    return build(
+        directory,
+        committed=lambda part: client.hexists(registry, f"{consumer} {part}"),
+        forget=lambda part: client.hdel(registry, f"{consumer} {part}"),
+    )
+
+
 @dataclass
 class QueueFeed:
     """One consumer of a stream's group as a :class:`~transforms.feeds.QuoteFeed` (module docstring).
@@ -518,13 +529,8 @@ class QueueFeed:
         self._stats.committed += len(ids)
 
     def _build(self, name: str, directory: str) -> None:
-        """Settle ``name``'s parts in ``directory`` from the registry (:func:`transforms.staging.build`)."""
-        registry = self._parts_key
-        done = build(
-            directory,
-            committed=lambda part: self.client.hexists(registry, f"{name} {part}"),
-            forget=lambda part: self.client.hdel(registry, f"{name} {part}"),
-        )
+        """Settle ``name``'s parts in ``directory`` from the registry (:func:`settle_folder`)."""
+        done = settle_folder(self.client, self.address, self.group, name, directory)
         self._stats.parts_applied += done.applied
         self._stats.parts_dropped += done.dropped
         if done.applied or done.dropped:
