@@ -81,7 +81,7 @@ def _arrival_ordered(path: str, index: int, default_symbol: str, counts: Counts)
         try:
             event_us = quotes.parse_timestamp(fields["timestamp"])
             latency = fields.get("latency_ms")
-            latency = None if latency is None else quotes.parse_latency(latency)
+            latency = None if latency is None else quotes.parse_latency_us(latency)
             arrival = quotes.arrival_micros(event_us, latency)
             if arrival < newest:
                 dead.append(quotes.dead_letter_json(path, line, raw, out_of_order_reason(arrival, newest)))
@@ -160,8 +160,8 @@ def run_reference(
             if window is not None:
                 quoted.append((file, line, quote))
             stamp = quotes.format_timestamp(quote.event_us)
-            if quote.latency_ms is not None and quote.latency_ms > latency_threshold_ms:
-                errors.write(quotes.latency_error_line(stamp, quote.latency_ms, latency_threshold_ms) + "\n")
+            if quotes.is_over_threshold(quote.latency_us, latency_threshold_ms):
+                errors.write(quotes.latency_error_line(stamp, quote.latency_us, latency_threshold_ms) + "\n")
                 counts.latency_filtered += 1
             else:
                 mids.write(quotes.mid_line(stamp, quotes.mid_text(quote.bid, quote.ask, PRICES.scale)) + "\n")

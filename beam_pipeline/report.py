@@ -211,14 +211,14 @@ def _replay_series(data: ReportData, inputs: list[str], default_symbol: str, rea
         open_file=InputOpener(reader_version or latest_version("quote")),
         dedup_horizon_us=parse_duration(horizon, "dedup_horizon") if horizon else 0,
     )
-    parts: dict[str, list] = {name: [] for name in ("symbol", "tenant", "event_us", "latency", "bid", "ask",
+    parts: dict[str, list] = {name: [] for name in ("symbol", "tenant", "event_us", "latency_us", "bid", "ask",
                                                      "file", "line", "filtered")}
     for batch in replay:
         valid, dead = normalize_batch(batch, prices)
         data.dead_letters += dead.num_rows
         if not valid.num_rows:
             continue
-        for name in ("symbol", "tenant", "event_us", "latency", "bid", "ask", "file", "line"):
+        for name in ("symbol", "tenant", "event_us", "latency_us", "bid", "ask", "file", "line"):
             parts[name].append(valid.column(name))
         parts["filtered"].append(split_by_latency(valid, threshold))
     if not parts["event_us"]:
@@ -236,8 +236,8 @@ def _replay_series(data: ReportData, inputs: list[str], default_symbol: str, rea
     codes = encoded.indices.to_numpy()
     names = encoded.dictionary.to_pylist()
     event_us = ints("event_us")
-    latency = pa.chunked_array(parts["latency"])
-    latency_ms = pc.cast(latency, pa.float64()).to_numpy(zero_copy_only=False)  # nulls -> NaN
+    latency = pa.chunked_array(parts["latency_us"])
+    latency_ms = pc.cast(latency, pa.float64()).to_numpy(zero_copy_only=False) / 1000  # nulls -> NaN; a plot needs no exactness
     mid = (ints("bid") + ints("ask")) / (2 * 10**prices.scale)
     key = _row_key(ints("file"), ints("line"))
     filtered = np.concatenate(parts["filtered"])

@@ -35,6 +35,7 @@ from apache_beam.io.filesystems import FileSystems
 from schemas import SchemaError, load_schema
 from transforms import telemetry
 from transforms.midprice import split_by_latency
+from transforms.quotes import LATENCY_SCALE, latency_text
 from transforms.tenants import partition_dir, split_by_tenant
 from transforms.tracing import TracedDoFn
 from schemas.compat import can_read
@@ -86,10 +87,15 @@ def quote_row(record: dict) -> list[str]:
 
     The timestamp is written to the microsecond (output lines still show milliseconds unless the
     quote has sub-millisecond precision); prices keep their exact decimals; a null is empty (a v1
-    record has no tenant: empty, which normalize reads as the default tenant).
+    record has no tenant: empty, which normalize reads as the default tenant). The latency is the
+    exact ``arrival_latency_us`` (v3) as milliseconds (``20.5``) when the record has it, else the
+    whole ``arrival_latency_ms`` (older data, or a reader older than v3).
     """
     fields = {name: record.get(name) for name in QUOTE_COLUMNS}
-    fields["latency_ms"] = record.get("arrival_latency_ms", record.get("latency_ms"))
+    if record.get("arrival_latency_us") is not None:
+        fields["latency_ms"] = latency_text(record["arrival_latency_us"])
+    else:
+        fields["latency_ms"] = record.get("arrival_latency_ms", record.get("latency_ms"))
     return [_text(fields[name]) for name in QUOTE_COLUMNS]
 
 
@@ -298,8 +304,15 @@ def _decimals(unscaled, exponent: int) -> list:
     return [Decimal(int(value)).scaleb(exponent) for value in unscaled]
 
 
+def whole_latency_ms(latency_us: int | None) -> int | None:
+    """``arrival_latency_ms`` for a latency in µs: rounded up, so that ``latency_ms > T`` for a whole
+    threshold ``T`` is true exactly when ``latency_us > T * 1000`` (readers before quote v3 filter
+    the same quotes)."""
+    return None if latency_us is None else -(-latency_us // 10**LATENCY_SCALE)
+
+
 def quote_records(valid: pa.RecordBatch, scale: int) -> list[dict]:
-    """Valid quotes (:data:`transforms.normalize.VALID_SCHEMA`) as ``quote`` v2 records."""
+    """Valid quotes (:data:`transforms.normalize.VALID_SCHEMA`) as ``quote`` v3 records."""
     columns = valid.to_pydict()
     bids = _decimals(columns["bid"], -scale)
     asks = _decimals(columns["ask"], -scale)
@@ -311,9 +324,10 @@ def quote_records(valid: pa.RecordBatch, scale: int) -> list[dict]:
             "bid_size": columns["bid_size"][i],
             "ask_price": asks[i],
             "ask_size": columns["ask_size"][i],
-            "arrival_latency_ms": columns["latency"][i],
+            "arrival_latency_ms": whole_latency_ms(columns["latency_us"][i]),
             "tenant": columns["tenant"][i],
             "venue": None,
+            "arrival_latency_us": columns["latency_us"][i],
         }
         for i in range(valid.num_rows)
     ]

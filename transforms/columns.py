@@ -24,7 +24,7 @@ from transforms.quotes import Rejected
 Rejects = dict[int, str]
 
 _TIMESTAMP_FAST = r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?$"
-_LATENCY_FAST = r"^\d{1,12}$"
+_LATENCY_FAST = r"^\d{1,12}(\.\d{1,3})?$"
 _SIZE_FAST = r"^(\d{1,15}(\.\d{0,15})?)?$"
 _CAST_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError)
 _YEAR_1_US = -62_135_596_800_000_000  # 0001-01-01 00:00:00
@@ -97,16 +97,31 @@ def parse_timestamps(column: pa.Array) -> tuple[np.ndarray, Rejects]:
 
 
 def parse_latencies(column: pa.Array) -> tuple[np.ndarray, Rejects]:
-    """Latencies in whole milliseconds for a string column."""
+    """Latencies in microseconds (the column's milliseconds, exactly) for a string column.
+
+    Whole milliseconds take Arrow's integer cast; a column with fractions takes its
+    ``decimal(18, 3)`` cast, which refuses a fourth decimal rather than rounding.
+    """
+    decimal_type = pa.decimal128(18, quotes.LATENCY_SCALE)
 
     def fast(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         if _may_contain(values, b"xX"):  # Arrow's integer cast reads hexadecimal ("0x10")
             raise pa.ArrowInvalid("possible hexadecimal: take the exact path")
-        latency = _as_int64(pc.cast(values, pa.int64()))
-        return latency, (latency >= 0) & (latency < quotes.MAX_LATENCY_MS)
+        try:
+            latency_ms = _as_int64(pc.cast(values, pa.int64()))
+        except _CAST_ERRORS:
+            pass
+        else:
+            ok = (latency_ms >= 0) & (latency_ms < quotes.MAX_LATENCY_MS)
+            return np.where(ok, latency_ms, 0) * 10**quotes.LATENCY_SCALE, ok
+        decimals = pc.cast(values, decimal_type)
+        # The unscaled decimal is the latency in µs: low word, high word 0 when non-negative.
+        words = np.frombuffer(decimals.buffers()[1], dtype=np.int64, count=2 * len(decimals))
+        low, high = words[0::2], words[1::2]
+        return low, (high == 0) & (low >= 0) & (low < quotes.MAX_LATENCY_US)
 
     return _convert(
-        column, fast, lambda text: quotes.parse_latency(text or ""), np.int64, _LATENCY_FAST
+        column, fast, lambda text: quotes.parse_latency_us(text or ""), np.int64, _LATENCY_FAST
     )
 
 

@@ -125,8 +125,8 @@ def frames_to_batch(messages: Sequence[Message], newest_arrival_us: int | None =
         "raw": pa.array([m.text for m in messages], type=pa.string()),
         **text_columns,
         "event_us": pa.array(event_us, mask=bad),
-        "latency": pa.array(latency, mask=bad | ~has_latency),
-        "arrival_us": pa.array(_running_newest(event_us + latency * 1000, bad, newest_arrival_us), mask=bad),
+        "latency_us": pa.array(latency, mask=bad | ~has_latency),
+        "arrival_us": pa.array(_running_newest(event_us + latency, bad, newest_arrival_us), mask=bad),
         "reject": pa.array(reject, type=pa.string()),
         "mode": mode_column(LIVE, count),
     }

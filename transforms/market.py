@@ -28,7 +28,7 @@ TRADE_SCHEMA = pa.schema(
         pa.field("timestamp", pa.string()),  # the timestamp as written
         pa.field("event_us", pa.int64()),
         pa.field("arrival_us", pa.int64()),  # event_us + latency (event_us without latency_ms)
-        pa.field("latency", pa.int64()),  # ms, null when the file has no latency_ms column
+        pa.field("latency_us", pa.int64()),  # µs (the file's ms, exactly), null without a latency_ms column
         pa.field("symbol", pa.string()),
         pa.field("price", pa.int64()),  # scaled
         pa.field("size", pa.float64()),

@@ -6,7 +6,8 @@
 * ``mid_prices``: ``YYYY-MM-DD HH:MM:SS.fff, <mid>`` per quote, the mid exact and without
   trailing zeros (bid 1.1, ask 1.2 -> ``1.15``);
 * ``errors`` (historical quotes only): ``No mid price at <timestamp> as latency <L>ms is bigger than
-  <T>ms`` instead of a mid for every quote whose latency is strictly greater than the threshold.
+  <T>ms`` instead of a mid for every quote whose latency is strictly greater than the threshold
+  (compared exactly, in microseconds; ``<L>`` is the latency in ms without trailing zeros: ``20.5``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pyarrow.compute as pc
 
 from transforms import columns, telemetry
 from transforms.blocks import QuoteBlock, TextChunk
+from transforms.quotes import LATENCY_SCALE
 from transforms.replay import HISTORICAL
 from transforms.tenants import split_by_tenant
 from transforms.tracing import TracedDoFn
@@ -34,7 +36,9 @@ def split_by_latency(valid: pa.RecordBatch, threshold_ms: int | None) -> np.ndar
     """
     if threshold_ms is None:
         return np.zeros(valid.num_rows, dtype=bool)
-    late = pc.and_(pc.greater(valid.column("latency"), threshold_ms), pc.equal(valid.column("mode"), HISTORICAL))
+    # Exact: the latency is in integer microseconds, the threshold whole milliseconds.
+    over = pc.greater(valid.column("latency_us"), threshold_ms * 10**LATENCY_SCALE)
+    late = pc.and_(over, pc.equal(valid.column("mode"), HISTORICAL))
     return pc.fill_null(late, False).to_numpy(zero_copy_only=False)
 
 
@@ -52,7 +56,7 @@ def latency_error_text(late: pa.RecordBatch, threshold_ms: int) -> bytes:
     if late.num_rows == 0:
         return b""
     times = columns.format_timestamps(late.column("event_us").to_numpy(), late.column("timestamp"))
-    latency = pc.cast(late.column("latency"), pa.string())
+    latency = columns.decimal_texts(late.column("latency_us").to_numpy(), LATENCY_SCALE)  # 20500 µs: 20.5
     return columns.joined_lines(
         "No mid price at ", times, " as latency ", latency, f"ms is bigger than {threshold_ms}ms"
     )

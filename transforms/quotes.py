@@ -35,7 +35,7 @@ REJECT_CODES = {
     "crossed_quote": "the bid is above the ask",
     "bad_size": "a size is not a finite, non-negative number",
     "missing_latency": "the latency field is empty",
-    "bad_latency": "the latency is not a whole, non-negative number of milliseconds",
+    "bad_latency": "the latency is not a non-negative number of milliseconds with at most 3 decimals (microseconds)",
     "out_of_order": "the row arrives before rows already replayed (input not sorted by timestamp)",
     "bad_json": "a live message is not a JSON object (cut short, not JSON, or not an object)",
     "bad_field": "a live message's quote field is not a string or a number",
@@ -47,6 +47,9 @@ NAIVE_EPOCH = datetime(1970, 1, 1)
 ONE_MICROSECOND = timedelta(microseconds=1)
 #: Latencies at or above this (about 31 years) are rejected as nonsense rather than overflowing.
 MAX_LATENCY_MS = 10**12
+#: A latency is kept exactly, as an integer number of microseconds: milliseconds with 3 decimals.
+LATENCY_SCALE = 3
+MAX_LATENCY_US = MAX_LATENCY_MS * 10**LATENCY_SCALE
 
 _ISO_SEPARATORS = "Tt "
 _FRACTION = re.compile(r"[.,](\d+)")
@@ -167,20 +170,41 @@ def parse_price(text: str, field: str, precision: int, scale: int) -> int:
     return unscaled
 
 
-def parse_latency(text: str) -> int:
-    """Parse a latency in whole milliseconds (``12`` or ``12.0``; not ``12.5`` nor ``-1``)."""
-    if text.isascii() and text.isdigit() and len(text) < 13:  # plain digits, the common case
-        latency = int(text)
-        if latency < MAX_LATENCY_MS:
+def parse_latency_us(text: str) -> int:
+    """Parse a latency in milliseconds into an integer number of microseconds, exactly.
+
+    ``12``, ``12.0``, ``20.5``, ``0.001`` and ``20.500`` are accepted (12000, 12000, 20500, 1 and
+    20500 µs); a latency must be a whole number of microseconds, so ``20.1234`` is rejected, not
+    rounded (trailing zeros do not count: ``20.5000`` is 20500 µs). Like a price, it may be written
+    with an exponent (``1e1``: 10 ms). Negative, non-finite and absurdly large values are rejected.
+    """
+    whole, point, fraction = text.partition(".")
+    if (
+        whole.isascii() and whole.isdigit() and len(whole) < 13
+        and (not point or (fraction.isascii() and fraction.isdigit() and len(fraction) <= LATENCY_SCALE))
+    ):  # plain digits, the common case: no Decimal needed
+        latency = int(whole) * 10**LATENCY_SCALE + (int(fraction.ljust(LATENCY_SCALE, "0")) if fraction else 0)
+        if latency < MAX_LATENCY_US:
             return latency
     number = _decimal(text, "latency_ms", "missing_latency", "bad_latency")
-    if number != number.to_integral_value():
-        raise Rejected("bad_latency", f"latency_ms {text!r} is not a whole number of milliseconds")
     if number < 0:
         raise Rejected("bad_latency", f"latency_ms {text!r} is negative")
     if number >= MAX_LATENCY_MS:
         raise Rejected("bad_latency", f"latency_ms {text!r} is out of range")
-    return int(number)
+    if not number:
+        return 0  # 0E-100 is zero, whatever its exponent
+    _sign, digits, exponent = number.as_tuple()
+    shift = exponent + LATENCY_SCALE
+    # No Decimal arithmetic here: it rounds to the context's 28 digits.
+    if -shift > len(digits):  # the last non-zero digit lies past the microsecond
+        raise Rejected("bad_latency", f"latency_ms {text!r} has more than {LATENCY_SCALE} decimal places")
+    micros = int("".join(map(str, digits)))
+    if shift >= 0:
+        return micros * 10**shift
+    micros, remainder = divmod(micros, 10**-shift)
+    if remainder:
+        raise Rejected("bad_latency", f"latency_ms {text!r} has more than {LATENCY_SCALE} decimal places")
+    return micros
 
 
 def parse_size(text: str | None, field: str) -> float | None:
@@ -260,14 +284,24 @@ def mid_line(timestamp_text: str, mid: str) -> str:
     return f"{timestamp_text}, {mid}"
 
 
-def latency_error_line(timestamp_text: str, latency_ms: int, threshold_ms: int) -> str:
-    """An ``errors.log`` line (without newline)."""
-    return f"No mid price at {timestamp_text} as latency {latency_ms}ms is bigger than {threshold_ms}ms"
+def latency_text(latency_us: int) -> str:
+    """A latency in milliseconds, exact, without trailing zeros or exponent (20500 µs: ``20.5``)."""
+    return decimal_text(latency_us, LATENCY_SCALE)
 
 
-def arrival_micros(event_micros: int, latency_ms: int | None) -> int:
+def is_over_threshold(latency_us: int | None, threshold_ms: int) -> bool:
+    """The historical latency rule: strictly greater than the threshold, compared exactly."""
+    return latency_us is not None and latency_us > threshold_ms * 10**LATENCY_SCALE
+
+
+def latency_error_line(timestamp_text: str, latency_us: int, threshold_ms: int) -> str:
+    """An ``errors.log`` line (without newline); the latency in ms as :func:`latency_text` writes it."""
+    return f"No mid price at {timestamp_text} as latency {latency_text(latency_us)}ms is bigger than {threshold_ms}ms"
+
+
+def arrival_micros(event_micros: int, latency_us: int | None) -> int:
     """Arrival time = timestamp + latency (a quote without latency arrives at its timestamp)."""
-    return event_micros + (latency_ms or 0) * 1000
+    return event_micros + (latency_us or 0)
 
 
 # --------------------------------------------------------------------------- whole records
@@ -282,12 +316,12 @@ class Quote(NamedTuple):
     ask: int
     bid_size: float | None
     ask_size: float | None
-    latency_ms: int | None
+    latency_us: int | None  # microseconds (the input's milliseconds, exactly)
     tenant: str = DEFAULT_TENANT
 
     @property
     def arrival_us(self) -> int:
-        return arrival_micros(self.event_us, self.latency_ms)
+        return arrival_micros(self.event_us, self.latency_us)
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ BLOCK_SCHEMA = pa.schema(
     + list(SPLIT_SCHEMA)
     + [
         pa.field("event_us", pa.int64()),
-        pa.field("latency", pa.int64()),
+        pa.field("latency_us", pa.int64()),  # µs (the input's ms, exactly); null without latency_ms
         pa.field("arrival_us", pa.int64()),
         pa.field("reject", pa.string()),
         pa.field("mode", pa.string()),
@@ -170,7 +170,7 @@ class HistoricalReplay:
                 reasons.setdefault(index, reason)
         else:
             latency = np.zeros(count, dtype=np.int64)
-        arrival_us = event_us + latency * 1000
+        arrival_us = event_us + latency
         ok = np.ones(count, dtype=bool)
         ok[list(reasons)] = False
         candidates = np.flatnonzero(ok)

@@ -12,7 +12,8 @@ row, in the trade schema's field order (``schemas/trade.v1.avsc``):
 * ``size``: a positive, finite number;
 * ``side``: ``buy`` or ``sell``, any case, stored lowercase;
 * ``trade_id``: not empty (white space trimmed);
-* ``latency_ms``: when the file has the column, whole non-negative milliseconds, as a quote's.
+* ``latency_ms``: when the file has the column, non-negative milliseconds with at most 3 decimals
+  (kept exactly, in microseconds), as a quote's.
 
 A row that breaks a rule is dead-lettered with the first rule it breaks; the reason has the form
 ``"<code>: <explanation>"`` of :mod:`transforms.quotes`, with the quote codes where the rule is
@@ -218,7 +219,7 @@ class ParsedTrades:
     """Every split row checked: typed columns (meaningless where rejected) and the first reasons."""
 
     event_us: np.ndarray
-    latency: np.ndarray  # ms; 0 where the file has no latency column
+    latency: np.ndarray  # µs (the file's ms, exactly); 0 where the file has no latency column
     has_latency: np.ndarray  # bool: the row's file has a latency column
     symbol: pa.Array
     price: np.ndarray
@@ -231,7 +232,7 @@ class ParsedTrades:
 
     @property
     def arrival_us(self) -> np.ndarray:
-        return self.event_us + self.latency * 1000
+        return self.event_us + self.latency
 
 
 def parse_trade_columns(rows: Mapping[str, pa.Array], has_latency: np.ndarray, rules: TradeRules) -> ParsedTrades:

@@ -43,7 +43,7 @@ from typing import Iterator, Mapping, Sequence
 from transforms.csv_blocks import ALIASES, FIELDS
 from transforms.feeds import FeedBlock, Stopping, never
 from transforms.live import Message, frames_to_batch, newest_arrival, parse_frame
-from transforms.quotes import PriceRule, Rejected, parse_content, parse_latency, parse_timestamp, reject_code
+from transforms.quotes import PriceRule, Rejected, parse_content, parse_latency_us, parse_timestamp, reject_code
 from transforms.replay import LIVE
 
 LOG = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ def check_quote(item: dict, prices: PriceRule, default_symbol: str) -> tuple[str
         fields["symbol"] = default_symbol
     parse_timestamp(fields.get("timestamp") or "")
     if fields.get("latency_ms") is not None:
-        parse_latency(fields["latency_ms"])
+        parse_latency_us(fields["latency_ms"])
     parse_content(fields, prices)
     return text, fields
 

@@ -43,7 +43,7 @@ def avro_record(fields, latency="5"):
         "bid_size": bid_size,
         "ask_price": Decimal(ask) * scale,
         "ask_size": ask_size,
-        "latency_ms": quotes.parse_latency(latency),
+        "latency_ms": quotes.parse_latency_us(latency) // 1000,  # v1 holds whole milliseconds
     }
 
 

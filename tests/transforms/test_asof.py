@@ -47,7 +47,7 @@ def random_market(seed: int, n_quotes: int = 400, n_trades: int = 1500):
         at = T0 + rng.randrange(-500, 21_000, 10) * MS
         side = rng.choice(["buy", "sell"])
         trades.append(dict(file=rng.randrange(3), line=line, timestamp=f"t{line}", event_us=at, arrival_us=at,
-                           latency=None, symbol=rng.choice("ABC"), price=rng.randrange(10_000, 20_050),
+                           latency_us=None, symbol=rng.choice("ABC"), price=rng.randrange(10_000, 20_050),
                            size=float(rng.randrange(1, 500)), side=side, sign=1 if side == "buy" else -1,
                            trade_id=f"T{line:06d}"))
     return quotes, trades
@@ -132,7 +132,7 @@ def test_join_trades_matches_pandas_merge_asof(seed, max_age_us):
         assert got["mid"] == float(mid)
         assert got["spread"] == pytest.approx(float(Fraction(ask - bid, 10**SCALE)), rel=1e-15, abs=1e-15)
         assert got["effective_spread_bps"] == pytest.approx(float(2 * abs(price - mid) / mid * 10_000), rel=1e-12)
-        assert {k: got[k] for k in market.TRADE_SCHEMA.names} == {k: getattr(row, k) if k != "latency" else None
+        assert {k: got[k] for k in market.TRADE_SCHEMA.names} == {k: getattr(row, k) if k != "latency_us" else None
                                                                    for k in market.TRADE_SCHEMA.names}
         stats["matched"] += 1
         stats["tie"] += (row.symbol, row.quote_us) in ties
@@ -145,7 +145,7 @@ def test_join_trades_matches_pandas_merge_asof(seed, max_age_us):
 
 def test_age_equal_to_max_age_matches_and_one_microsecond_more_is_stale():
     quotes = [dict(symbol="A", event_us=T0, arrival_us=T0, file=0, line=1, timestamp="q1", bid=100, ask=102)]
-    trades = [dict(file=0, line=n, timestamp="t", event_us=T0 + S + extra, arrival_us=T0, latency=None, symbol="A",
+    trades = [dict(file=0, line=n, timestamp="t", event_us=T0 + S + extra, arrival_us=T0, latency_us=None, symbol="A",
                    price=101, size=1.0, side="buy", sign=1, trade_id=f"T{n}") for n, extra in ((1, 0), (2, 1), (3, -S - 1))]
     enriched, unmatched = asof.join_trades(trade_rb(trades), quote_rb(quotes), S, 2)
     assert enriched.column("trade_id").to_pylist() == ["T1"]
@@ -162,7 +162,7 @@ def test_ties_are_broken_by_arrival_then_file_then_line():
         dict(symbol="A", event_us=T0, arrival_us=T0 + 1, file=1, line=1, timestamp="early", bid=1, ask=5),
         dict(symbol="A", event_us=T0, arrival_us=T0 + 5, file=1, line=2, timestamp="late arrival, file 1", bid=1, ask=7),
     ]
-    trade = dict(file=0, line=1, timestamp="t", event_us=T0, arrival_us=T0, latency=None, symbol="A", price=2,
+    trade = dict(file=0, line=1, timestamp="t", event_us=T0, arrival_us=T0, latency_us=None, symbol="A", price=2,
                  size=1.0, side="buy", sign=1, trade_id="T")
     for order in ([0, 1, 2], [2, 1, 0], [1, 2, 0]):
         enriched, _ = asof.join_trades(trade_rb([trade]), quote_rb([rows[i] for i in order]), S, 0)
@@ -190,13 +190,13 @@ def valid_rb(rows) -> pa.RecordBatch:
 
 def test_quote_points_drop_what_the_latency_filter_drops_and_split_by_symbol():
     rows = [
-        dict(line=1, symbol="B", latency=10, mode=HISTORICAL),
-        dict(line=2, symbol="A", latency=500, mode=HISTORICAL),  # over the threshold: filtered
-        dict(line=3, symbol="A", latency=100, mode=HISTORICAL),  # equal: kept (strictly greater is filtered)
-        dict(line=4, symbol="B", latency=900, mode=LIVE),  # live quotes are never filtered
-        dict(line=5, symbol="A", latency=None, mode=HISTORICAL),  # no latency: kept
-        dict(line=6, symbol="B", latency=101, mode=HISTORICAL),  # filtered
-        dict(line=7, symbol="C", latency=101, mode=HISTORICAL),  # filtered: C has no quote left
+        dict(line=1, symbol="B", latency_us=10_000, mode=HISTORICAL),
+        dict(line=2, symbol="A", latency_us=500_000, mode=HISTORICAL),  # over the threshold: filtered
+        dict(line=3, symbol="A", latency_us=100_000, mode=HISTORICAL),  # equal: kept (strictly greater is filtered)
+        dict(line=4, symbol="B", latency_us=900_000, mode=LIVE),  # live quotes are never filtered
+        dict(line=5, symbol="A", latency_us=None, mode=HISTORICAL),  # no latency: kept
+        dict(line=6, symbol="B", latency_us=100_001, mode=HISTORICAL),  # filtered: 1 µs over
+        dict(line=7, symbol="C", latency_us=100_001, mode=HISTORICAL),  # filtered: C has no quote left
     ]
     points = asof.quote_points(valid_rb(rows), 100)
     assert [s for s, _ in points] == ["A", "B"]
@@ -222,7 +222,7 @@ def keyed_lines(chunk):
 
 def one_trade(**overrides):
     row = dict(file=0, line=7, timestamp="2024-06-03 07:00:00.120", event_us=T0 + 120 * MS, arrival_us=T0 + 120 * MS,
-               latency=None, symbol="AAPL", price=1_945_000, size=100.0, side="buy", sign=1, trade_id="T000001")
+               latency_us=None, symbol="AAPL", price=1_945_000, size=100.0, side="buy", sign=1, trade_id="T000001")
     row.update(overrides)
     return row
 

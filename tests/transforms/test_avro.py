@@ -247,3 +247,32 @@ def test_decode_avro_messages_refuses_an_unreadable_writer_at_construction():
         {"name": "timestamp", "type": "string"}, *quote_json(1)["fields"][1:]]})
     with pytest.raises(ValueError, match="Quote.timestamp"):
         DecodeAvroMessages(load_schema("quote", 1), [load_schema("quote", 2), incompatible], "feed")
+
+
+def v3_quote(seconds: float, latency_us: int | None) -> dict:
+    whole_ms = None if latency_us is None else -(-latency_us // 1000)
+    return {**v2_quote("X", seconds, "1.00000000", "2.00000000", whole_ms, "default", None),
+            "arrival_latency_us": latency_us}
+
+
+def test_v3_keeps_the_exact_latency_and_older_readers_get_it_rounded_up(tmp_path):
+    from transforms.avro import QUOTE_COLUMNS, quote_row
+
+    records = [v3_quote(1, 20_500), v3_quote(2, 20_000), v3_quote(3, 1), v3_quote(4, None)]
+    path = write_with_fastavro(tmp_path / "v3.avro", records, load_schema("quote", 3))
+    as_v3 = list(read_avro_file(str(path), load_schema("quote", 3), open_file=lambda p: open(p, "rb")))
+    latency = QUOTE_COLUMNS.index("latency_ms")
+    assert [quote_row(r)[latency] for r in as_v3] == ["20.5", "20", "0.001", ""]
+    # A v2 reader sees whole milliseconds, rounded up: 20.5 > 20 stays true for whole thresholds.
+    as_v2 = list(read_avro_file(str(path), load_schema("quote", 2), open_file=lambda p: open(p, "rb")))
+    assert [quote_row(r)[latency] for r in as_v2] == ["21", "20", "1", ""]
+
+
+def test_v2_data_read_with_v3_has_no_exact_latency_and_uses_the_milliseconds(tmp_path):
+    from transforms.avro import QUOTE_COLUMNS, quote_row
+
+    path = write_with_fastavro(tmp_path / "v2.avro", V2_RECORDS, load_schema("quote", 2))
+    read = list(read_avro_file(str(path), load_schema("quote", 3), open_file=lambda p: open(p, "rb")))
+    assert all(r["arrival_latency_us"] is None for r in read)
+    assert [quote_row(r)[QUOTE_COLUMNS.index("latency_ms")] for r in read] == [
+        "" if r["arrival_latency_ms"] is None else str(r["arrival_latency_ms"]) for r in V2_RECORDS]

@@ -34,7 +34,7 @@ SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[Heal
 
 # The row-level functions, kept before any test wraps them in a spy.
 ROW_PARSE_TIMESTAMP = quotes.parse_timestamp
-ROW_PARSE_LATENCY = quotes.parse_latency
+ROW_PARSE_LATENCY = quotes.parse_latency_us
 ROW_PARSE_PRICE = quotes.parse_price
 ROW_PARSE_SIZE = quotes.parse_size
 ROW_PARSE_SYMBOL = quotes.parse_symbol
@@ -277,13 +277,21 @@ class TestParsePrices:
 
 # --------------------------------------------------------------------------- latencies
 
-CLEAN_LATENCY = st.one_of(
+WHOLE_LATENCY = st.one_of(
     st.integers(0, quotes.MAX_LATENCY_MS - 1).map(str), st.text("0123456789", min_size=1, max_size=12)
 )
+#: Milliseconds with 1 to 3 decimals (``20.5``, ``0.001``, ``20.500``): whole microseconds.
+FRACTIONAL_LATENCY = st.tuples(
+    st.text("0123456789", min_size=1, max_size=12), st.text("0123456789", min_size=1, max_size=3)
+).map(".".join)
+CLEAN_LATENCY = st.one_of(WHOLE_LATENCY, FRACTIONAL_LATENCY)
 LATENCY_SPECIALS = st.sampled_from(
     [
         "", " ", "12", "12.0", "12.5", "-1", "+3", " 4 ", "-0", "007", "1e3", "1E+2", "1.5e1", "NaN", "inf",
         "999999999999", "1000000000000", "99999999999999999999", "1_000", "٣", "12.", ".0", "0b1", "0o7",
+        "20.5", "20.500", "20.5000", "0.001", "20.1234", "0.0001", "2e1", "2.05e1", "1e-3", "1e-4", "-0.5",
+        "-20.5", "nan", "-inf", "999999999999.999", "999999999999.9995", "1.0000000000000000000000000000001",
+        "0e-100", ".5", "5.",
     ]
 )
 LATENCY_TEXT = st.one_of(
@@ -291,6 +299,11 @@ LATENCY_TEXT = st.one_of(
     _padded(
         st.tuples(st.sampled_from(["", "", "+", "-"]), st.text("0123456789", min_size=1, max_size=22)).map("".join)
     ),
+    # more decimals than a microsecond, exponents, signs: the decimal cast and the rule must agree
+    st.tuples(
+        st.sampled_from(["", "", "+", "-"]), st.text("0123456789", max_size=13), st.sampled_from(["", "."]),
+        st.text("0123456789", max_size=6), st.sampled_from(["", "", "e", "E-", "e+"]), st.text("0123456789", max_size=2),
+    ).map("".join),
     LATENCY_SPECIALS,
     ARBITRARY_TEXT,
 )
@@ -300,7 +313,7 @@ class TestParseLatencies:
     @SETTINGS
     @given(st.lists(CLEAN_LATENCY, min_size=1, max_size=30))
     def test_clean_column_takes_fast_path_and_matches_rows(self, values):
-        with _spy("parse_latency") as spy:
+        with _spy("parse_latency_us") as spy:
             result = columns.parse_latencies(pa.array(values, pa.string()))
         _assert_column_matches_rows(values, result, ROW_PARSE_LATENCY, int)
         assert spy.call_count == 0
@@ -704,7 +717,7 @@ class TestRegressions:
         "parse, row_rule",
         [
             (columns.parse_timestamps, lambda text: quotes.parse_timestamp(text or "")),
-            (columns.parse_latencies, lambda text: quotes.parse_latency(text or "")),
+            (columns.parse_latencies, lambda text: quotes.parse_latency_us(text or "")),
             (lambda col: columns.parse_prices(col, "bid_price", 18, 8),
              lambda text: quotes.parse_price(text or "", "bid_price", 18, 8)),
         ],

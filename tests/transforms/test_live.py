@@ -176,7 +176,7 @@ def test_frames_to_batch_rows():
     expected = [micros(datetime(2024, 6, 3, 7, 0, 0, 12000, tzinfo=UTC)), micros(datetime(2024, 6, 3, 7, 0, 1, tzinfo=UTC))]
     assert batch.column("event_us").to_pylist() == expected
     # No latency: none recorded, and a quote arrives at its timestamp.
-    assert batch.column("latency").to_pylist() == [None, None]
+    assert batch.column("latency_us").to_pylist() == [None, None]
     assert batch.column("latency_ms").to_pylist() == [None, None]
     assert batch.column("arrival_us").to_pylist() == expected
 
@@ -184,8 +184,21 @@ def test_frames_to_batch_rows():
 def test_frames_to_batch_adds_latency_to_arrival():
     batch = batch_of(quote(0, "2024-01-01 00:00:00", latency=120), quote(1, "2024-01-01 00:00:00.500", latency_ms="7"))
     base = micros(datetime(2024, 1, 1, tzinfo=UTC))
-    assert batch.column("latency").to_pylist() == [120, 7]
+    assert batch.column("latency_us").to_pylist() == [120_000, 7_000]
     assert batch.column("arrival_us").to_pylist() == [base + 120_000, base + 507_000]
+
+
+def test_a_fractional_latency_as_json_number_or_string_is_exact():
+    # 20.5 and 0.001 as JSON numbers are read as their text, never as floats.
+    batch = batch_of('{"seq": 0, "timestamp": "2024-01-01 00:00:00", "symbol": "A", "bid_price": 1, '
+                     '"ask_price": 2, "latency_ms": 20.5}',
+                     quote(1, "2024-01-01 00:00:00.100", latency_ms="0.001"),
+                     '{"seq": 2, "timestamp": "2024-01-01 00:00:00.200", "symbol": "A", "bid_price": 1, '
+                     '"ask_price": 2, "latency_ms": 20.1234}')
+    base = micros(datetime(2024, 1, 1, tzinfo=UTC))
+    assert batch.column("latency_us").to_pylist()[:2] == [20_500, 1]
+    assert batch.column("arrival_us").to_pylist()[:2] == [base + 20_500, base + 100_001]
+    assert batch.column("reject").to_pylist()[2] == "bad_latency: latency_ms '20.1234' has more than 3 decimal places"
 
 
 def test_arrival_is_the_newest_so_far():
@@ -227,7 +240,7 @@ def test_rejected_rows_have_a_reason_and_no_times_and_do_not_move_arrival():
     assert codes == [None, "bad_json", "bad_field", "bad_timestamp", "missing_timestamp", "bad_latency", None]
     assert batch.column("line").to_pylist() == list(range(7))
     assert batch.column("raw").to_pylist() == texts
-    for name in ("event_us", "arrival_us", "latency"):
+    for name in ("event_us", "arrival_us", "latency_us"):
         assert batch.column(name).to_pylist()[1:6] == [None] * 5, name
     base = micros(datetime(2024, 1, 1, tzinfo=UTC))
     # The bad latency row's 5 s arrival would have pushed row 6 forward if it had counted.

@@ -68,3 +68,25 @@ def test_timestamps_print_milliseconds_or_microseconds_in_utc():
 def test_bad_arguments():
     with pytest.raises(ValueError, match="latency_threshold_ms"):
         ComputeMidPrices(-1)
+
+
+FRACTIONAL = ("timestamp,bid,ask,latency_ms\n"
+              "2024-01-01 00:00:00,1,2,20.5\n"
+              "2024-01-01 00:00:00.100,1,2,20.000\n"
+              "2024-01-01 00:00:00.200,1,2,20.001\n"
+              "2024-01-01 00:00:00.300,1,2,0.001\n")
+
+
+@pytest.mark.parametrize("threshold, late_lines", [(20, [2, 4]), (21, []), (0, [2, 3, 4, 5])])
+def test_fractional_latencies_meet_the_threshold_exactly(threshold, late_lines):
+    valid = valid_rows(FRACTIONAL)
+    assert valid.filter(pa.array(split_by_latency(valid, threshold))).column("line").to_pylist() == late_lines
+
+
+def test_error_lines_show_the_latency_without_trailing_zeros():
+    valid = valid_rows(FRACTIONAL)
+    assert latency_error_text(valid.filter(pa.array(split_by_latency(valid, 0))), 0) == (
+        b"No mid price at 2024-01-01 00:00:00.000 as latency 20.5ms is bigger than 0ms\n"
+        b"No mid price at 2024-01-01 00:00:00.100 as latency 20ms is bigger than 0ms\n"
+        b"No mid price at 2024-01-01 00:00:00.200 as latency 20.001ms is bigger than 0ms\n"
+        b"No mid price at 2024-01-01 00:00:00.300 as latency 0.001ms is bigger than 0ms\n")

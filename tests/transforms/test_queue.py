@@ -38,7 +38,7 @@ def _record(i: int) -> dict:
         "timestamp": 1_700_000_000_000_000 + i * 1000, "symbol": "EURUSD",
         "bid_price": Decimal("1.10000000") + Decimal(i) / 10**6, "bid_size": 100.0,
         "ask_price": Decimal("1.10010000") + Decimal(i) / 10**6, "ask_size": 50.0,
-        "arrival_latency_ms": 5, "tenant": "default", "venue": None,
+        "arrival_latency_ms": 5, "tenant": "default", "venue": None, "arrival_latency_us": 5000,
     }
 
 
@@ -385,9 +385,11 @@ def test_fast_messages_are_the_bytes_fastavro_writes(write_csv):
         "2024-01-01 00:00:00.000001,EURUSD,1.1,1.2,100,50.5,3,acme\n"
         "2024-01-01 00:00:01,GBPUSD,0.00000001,0.00000002,,,0,\n"
         "2024-01-01 00:00:02,Ünïcode,9999999999.99999999,9999999999.99999999,1e6,0,19999,zeta\n"
+        "2024-01-01 00:00:03,X,1,2,,,20.5,\n"
+        "2024-01-01 00:00:04,X,1,2,,,0.001,\n"
     )
     valid, scale = _valid_blocks(write_csv, text)
-    assert valid.num_rows == 4
+    assert valid.num_rows == 6
     encoder = SingleObjectEncoder(SCHEMA)
     slow = quote_messages(quote_records(valid, scale), valid.column("mode").to_pylist(), encoder)
     assert fast_quote_messages(valid, scale, single_object_header(SCHEMA)) == slow
@@ -411,3 +413,16 @@ def test_queue_outputs_leaves_a_live_consumers_folder_alone_and_says_what_is_wro
     with pytest.raises(SystemExit) as exit_info:
         queue_outputs.main([*command, str(tmp_path / "nothing")])
     assert exit_info.value.code == 2 and "no consumer=<name> folder" in capsys.readouterr().err
+
+
+def test_a_fractional_latency_survives_the_queue_exactly(write_csv):
+    """Published with the fast encoder, decoded to the CSV fields the feed replays: 20.5 ms, not 21."""
+    from schemas.single_object import single_object_header
+    from transforms.avro import QUOTE_COLUMNS, quote_row
+    from transforms.queue import fast_quote_messages
+
+    valid, scale = _valid_blocks(write_csv, "timestamp,symbol,bid,ask,latency\n2024-01-01 00:00:00,X,1,2,20.5\n")
+    [(payload, mode)] = fast_quote_messages(valid, scale, single_object_header(SCHEMA))
+    decoded = SingleObjectDecoder(SCHEMA, [load_schema("quote", v) for v in (1, 2, 3)]).decode(payload)
+    assert (decoded["arrival_latency_ms"], decoded["arrival_latency_us"]) == (21, 20_500)  # ms rounded up
+    assert quote_row(decoded)[QUOTE_COLUMNS.index("latency_ms")] == "20.5"

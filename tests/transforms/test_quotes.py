@@ -111,16 +111,43 @@ class TestNumbers:
     def test_price_equivalent_spellings(self, text):
         assert scaled(text) == 110_000_000
 
-    @pytest.mark.parametrize("text, value", [("0", 0), ("12", 12), ("12.0", 12), (" 7 ", 7), ("1e1", 10)])
-    def test_latency(self, text, value):
-        assert quotes.parse_latency(text) == value
+    @pytest.mark.parametrize("text, value", [
+        ("0", 0), ("12", 12_000), ("12.0", 12_000), (" 7 ", 7_000), ("1e1", 10_000), ("007", 7_000),
+        ("20.5", 20_500), ("20.500", 20_500), ("20.5000", 20_500), ("0.001", 1), (".5", 500), ("5.", 5_000),
+        ("-0", 0), ("0e-100", 0), ("2.05e1", 20_500), ("999999999999.999", 999_999_999_999_999),
+    ])
+    def test_latency_is_exact_microseconds(self, text, value):
+        assert quotes.parse_latency_us(text) == value
 
-    @pytest.mark.parametrize("text, code", [("", "missing_latency"), ("-1", "bad_latency"), ("2.5", "bad_latency"),
-                                            ("x", "bad_latency"), ("1e12", "bad_latency")])
-    def test_latency_rejects(self, text, code):
+    @pytest.mark.parametrize("text, code, detail", [
+        ("", "missing_latency", "latency_ms is empty"),
+        ("-1", "bad_latency", "latency_ms '-1' is negative"),
+        ("-0.5", "bad_latency", "latency_ms '-0.5' is negative"),
+        ("20.1234", "bad_latency", "latency_ms '20.1234' has more than 3 decimal places"),
+        ("0.0001", "bad_latency", "latency_ms '0.0001' has more than 3 decimal places"),
+        ("1e-4", "bad_latency", "latency_ms '1e-4' has more than 3 decimal places"),
+        # 28 significant digits would survive Decimal arithmetic's rounding; the rule uses none.
+        ("1.0000000000000000000000000000001", "bad_latency", "has more than 3 decimal places"),
+        ("nan", "bad_latency", "latency_ms 'nan' is not a finite number"),
+        ("inf", "bad_latency", "latency_ms 'inf' is not a finite number"),
+        ("x", "bad_latency", "latency_ms 'x' is not a number"),
+        ("1e12", "bad_latency", "latency_ms '1e12' is out of range"),
+        ("1e999999999", "bad_latency", "out of range"),
+    ])
+    def test_latency_rejects(self, text, code, detail):
         with pytest.raises(Rejected) as caught:
-            quotes.parse_latency(text)
-        assert caught.value.code == code
+            quotes.parse_latency_us(text)
+        assert caught.value.code == code and detail in caught.value.reason
+
+    @pytest.mark.parametrize("micros, text", [(0, "0"), (1, "0.001"), (7_000, "7"), (20_000, "20"),
+                                              (20_500, "20.5"), (20_050, "20.05"), (120_001, "120.001")])
+    def test_latency_text_has_no_trailing_zeros(self, micros, text):
+        assert quotes.latency_text(micros) == text
+
+    def test_threshold_compares_exactly(self):
+        assert quotes.is_over_threshold(20_500, 20) and quotes.is_over_threshold(20_001, 20)
+        assert not quotes.is_over_threshold(20_000, 20) and not quotes.is_over_threshold(20_500, 21)
+        assert not quotes.is_over_threshold(None, 0)
 
     @pytest.mark.parametrize("text, value", [(None, None), ("", None), ("  ", None), ("0", 0.0), ("12.5", 12.5)])
     def test_size(self, text, value):
@@ -159,15 +186,24 @@ class TestRecord:
 
     def test_latency_error_line(self):
         assert (
-            quotes.latency_error_line("2024-01-01 00:00:00.000", 120, 20)
+            quotes.latency_error_line("2024-01-01 00:00:00.000", 120_000, 20)
             == "No mid price at 2024-01-01 00:00:00.000 as latency 120ms is bigger than 20ms"
         )
+        assert (
+            quotes.latency_error_line("2024-01-01 00:00:00.000", quotes.parse_latency_us("20.500"), 20)
+            == "No mid price at 2024-01-01 00:00:00.000 as latency 20.5ms is bigger than 20ms"
+        )
+
+    def test_a_fractional_latency_adds_to_the_arrival_exactly(self):
+        event_us = quotes.parse_timestamp("2024-01-01 00:00:00.000001")
+        assert quotes.arrival_micros(event_us, quotes.parse_latency_us("20.5")) - event_us == 20_500
+        assert quotes.arrival_micros(event_us, quotes.parse_latency_us("0.001")) - event_us == 1
 
     def test_arrival_is_timestamp_plus_latency_in_milliseconds(self):
         # The requirements' worked example: arrivals .120, .201 and .710 s, so order [1, 2, 3].
         starts = [quotes.parse_timestamp(t) for t in ("2024-01-01 00:00:00", "2024-01-01 00:00:00.200",
                                                       "2024-01-01 00:00:00.700")]
-        arrivals = [quotes.arrival_micros(t, lat) for t, lat in zip(starts, (120, 1, 10))]
+        arrivals = [quotes.arrival_micros(t, lat * 1000) for t, lat in zip(starts, (120, 1, 10))]
         assert [a - starts[0] for a in arrivals] == [120_000, 201_000, 710_000]
         assert sorted(range(3), key=arrivals.__getitem__) == [0, 1, 2]
         # Adding the milliseconds as seconds gives the [2, 3, 1] the requirements claim.

@@ -85,7 +85,7 @@ def test_rejected_rows_travel_with_their_reason_and_are_counted():
 def test_file_without_latency_column_arrives_at_its_timestamps():
     data = b"timestamp,symbol,bid,ask\n2024-01-01 00:00:01,A,1,2\n2024-01-01 00:00:02,B,1,2\n"
     batch, _ = replay({"live.csv": data})
-    assert batch.column("latency").null_count == 2
+    assert batch.column("latency_us").null_count == 2
     assert batch.column("arrival_us").to_pylist() == batch.column("event_us").to_pylist()
 
 

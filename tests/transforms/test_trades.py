@@ -66,13 +66,26 @@ def test_trade_schema_and_its_price_rule():
     assert (RULES.precision, RULES.scale) == (18, 8)
 
 
+def test_trade_v2_adds_the_exact_latency_in_microseconds():
+    schema = load_schema("trade", 2)
+    assert [f["name"] for f in schema["fields"]][-2:] == ["arrival_latency_ms", "arrival_latency_us"]
+    assert schema["fields"][-1]["type"] == ["null", "long"] and schema["fields"][-1]["default"] is None
+
+
+def test_a_fractional_latency_is_exact_as_for_a_quote():
+    text = HEADER + "2024-01-01 00:00:00,AAPL,1,1,buy,T1,20.5\n2024-01-01 00:00:00.001,AAPL,1,1,buy,T2,0.001\n"
+    rows = read(**{"t.csv": text}).valid.to_pylist()
+    assert [(r["trade_id"], r["latency_us"], r["arrival_us"] - r["event_us"]) for r in rows] == [
+        ("T2", 1, 1), ("T1", 20_500, 20_500)]
+
+
 def test_columns_in_any_order_extra_ones_ignored_latency_optional():
     text = ("venue,trade_id,side,size,price,symbol,timestamp\n"
             "X,T9, buy ,7,1.5, AAPL ,2024-01-01 00:00:01\n")
     result = read(**{"t.csv": text})
     row = result.valid.to_pylist()[0]
     assert (row["trade_id"], row["side"], row["sign"], row["size"], row["symbol"]) == ("T9", "buy", 1, 7.0, "AAPL")
-    assert row["price"] == 150_000_000 and row["latency"] is None
+    assert row["price"] == 150_000_000 and row["latency_us"] is None
     assert row["arrival_us"] == row["event_us"] == quotes.parse_timestamp("2024-01-01 00:00:01")
 
 
@@ -118,7 +131,8 @@ def test_header_checks_pass_for_good_files_and_reject_empty_ones():
         ("2024-01-01 00:00:00,AAPL,1,1,buy,,0", "missing_trade_id"),
         ("2024-01-01 00:00:00,AAPL,1,1,buy,  ,0", "missing_trade_id"),
         ("2024-01-01 00:00:00,AAPL,1,1,buy,X,-1", "bad_latency"),
-        ("2024-01-01 00:00:00,AAPL,1,1,buy,X,2.5", "bad_latency"),
+        ("2024-01-01 00:00:00,AAPL,1,1,buy,X,2.5001", "bad_latency"),
+        ("2024-01-01 00:00:00,AAPL,1,1,buy,X,nan", "bad_latency"),
         ("2024-01-01 00:00:00,AAPL,1,1,buy,X,", "missing_latency"),
         ("2024-01-01 00:00:00,AAPL,1,1,buy,X", "wrong_field_count"),
         ("2024-01-01 00:00:00,AAPL,1,1,buy,X,0,extra", "wrong_field_count"),
@@ -197,7 +211,7 @@ def test_rows_are_in_arrival_order_across_files_ties_in_file_then_line_order():
     assert got == sorted(got)
     assert result.valid.column("trade_id").to_pylist() == ["U2", "T1", "U1", "T3", "T2"]
     t1 = [r for r in result.valid.to_pylist() if r["trade_id"] == "T1"][0]
-    assert t1["arrival_us"] - t1["event_us"] == 5_000 and t1["latency"] == 5
+    assert t1["arrival_us"] - t1["event_us"] == 5_000 and t1["latency_us"] == 5_000
 
 
 def test_a_trade_id_seen_within_the_horizon_is_dropped_and_counted():
@@ -214,7 +228,7 @@ def test_a_copy_is_judged_by_arrival_not_by_file_position():
     late_copy = HEADER + "2024-01-01 00:00:00.100,AAPL,194.50,10,buy,T1,900\n"  # arrives .1 s + .9 s
     result = read(horizon_us=SECOND, **{"b.csv": late_copy, "a.csv": GOOD})
     kept = [r for r in result.valid.to_pylist() if r["trade_id"] == "T1"]
-    assert [(r["file"], r["latency"]) for r in kept] == [(1, 5)]  # the earlier arrival, from the second file
+    assert [(r["file"], r["latency_us"]) for r in kept] == [(1, 5_000)]  # the earlier arrival, from the second file
 
 
 def test_rejected_rows_are_deduplicated_by_their_raw_line():
