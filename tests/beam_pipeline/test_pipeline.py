@@ -81,6 +81,53 @@ def test_worked_example(write_csv, run_quotes):
     assert files["errors.log"] == "No mid price at 2024-01-01 00:00:00.000 as latency 120ms is bigger than 20ms\n"
 
 
+FRACTIONAL = (
+    "timestamp,symbol,bid,ask,latency_ms\n"
+    "2024-01-01 00:00:00.000,A,1.1,1.2,20.5\n"     # arrives at .0205: after the next one
+    "2024-01-01 00:00:00.020,A,1.1,1.3,0.001\n"    # arrives at .020001
+    "2024-01-01 00:00:00.040,A,1.1,1.4,20.500\n"
+    "2024-01-01 00:00:00.060,A,1.1,1.5,20.1234\n"  # finer than a microsecond
+    "2024-01-01 00:00:00.080,A,1.1,1.6,2e1\n"
+    "2024-01-01 00:00:00.100,A,1.1,1.7,nan\n"
+    "2024-01-01 00:00:00.120,A,1.1,1.8,-0.5\n"
+    "2024-01-01 00:00:00.140,A,1.1,1.9,\n"
+)
+
+
+@pytest.mark.parametrize("threshold", [20, 21])
+def test_fractional_latencies_end_to_end_as_the_reference(write_csv, run_quotes, tmp_path, threshold):
+    source = write_csv(FRACTIONAL)
+    files = run_quotes(source, args=("--latency_threshold_ms", str(threshold)))
+    assert {k: v for k, v in files.items() if k != "metrics"} == reference_files([source], tmp_path / "ref", threshold)
+    if threshold == 20:
+        assert files["errors.log"] == (
+            "No mid price at 2024-01-01 00:00:00.000 as latency 20.5ms is bigger than 20ms\n"
+            "No mid price at 2024-01-01 00:00:00.040 as latency 20.5ms is bigger than 20ms\n")
+        assert files["mid_prices.log"] == "2024-01-01 00:00:00.020, 1.2\n2024-01-01 00:00:00.080, 1.35\n"
+    else:  # arrival order: .020001 before .0205
+        assert files["errors.log"] == ""
+        assert files["mid_prices.log"].splitlines() == [
+            "2024-01-01 00:00:00.020, 1.2", "2024-01-01 00:00:00.000, 1.15",
+            "2024-01-01 00:00:00.040, 1.25", "2024-01-01 00:00:00.080, 1.35"]
+    reasons = [json.loads(line)["reason"] for line in files["dead_letter.jsonl"].splitlines()]
+    assert reasons == [
+        "bad_latency: latency_ms '20.1234' has more than 3 decimal places",
+        "bad_latency: latency_ms 'nan' is not a finite number",
+        "bad_latency: latency_ms '-0.5' is negative",
+        "missing_latency: latency_ms is empty",
+    ]
+    assert files["metrics"]["balanced"] and files["metrics"]["records_in"] == 8
+
+
+def test_fractional_latencies_survive_avro_output_replayed_as_input(write_csv, run_quotes, tmp_path):
+    source = write_csv(FRACTIONAL)
+    first = run_quotes(source, args=("--avro_output", str(tmp_path / "avro")), output_dir=tmp_path / "csv_run")
+    quotes_avro = sorted((tmp_path / "avro").glob("quotes-*.avro"))
+    again = run_quotes(*quotes_avro, output_dir=tmp_path / "avro_run")
+    assert again["errors.log"] == first["errors.log"] != ""
+    assert again["mid_prices.log"] == first["mid_prices.log"]
+
+
 def test_threshold_equal_to_latency_keeps_the_quote(write_csv, run_quotes):
     files = run_quotes(write_csv(WORKED_EXAMPLE), args=("--latency_threshold_ms", "120"))
     assert files["errors.log"] == ""
@@ -95,6 +142,10 @@ ODD_BUT_VALID = [
     "{date} {time}, ODD ,  1.5 ,1, 1.60 ,,+3",
     "{date}T{time}+00:00,ODD,1.5e0,1e1,16E-1,0,3.0",
     '"{date} {time}",ODD,"1.5",1,1.6,1,3',
+    "{date} {time},FRAC,1.5,1,1.6,1,2.5",  # fractional latencies: exact, around the threshold of 15
+    "{date} {time},FRAC,1.5,1,1.6,1,15.001",
+    "{date} {time},FRAC,1.5,1,1.6,1,15.000",
+    "{date} {time},FRAC,1.5,1,1.6,1,0.001",
 ]
 
 
