@@ -59,7 +59,7 @@ def _trade(row: dict, index: int) -> dict:
         "timestamp": "",
         "event_us": row["event_us"],
         "arrival_us": row["event_us"],
-        "latency": None,
+        "latency_us": None,
         "symbol": row.get("symbol", "X"),
         "price": row["price"],
         "size": row["size"],

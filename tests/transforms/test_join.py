@@ -55,7 +55,7 @@ def trade(line: int, at_ms: int, price: int, symbol: str = "AAPL", file: int = 0
         timestamp=f"t{line}",
         event_us=T0 + at_ms * MS,
         arrival_us=T0 + at_ms * MS,
-        latency=None,
+        latency_us=None,
         symbol=symbol,
         price=price,
         size=1.0,
@@ -342,7 +342,7 @@ def test_quote_points_keep_the_block_timestamp_and_split_by_symbol():
     from transforms.normalize import VALID_SCHEMA
     from transforms.replay import HISTORICAL
 
-    rows = [dict(file=0, line=n, timestamp=f"v{n}", event_us=T0 + n, arrival_us=T0 + n, latency=latency,
+    rows = [dict(file=0, line=n, timestamp=f"v{n}", event_us=T0 + n, arrival_us=T0 + n, latency_us=latency * 1000,
                  symbol=symbol, bid=1, ask=2, bid_size=None, ask_size=None, mode=HISTORICAL, tenant="default")
             for n, symbol, latency in ((1, "B", 5), (2, "A", 500), (3, "A", 5))]
     block = QuoteBlock(0, pa.RecordBatch.from_pylist(rows, schema=VALID_SCHEMA), ("f",))

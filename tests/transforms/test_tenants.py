@@ -81,7 +81,7 @@ class TestDeadLetterTenants:
             "acme", DEFAULT_TENANT, DEFAULT_TENANT, UNATTRIBUTED, UNATTRIBUTED, DEFAULT_TENANT]
 
     def test_normalize_attributes_each_rejected_row(self):
-        base = {"timestamp": "2024-01-01", "event_us": 0, "arrival_us": 0, "latency": 0, "symbol": "X",
+        base = {"timestamp": "2024-01-01", "event_us": 0, "arrival_us": 0, "latency_us": 0, "symbol": "X",
                 "bid_price": "1", "ask_price": "2", "file": 0}
         rows = raw_rows([
             {**base, "line": 2, "tenant": "acme"},
