@@ -105,8 +105,10 @@ def parse_latencies(column: pa.Array) -> tuple[np.ndarray, Rejects]:
     decimal_type = pa.decimal128(18, quotes.LATENCY_SCALE)
 
     def fast(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-        if _may_contain(values, b"xX"):  # Arrow's integer cast reads hexadecimal ("0x10")
-            raise pa.ArrowInvalid("possible hexadecimal: take the exact path")
+        # Arrow's integer cast reads hexadecimal ("0x10") and its decimal cast exponents ("2e1"),
+        # which the rule rejects.
+        if _may_contain(values, b"xXeE"):
+            raise pa.ArrowInvalid("possible hexadecimal or exponent: take the exact path")
         try:
             latency_ms = _as_int64(pc.cast(values, pa.int64()))
         except _CAST_ERRORS:

@@ -35,7 +35,8 @@ REJECT_CODES = {
     "crossed_quote": "the bid is above the ask",
     "bad_size": "a size is not a finite, non-negative number",
     "missing_latency": "the latency field is empty",
-    "bad_latency": "the latency is not a non-negative number of milliseconds with at most 3 decimals (microseconds)",
+    "bad_latency": "the latency is not a non-negative number of milliseconds in plain digits with at most 3 decimals"
+                   " (microseconds)",
     "out_of_order": "the row arrives before rows already replayed (input not sorted by timestamp)",
     "bad_json": "a live message is not a JSON object (cut short, not JSON, or not an object)",
     "bad_field": "a live message's quote field is not a string or a number",
@@ -175,8 +176,9 @@ def parse_latency_us(text: str) -> int:
 
     ``12``, ``12.0``, ``20.5``, ``0.001`` and ``20.500`` are accepted (12000, 12000, 20500, 1 and
     20500 µs); a latency must be a whole number of microseconds, so ``20.1234`` is rejected, not
-    rounded (trailing zeros do not count: ``20.5000`` is 20500 µs). Like a price, it may be written
-    with an exponent (``1e1``: 10 ms). Negative, non-finite and absurdly large values are rejected.
+    rounded (trailing zeros do not count: ``20.5000`` is 20500 µs). Unlike a price, a latency is
+    written in plain digits: an exponent (``2e1``) is rejected, and so are negative, non-finite and
+    absurdly large values.
     """
     whole, point, fraction = text.partition(".")
     if (
@@ -187,6 +189,8 @@ def parse_latency_us(text: str) -> int:
         if latency < MAX_LATENCY_US:
             return latency
     number = _decimal(text, "latency_ms", "missing_latency", "bad_latency")
+    if "e" in text.lower():
+        raise Rejected("bad_latency", f"latency_ms {text!r} has an exponent: write it in plain digits")
     if number < 0:
         raise Rejected("bad_latency", f"latency_ms {text!r} is negative")
     if number >= MAX_LATENCY_MS:

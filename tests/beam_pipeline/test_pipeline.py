@@ -87,7 +87,8 @@ FRACTIONAL = (
     "2024-01-01 00:00:00.020,A,1.1,1.3,0.001\n"    # arrives at .020001
     "2024-01-01 00:00:00.040,A,1.1,1.4,20.500\n"
     "2024-01-01 00:00:00.060,A,1.1,1.5,20.1234\n"  # finer than a microsecond
-    "2024-01-01 00:00:00.080,A,1.1,1.6,2e1\n"
+    "2024-01-01 00:00:00.080,A,1.1,1.6,20\n"
+    "2024-01-01 00:00:00.090,A,1.1,1.6,2e1\n"     # an exponent
     "2024-01-01 00:00:00.100,A,1.1,1.7,nan\n"
     "2024-01-01 00:00:00.120,A,1.1,1.8,-0.5\n"
     "2024-01-01 00:00:00.140,A,1.1,1.9,\n"
@@ -112,11 +113,12 @@ def test_fractional_latencies_end_to_end_as_the_reference(write_csv, run_quotes,
     reasons = [json.loads(line)["reason"] for line in files["dead_letter.jsonl"].splitlines()]
     assert reasons == [
         "bad_latency: latency_ms '20.1234' has more than 3 decimal places",
+        "bad_latency: latency_ms '2e1' has an exponent: write it in plain digits",
         "bad_latency: latency_ms 'nan' is not a finite number",
         "bad_latency: latency_ms '-0.5' is negative",
         "missing_latency: latency_ms is empty",
     ]
-    assert files["metrics"]["balanced"] and files["metrics"]["records_in"] == 8
+    assert files["metrics"]["balanced"] and files["metrics"]["records_in"] == 9
 
 
 def test_fractional_latencies_survive_avro_output_replayed_as_input(write_csv, run_quotes, tmp_path):
