@@ -75,8 +75,14 @@ MALFORMED = (
 )
 
 
-def generate(rows: int, seed: int = 7, live: bool = False) -> bytes:
-    """A CSV of ``rows`` quotes (with header) as bytes."""
+def generate(rows: int, seed: int = 7, live: bool = False, latency_decimals: int = 0) -> bytes:
+    """A CSV of ``rows`` quotes (with header) as bytes.
+
+    ``latency_decimals`` (0 to 3) gives every latency that many decimals (``20.517`` for 3), drawn
+    from a generator of its own so the rest of the file is the same as with whole milliseconds.
+    """
+    if not 0 <= latency_decimals <= 3:
+        raise ValueError(f"latency_decimals must be 0 to 3 (microseconds), not {latency_decimals}")
     rng = np.random.default_rng(seed)
     event_us = START_US + np.cumsum(rng.integers(0, 41, rows)) * 1000
     which = rng.integers(0, len(INSTRUMENTS), rows)
@@ -100,7 +106,11 @@ def generate(rows: int, seed: int = 7, live: bool = False) -> bytes:
     if not live:
         tail = np.minimum(rng.exponential(60.0, rows), 400).astype(np.int64) + 21
         latency = np.where(rng.random(rows) < 0.94, rng.integers(0, 21, rows), tail)
-        parts += [",", pc.cast(pa.array(latency), pa.string())]
+        if latency_decimals:
+            fraction = np.random.default_rng([seed, 1]).integers(0, 10**latency_decimals, rows)
+            parts += [",", _fixed(latency * 10**latency_decimals + fraction, latency_decimals)]
+        else:
+            parts += [",", pc.cast(pa.array(latency), pa.string())]
     body = columns.joined_lines(*parts)
     return ((LIVE_HEADER if live else HEADER) + "\n").encode() + body
 
@@ -299,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--live", action="store_true", help="no latency_ms column (a live feed's rows)")
+    parser.add_argument("--latency-decimals", type=int, default=0, choices=range(4),
+                        help="decimals of every latency_ms (default 0: whole milliseconds)")
     parser.add_argument("--malformed", action="store_true", help="include one row of each kind of bad row")
     parser.add_argument("--trades-from", metavar="QUOTES.csv",
                         help="write trades drawn from this quote CSV's valid quotes instead of quotes")
@@ -306,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.trades_from:
         data = make_trades(args.trades_from, args.rows, args.seed, args.malformed)
     else:
-        data = generate(args.rows, args.seed, args.live)
+        data = generate(args.rows, args.seed, args.live, args.latency_decimals)
         if args.malformed:
             data = with_malformed(data, args.seed)
     with open(args.output, "wb") as out:

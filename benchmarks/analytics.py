@@ -158,18 +158,34 @@ def _text_ts(ts: pd.Series) -> pd.Series:
     return ts.dt.strftime(TIME_FORMAT).str[:-3]
 
 
+def _latency_us(text: pd.Series) -> pd.Series:
+    """Latencies in ms (plain digits, up to 3 decimals) as integer µs, NaN where the rule rejects."""
+    parts = text.str.strip().str.extract(r"^(\d{1,12})(?:\.(\d{0,3})0*)?$")
+    whole = pd.to_numeric(parts[0], errors="coerce")
+    micros = pd.to_numeric(parts[1].fillna("").str.ljust(3, "0"), errors="coerce")
+    return whole * 1000 + micros
+
+
+def _latency_text(micros: pd.Series) -> pd.Series:
+    """µs as ms without trailing zeros (20500: ``20.5``), as errors.log writes it."""
+    micros = micros.astype("int64")
+    fraction = (micros % 1000).astype(str).str.zfill(3).str.rstrip("0")
+    return (micros // 1000).astype(str) + np.where(fraction == "", "", "." + fraction)
+
+
 def _read_quotes(path: Path) -> pd.DataFrame:
-    q = pd.read_csv(path, dtype={"timestamp": str, "symbol": str}, keep_default_na=False, na_values=[""])
+    q = pd.read_csv(path, dtype={"timestamp": str, "symbol": str, "latency_ms": str}, keep_default_na=False,
+                    na_values=[""])
     q["ts"] = pd.to_datetime(q["timestamp"], format=TIME_FORMAT, errors="coerce")
-    for name in ("bid_price", "ask_price", "bid_size", "ask_size", "latency_ms"):
+    for name in ("bid_price", "ask_price", "bid_size", "ask_size"):
         q[name] = pd.to_numeric(q[name], errors="coerce")
+    q["latency_us"] = _latency_us(q["latency_ms"])
     valid = (
         q["ts"].notna() & q["symbol"].notna() & (q["bid_price"] > 0) & (q["ask_price"] >= q["bid_price"])
-        & (q["bid_size"] >= 0) & (q["ask_size"] >= 0) & (q["latency_ms"] >= 0)
-        & (q["latency_ms"] == np.floor(q["latency_ms"]))
+        & (q["bid_size"] >= 0) & (q["ask_size"] >= 0) & q["latency_us"].notna()
     )  # fmt: skip
     q = q[valid]
-    q["arrival"] = q["ts"] + pd.to_timedelta(q["latency_ms"], unit="ms")
+    q["arrival"] = q["ts"] + pd.to_timedelta(q["latency_us"].astype("int64"), unit="us")
     q["mid"] = (q["bid_price"] + q["ask_price"]) / 2
     q["spread"] = q["ask_price"] - q["bid_price"]
     return q
@@ -180,13 +196,13 @@ def _read_trades(path: Path) -> tuple[pd.DataFrame, int]:
                     keep_default_na=False, na_values=[""])
     rows = len(t)
     t["ts"] = pd.to_datetime(t["timestamp"], format=TIME_FORMAT, errors="coerce")
-    for name in ("price", "size", *(("latency_ms",) if "latency_ms" in t else ())):
+    for name in ("price", "size"):
         t[name] = pd.to_numeric(t[name], errors="coerce")
     t["side"] = t["side"].str.strip().str.lower()
     valid = (t["ts"].notna() & t["symbol"].notna() & t["trade_id"].notna() & (t["price"] > 0) & (t["size"] > 0)
              & t["side"].isin(["buy", "sell"]))
     if "latency_ms" in t:
-        valid &= t["latency_ms"] >= 0
+        valid &= _latency_us(t["latency_ms"].astype(str)).notna()
     t = t[valid].drop_duplicates("trade_id", keep="first")
     t["sign"] = np.where(t["side"] == "buy", 1, -1).astype("int8")
     return t, rows
@@ -195,10 +211,10 @@ def _read_trades(path: Path) -> tuple[pd.DataFrame, int]:
 def _write_mid_prices(q: pd.DataFrame, out: Path) -> pd.DataFrame:
     """mid_prices.log / errors.log equivalents in arrival order; returns the priced quotes."""
     q = q.sort_values("arrival", kind="stable")
-    priced = q["latency_ms"] <= LATENCY_THRESHOLD_MS
+    priced = q["latency_us"] <= LATENCY_THRESHOLD_MS * 1000
     q.loc[priced, ["timestamp", "mid"]].to_csv(out / "mid_prices.log", header=False, index=False)
     late = q.loc[~priced]
-    errors = ("No mid price at " + late["timestamp"] + " as latency " + late["latency_ms"].astype("int64").astype(str)
+    errors = ("No mid price at " + late["timestamp"] + " as latency " + _latency_text(late["latency_us"])
               + f"ms is bigger than {LATENCY_THRESHOLD_MS}ms")
     (out / "errors.log").write_text("".join(line + "\n" for line in errors))
     return q[priced]

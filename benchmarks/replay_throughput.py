@@ -67,13 +67,13 @@ def make_workdir(path: Path | None, prefix: str) -> Path:
     return workdir
 
 
-def quotes_file(workdir: Path, rows: int, seed: int) -> Path:
-    path = workdir / f"quotes_{rows}_{seed}.csv"
+def quotes_file(workdir: Path, rows: int, seed: int, latency_decimals: int = 0) -> Path:
+    path = workdir / f"quotes_{rows}_{seed}_{latency_decimals}.csv"
     if not path.exists():
         print(f"generating {rows:,} quotes -> {path}", file=sys.stderr)
         subprocess.run(
             [sys.executable, "-m", "beam_pipeline.samples", str(path), "--rows", str(rows), "--seed", str(seed),
-             "--malformed"],
+             "--latency-decimals", str(latency_decimals), "--malformed"],
             cwd=ROOT, check=True,
         )
     return path
@@ -102,10 +102,12 @@ def main() -> int:
     parser.add_argument("--memory-rows", type=int, default=3_000_000, help="0 to skip the memory check")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--workdir", type=Path, default=None, help="keep inputs and outputs here")
+    parser.add_argument("--latency-decimals", type=int, default=0, choices=range(4),
+                        help="decimals of every latency (3: microseconds, the decimal cast's path)")
     args = parser.parse_args()
 
     workdir = make_workdir(args.workdir, "replay_bench_")
-    csv_path = quotes_file(workdir, args.rows, args.seed).resolve()
+    csv_path = quotes_file(workdir, args.rows, args.seed, args.latency_decimals).resolve()
     beam_out, base_out = workdir / "beam", workdir / "baseline"
 
     beam_run = run_pipeline(csv_path, args.rows, beam_out)
@@ -127,7 +129,7 @@ def main() -> int:
 
     ok = all(identical.values()) and metrics["balanced"]
     if args.memory_rows:
-        big_path = quotes_file(workdir, args.memory_rows, args.seed).resolve()
+        big_path = quotes_file(workdir, args.memory_rows, args.seed, args.latency_decimals).resolve()
         big_run = run_pipeline(big_path, args.memory_rows, workdir / "beam_big")
         ratio = big_run.peak_rss_mb / beam_run.peak_rss_mb
         print(f"\npipeline peak RSS: {beam_run.peak_rss_mb:,.0f} MB at {args.rows:,} rows, "

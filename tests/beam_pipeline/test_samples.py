@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from beam_pipeline.pipeline import bundled_sample
 from beam_pipeline.samples import generate, with_malformed
@@ -30,6 +31,18 @@ def test_generated_quotes_are_realistic():
     assert np.mean(latency <= 20) > 0.9 and 100 < latency.max() <= 421
     arrivals = [s + lat * 1000 for s, lat in zip(stamps, latency.tolist())]
     assert arrivals != sorted(arrivals)  # arrival order differs from timestamp order
+
+
+def test_latency_decimals_change_only_the_latencies():
+    whole = [line.split(",") for line in generate(3000).decode().splitlines()[1:]]
+    fine = [line.split(",") for line in generate(3000, latency_decimals=3).decode().splitlines()[1:]]
+    assert [row[:-1] for row in fine] == [row[:-1] for row in whole]
+    micros = [quotes.parse_latency_us(row[-1]) for row in fine]
+    assert all(len(row[-1].partition(".")[2]) == 3 for row in fine)
+    assert [m // 1000 for m in micros] == [int(row[-1]) for row in whole]
+    assert len({m % 1000 for m in micros}) > 500  # the microseconds vary
+    with pytest.raises(ValueError, match="0 to 3"):
+        generate(10, latency_decimals=4)
 
 
 def test_live_sample_has_no_latency():
