@@ -109,13 +109,14 @@ def parse_latencies(column: pa.Array) -> tuple[np.ndarray, Rejects]:
         # which the rule rejects.
         if _may_contain(values, b"xXeE"):
             raise pa.ArrowInvalid("possible hexadecimal or exponent: take the exact path")
-        try:
-            latency_ms = _as_int64(pc.cast(values, pa.int64()))
-        except _CAST_ERRORS:
-            pass
-        else:
-            ok = (latency_ms >= 0) & (latency_ms < quotes.MAX_LATENCY_MS)
-            return np.where(ok, latency_ms, 0) * 10**quotes.LATENCY_SCALE, ok
+        if not _may_contain(values, b"."):  # a failed integer cast costs ~10x the decimal cast
+            try:
+                latency_ms = _as_int64(pc.cast(values, pa.int64()))
+            except _CAST_ERRORS:
+                pass
+            else:
+                ok = (latency_ms >= 0) & (latency_ms < quotes.MAX_LATENCY_MS)
+                return np.where(ok, latency_ms, 0) * 10**quotes.LATENCY_SCALE, ok
         decimals = pc.cast(values, decimal_type)
         # The unscaled decimal is the latency in µs: low word, high word 0 when non-negative.
         words = np.frombuffer(decimals.buffers()[1], dtype=np.int64, count=2 * len(decimals))

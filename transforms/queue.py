@@ -54,7 +54,9 @@ from transforms.avro import QUOTE_COLUMNS, quote_records, quote_row, whole_laten
 from transforms.feeds import FeedBlock, Stopping, never
 from transforms.live import Message, frames_to_batch, newest_arrival
 from transforms.replay import BLOCK_SCHEMA, MODES
-from transforms.staging import Built, apply_part, build, drop_part, open_staging, part_name, write_part
+from transforms.staging import (
+    Built, apply_part, build, drop_part, entry_id_key, open_staging, part_name, write_part,
+)
 from transforms.tracing import TracedDoFn
 
 LOG = logging.getLogger(__name__)
@@ -141,12 +143,6 @@ def group_lag(groups: Iterable[dict], group: str, length: int, history: AddedHis
                 return min(length, history.lag(_text(info["last-delivered-id"])))
             return length
     return length
-
-
-def entry_id_key(entry_id: str) -> tuple[int, int]:
-    """``"1700000000000-3"`` -> ``(1700000000000, 3)``: stream entry ids in their order."""
-    millis, _, seq = entry_id.partition("-")
-    return int(millis), int(seq or 0)
 
 
 class AddedHistory:

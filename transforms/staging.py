@@ -150,18 +150,19 @@ def write_part(directory: str, name: str, chunks: list[tuple[str, bytes]]) -> st
     return path
 
 
+def entry_id_key(entry_id: str) -> tuple[int, int]:
+    """``"1700000000000-3"`` -> ``(1700000000000, 3)``: stream entry ids in their order."""
+    millis, _, seq = entry_id.partition("-")
+    return int(millis), int(seq or 0)
+
+
 def pending_parts(directory: str) -> list[str]:
     """Names of the parts on disk under ``directory``, oldest entries first."""
     parts = os.path.join(directory, PARTS)
     if not os.path.isdir(parts):
         return []
     names = [name[: -len(SUFFIX)] for name in os.listdir(parts) if name.endswith(SUFFIX)]
-
-    def order(name: str) -> tuple[int, int]:
-        millis, _, seq = name.split("_", 1)[0].partition("-")
-        return int(millis), int(seq or 0)
-
-    return sorted(names, key=order)
+    return sorted(names, key=lambda name: entry_id_key(name.split("_", 1)[0]))
 
 
 def apply_part(directory: str, name: str) -> int:
@@ -179,8 +180,7 @@ def apply_part(directory: str, name: str) -> int:
         if previous.get("part") == name:
             sizes = previous["sizes"]  # applied in part before: cut back to where it started
     if sizes is None:
-        sizes = {rel: os.path.getsize(_safe(directory, rel)) if os.path.exists(_safe(directory, rel)) else 0
-                 for rel, _ in files}
+        sizes = {rel: _size(_safe(directory, rel)) for rel, _ in files}
         _write_atomically(record, json.dumps({"part": name, "sizes": sizes}).encode("utf-8"))
     written = 0
     for rel, data in files:
@@ -193,6 +193,14 @@ def apply_part(directory: str, name: str) -> int:
         written += len(data)
     os.remove(path)
     return written
+
+
+def _size(path: str) -> int:
+    """A file's size, 0 when it does not exist yet."""
+    try:
+        return os.path.getsize(path)
+    except FileNotFoundError:
+        return 0
 
 
 def drop_part(directory: str, name: str) -> None:

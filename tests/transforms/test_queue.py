@@ -23,7 +23,6 @@ from transforms.queue import (
     QueueFeed,
     Publisher,
     backoff,
-    entry_id_key,
     entry_message,
     group_lag,
     quote_messages,
@@ -92,7 +91,7 @@ def test_without_lag_from_redis_the_publishers_history_gives_it():
     assert group_lag(group, "midprice", 100, history) == 0
     assert group_lag(group, "midprice", 100) == 100  # no history: the length bounds it
     assert group_lag([{"name": b"midprice", "lag": 3}], "midprice", 100, history) == 3  # Redis's own wins
-    assert entry_id_key("10-2") > entry_id_key("9-99")
+    assert staging.entry_id_key("10-2") > staging.entry_id_key("9-99")
 
 
 @pytest.mark.parametrize(
