@@ -136,6 +136,22 @@ def _decimal(text: str, field: str, missing: str, bad: str) -> Decimal:
     return number
 
 
+def _unscaled(number: Decimal, scale: int) -> int | None:
+    """``abs(number) * 10**scale`` as an int, exactly; None when a non-zero digit lies past ``scale``
+    decimals (trailing zeros do not count). No Decimal arithmetic: it rounds to 28 digits."""
+    if not number:
+        return 0  # 0.00000 and 0E-100 are zero, whatever their exponent
+    _sign, digits, exponent = number.as_tuple()
+    shift = exponent + scale
+    if -shift > len(digits):  # the last non-zero digit lies past the scale
+        return None
+    unscaled = int("".join(map(str, digits)))
+    if shift >= 0:
+        return unscaled * 10**shift
+    unscaled, remainder = divmod(unscaled, 10**-shift)
+    return None if remainder else unscaled
+
+
 def parse_price(text: str, field: str, precision: int, scale: int) -> int:
     """Parse a positive decimal price into an integer scaled by ``10**scale``, exactly.
 
@@ -155,17 +171,9 @@ def parse_price(text: str, field: str, precision: int, scale: int) -> int:
         raise Rejected("non_positive_price", f"{field} {text!r} is not positive")
     if number.adjusted() >= precision - scale:
         raise Rejected("price_range", f"{field} {text!r} has more than {precision - scale} integer digits")
-    _sign, digits, exponent = number.as_tuple()
-    shift = exponent + scale
-    if -shift > len(digits):  # the last non-zero digit lies past the scale
+    unscaled = _unscaled(number, scale)
+    if unscaled is None:
         raise Rejected("price_precision", f"{field} {text!r} has more than {scale} decimal places")
-    unscaled = int("".join(map(str, digits)))
-    if shift >= 0:
-        unscaled *= 10**shift
-    else:
-        unscaled, remainder = divmod(unscaled, 10**-shift)
-        if remainder:
-            raise Rejected("price_precision", f"{field} {text!r} has more than {scale} decimal places")
     if unscaled >= 10**precision:
         raise Rejected("price_range", f"{field} {text!r} does not fit decimal({precision}, {scale})")
     return unscaled
@@ -195,18 +203,8 @@ def parse_latency_us(text: str) -> int:
         raise Rejected("bad_latency", f"latency_ms {text!r} is negative")
     if number >= MAX_LATENCY_MS:
         raise Rejected("bad_latency", f"latency_ms {text!r} is out of range")
-    if not number:
-        return 0  # 0E-100 is zero, whatever its exponent
-    _sign, digits, exponent = number.as_tuple()
-    shift = exponent + LATENCY_SCALE
-    # No Decimal arithmetic here: it rounds to the context's 28 digits.
-    if -shift > len(digits):  # the last non-zero digit lies past the microsecond
-        raise Rejected("bad_latency", f"latency_ms {text!r} has more than {LATENCY_SCALE} decimal places")
-    micros = int("".join(map(str, digits)))
-    if shift >= 0:
-        return micros * 10**shift
-    micros, remainder = divmod(micros, 10**-shift)
-    if remainder:
+    micros = _unscaled(number, LATENCY_SCALE)
+    if micros is None:
         raise Rejected("bad_latency", f"latency_ms {text!r} has more than {LATENCY_SCALE} decimal places")
     return micros
 
