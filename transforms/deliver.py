@@ -54,6 +54,7 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms import telemetry
+from transforms.sinks import when_input_ends
 from transforms.resilience import TokenBucket, backoff_delay, retry_after_seconds
 from transforms.tracing import TracedDoFn, http_span
 
@@ -691,9 +692,6 @@ class DeliverToApi(beam.PTransform):
         self._report_every = report_every
 
     def expand(self, records):
-        # Imported here: transforms.sinks re-exports this module, so a top-level import would be a cycle.
-        from transforms.sinks import when_input_ends  # pylint: disable=import-outside-toplevel
-
         outputs = (
             records
             | "GlobalWindow" >> beam.WindowInto(windows.GlobalWindows())

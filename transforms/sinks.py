@@ -511,4 +511,3 @@ class AppendText(beam.PTransform):
         ]
         pipeline = next(iter(chunks_by_name.values())).pipeline
         return combine_when_ended(pipeline, written, SummarizeAppends(names), "Summarize")
-from transforms.deliver import DeliverToApi, DeliveryStats  # noqa: E402,F401  (the deliver stage's HTTP sink)
