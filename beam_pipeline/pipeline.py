@@ -34,6 +34,7 @@ from beam_pipeline.options import (
     watermark_lag,
     window_config,
 )
+from beam_pipeline.plugins import PluginFormats
 from runners import make_runner
 from schemas import SchemaError, field_rules, latest_version, load_schema
 from transforms.analytics import OUTPUTS as ANALYTICS_OUTPUTS
@@ -133,8 +134,9 @@ def check_headers(paths: Sequence[str], open_file=None) -> None:
 
 
 def input_opener(options: QuoteOptions) -> InputOpener:
-    """Opens ``--input`` files: CSV as they are, ``.avro`` with ``--reader_schema_version``."""
-    return InputOpener(options.reader_schema_version or latest_version("quote"))
+    """Opens ``--input`` files: CSV as they are, ``.avro`` with ``--reader_schema_version``, the
+    suffixes of installed normalizer plugins through them."""
+    return InputOpener(options.reader_schema_version or latest_version("quote"), PluginFormats.installed())
 
 
 def build_pipeline(

@@ -22,9 +22,9 @@ from __future__ import annotations
 import inspect
 import re
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 from importlib import metadata
-from typing import BinaryIO, Iterator, Protocol
+from typing import BinaryIO, Callable, Iterator, Protocol
 
 #: The entry point group normalizers register under.
 GROUP = "beam_pipeline.normalizers"
@@ -212,6 +212,25 @@ def plugin_for(suffix: str, entry_point: str) -> Plugin:
         raise PluginError(f"normalizer plugin {entry_point} reads {suffix} files, but this Python "
                           f"{found} (workers need the same plugin packages as the launcher)")
     return plugin
+
+
+@dataclass(frozen=True)
+class PluginFormats:
+    """The installed normalizer plugins as :class:`transforms.avro.CsvFormats`: suffix -> entry
+    point name. Only the names travel to the workers; each worker loads the plugins from its own
+    installed packages (:func:`plugin_for`)."""
+
+    suffixes: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def installed(cls) -> "PluginFormats":
+        return cls(claimed_suffixes())
+
+    def to_csv_for(self, path: str) -> Callable[[BinaryIO, str], Iterator[bytes]] | None:
+        suffix = plugin_suffix(path, self.suffixes)
+        if suffix is None:
+            return None
+        return partial(read_as_csv, plugin_for(suffix, self.suffixes[suffix]))
 
 
 def read_as_csv(plugin: Plugin, stream: BinaryIO, source: str) -> Iterator[bytes]:

@@ -39,6 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.io.filesystems import FileSystems
 
+from beam_pipeline.plugins import PluginFormats
 from schemas import SchemaError, field_rules, latest_version, load_schema
 from transforms.avro import InputOpener
 from transforms.csv_blocks import HeaderError
@@ -208,7 +209,7 @@ def _replay_series(data: ReportData, inputs: list[str], default_symbol: str, rea
     replay = HistoricalReplay(
         inputs,
         default_symbol=default_symbol,
-        open_file=InputOpener(reader_version or latest_version("quote")),
+        open_file=InputOpener(reader_version or latest_version("quote"), PluginFormats.installed()),
         dedup_horizon_us=parse_duration(horizon, "dedup_horizon") if horizon else 0,
     )
     parts: dict[str, list] = {name: [] for name in ("symbol", "tenant", "event_us", "latency_us", "bid", "ask",

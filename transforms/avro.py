@@ -24,7 +24,7 @@ import io
 import logging
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import BinaryIO, Callable, Iterable, Iterator, Sequence
+from typing import BinaryIO, Callable, Iterable, Iterator, Protocol, Sequence
 
 import apache_beam as beam
 import fastavro
@@ -161,47 +161,43 @@ def open_avro_quotes(path: str, reader_schema: dict, open_file: Callable = FileS
     return io.BufferedReader(_ChunkStream(quote_csv_chunks(records), stream.close), buffer_size=1 << 16)
 
 
+class CsvFormats(Protocol):
+    """What turns other file formats into quote CSV: the application's normalizer plugins
+    (:class:`beam_pipeline.plugins.PluginFormats`). Picklable: it travels to the workers."""
+
+    def to_csv_for(self, path: str) -> Callable[[BinaryIO, str], Iterator[bytes]] | None:
+        """The converter of ``path`` (stream, source name -> CSV chunks), or None for a plain file."""
+
+
 class InputOpener:
     """Opens replay inputs: ``.avro`` files as CSV (with the ``quote`` reader schema of
-    ``reader_version``), files a normalizer plugin claims (:mod:`beam_pipeline.plugins`) as the
-    CSV it makes of them, anything else as it is. Picklable, for the replay's ``open_file``.
-
-    ``plugins``: suffix -> entry point name (default: the installed plugins'). Only the names
-    travel to the workers; each worker loads the plugins from its own installed packages.
+    ``reader_version``), files one of ``formats`` converts as the CSV it makes of them, anything
+    else as it is. Picklable, for the replay's ``open_file``.
     """
 
-    def __init__(self, reader_version: int, plugins: dict[str, str] | None = None):
+    def __init__(self, reader_version: int, formats: CsvFormats | None = None):
         self.reader_version = reader_version
-        if plugins is None:
-            from beam_pipeline.plugins import claimed_suffixes  # transforms does not need it otherwise
-
-            plugins = claimed_suffixes()
-        self.plugins = dict(plugins)
+        self.formats = formats
 
     def __call__(self, path: str) -> BinaryIO:
         if path.endswith(AVRO_SUFFIX):
             return open_avro_quotes(path, load_schema("quote", self.reader_version))
-        if self.plugins:
-            from beam_pipeline.plugins import plugin_for, plugin_suffix
-
-            suffix = plugin_suffix(path, self.plugins)
-            if suffix is not None:
-                return open_with_plugin(path, plugin_for(suffix, self.plugins[suffix]))
+        to_csv = self.formats.to_csv_for(path) if self.formats is not None else None
+        if to_csv is not None:
+            return open_converted(path, to_csv)
         return FileSystems.open(path)
 
 
-def open_with_plugin(path: str, plugin, open_file: Callable = FileSystems.open) -> BinaryIO:
-    """A file opened as the CSV a normalizer ``plugin`` (:class:`beam_pipeline.plugins.Plugin`)
-    makes of it, streamed. What the plugin raises comes out of ``read`` as a ``PluginError``
-    naming the plugin and the file."""
-    from beam_pipeline.plugins import read_as_csv
-
+def open_converted(path: str, to_csv: Callable[[BinaryIO, str], Iterator[bytes]],
+                   open_file: Callable = FileSystems.open) -> BinaryIO:
+    """A file opened as the CSV ``to_csv(stream, path)`` makes of it, streamed; what the converter
+    raises comes out of ``read``."""
     stream = open_file(path)
-    chunks = read_as_csv(plugin, stream, path)
+    chunks = iter(to_csv(stream, path))
 
     def close() -> None:
         try:
-            chunks.close()
+            getattr(chunks, "close", lambda: None)()  # a generator's: its finally blocks run
         finally:
             stream.close()
 

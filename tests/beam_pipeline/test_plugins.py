@@ -32,7 +32,7 @@ import pytest
 
 from beam_pipeline import cli, plugins
 from beam_pipeline.pipeline import bundled_sample
-from beam_pipeline.plugins import GROUP, PluginError
+from beam_pipeline.plugins import GROUP, PluginError, PluginFormats
 from tests.conftest import assert_one_line_usage_error
 from transforms.avro import InputOpener
 
@@ -302,8 +302,8 @@ def test_a_module_is_a_normalizer_and_files_are_opened_through_it(fake_plugins, 
     fake_plugins("upq-quotes", {"upq": "upq_module"}, {"upq_module": UPPER_CSV})
     assert set(plugins.discover()) == {".upq"}
     assert "upper: .upq files, from upq-quotes 1.0 (entry point upq = upq_module)" in plugins.list_plugins()
-    opener = pickle.loads(pickle.dumps(InputOpener(2)))  # what a worker gets: names, re-resolved there
-    assert opener.plugins == {".upq": "upq"}
+    opener = pickle.loads(pickle.dumps(InputOpener(2, PluginFormats.installed())))  # what a worker gets: names, re-resolved there
+    assert opener.formats == PluginFormats({".upq": "upq"})
     data = tmp_path / "quotes.upq"
     data.write_bytes(b"2024-01-01 00:00:00.200,eurusd,200,201,1\n")
     with opener(str(data)) as stream:
@@ -405,7 +405,7 @@ def test_two_plugins_claiming_a_suffix_are_both_named(fake_plugins):
 
 
 def test_a_worker_without_the_plugin_says_so(fake_plugins, tmp_path):
-    opener = InputOpener(2, plugins={".upq": "upq"})  # the launcher had it; this Python does not
+    opener = InputOpener(2, PluginFormats({".upq": "upq"}))  # the launcher had it; this Python does not
     with pytest.raises(PluginError, match=r"normalizer plugin upq reads \.upq files, but this Python has none "
                                           r"installed \(workers need the same plugin packages"):
         opener(str(tmp_path / "quotes.upq"))
