@@ -13,6 +13,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from transforms.queue import QueueAddress, QueueError, is_queue_url
 from transforms.quotes import MAX_LATENCY_MS, TENANT_PATTERN
 from transforms.replay import DEFAULT_BLOCK_BYTES
+from transforms.scoring import PackagedModel
 from transforms.windowing import (
     ACCUMULATION_MODES,
     duration_text,
@@ -271,6 +272,9 @@ DEFAULT_MAX_QUOTE_AGE = "1s"
 DEFAULT_FEATURES = "sliding:10s,1s"
 DEFAULT_DEDUP_HORIZON = "10m"
 NO_MODEL = "none"
+#: The bundled scoring model, written by ``python -m beam_pipeline.train_model``: package data, so
+#: that each worker reads its own installed copy.
+BUNDLED_MODEL = PackagedModel("beam_pipeline", "data/models/market_anomaly.json")
 
 
 @dataclass(frozen=True)
@@ -281,7 +285,7 @@ class AnalyticsConfig:
     max_quote_age_us: int
     feature_size_us: int
     feature_period_us: int
-    model: str | None  # a path; None: no scoring (--model none)
+    model: str | PackagedModel | None  # a path or the bundled model; None: no scoring (--model none)
 
     def as_extra(self) -> dict:
         """The run's settings for ``metrics.json``."""
@@ -289,7 +293,7 @@ class AnalyticsConfig:
             "trades": self.trades,
             "max_quote_age": duration_text(self.max_quote_age_us),
             "features": f"sliding:{duration_text(self.feature_size_us)},{duration_text(self.feature_period_us)}",
-            "model": self.model,
+            "model": None if self.model is None else str(self.model),
         }
 
 
@@ -322,9 +326,7 @@ def analytics_config(options: QuoteOptions) -> AnalyticsConfig | None:
     if model is not None and model.strip().lower() == NO_MODEL:
         model = None
     elif model is None:
-        from transforms.scoring import DEFAULT_MODEL  # numpy-only module, imported when needed
-
-        model = str(DEFAULT_MODEL)
+        model = BUNDLED_MODEL
     return AnalyticsConfig(options.trades, age, spec.size_us, spec.period_us, model)
 
 

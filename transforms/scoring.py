@@ -43,7 +43,7 @@ The artifact
 ------------
 A small JSON document (:func:`save_model`, :func:`load_model`), with its ``format``
 (:data:`FORMAT`), ``name``, ``version``, the statistics, the threshold and what it was trained
-on. The bundled one, :data:`DEFAULT_MODEL`, is package data written by
+on. The application's bundled one is package data (a :class:`PackagedModel`) written by
 ``python -m beam_pipeline.train_model``; nothing is fetched at run time, and a model path with a
 URL scheme is refused.
 
@@ -65,6 +65,7 @@ import math
 import os
 import re
 from importlib.resources.abc import Traversable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence, Union
 
@@ -86,8 +87,6 @@ MODEL_NAME = "market_anomaly"
 FORMAT = "market_anomaly.robust_z/1"
 #: The pooled entry, used for symbols the model has not seen.
 POOLED = "*"
-#: The bundled artifact (package data), written by ``python -m beam_pipeline.train_model``.
-DEFAULT_MODEL = importlib.resources.files("beam_pipeline") / "data" / "models" / "market_anomaly.json"
 
 MAD_TO_SIGMA = 1.4826  # 1 / Phi^-1(3/4): MAD of a normal distribution -> its standard deviation
 MEAN_AD_TO_SIGMA = 1.2533  # sqrt(pi / 2): mean absolute deviation of a normal -> its standard deviation
@@ -125,7 +124,22 @@ class ModelError(ValueError):
     """A model artifact that is missing, not local, or not a valid document of :data:`FORMAT`."""
 
 
-ModelPath = Union[str, os.PathLike, Traversable]
+@dataclass(frozen=True)
+class PackagedModel:
+    """A model artifact shipped as package data, found where it is loaded: a worker reads the
+    copy in its own installed ``package``, not the launcher's path, which it may not have."""
+
+    package: str
+    resource: str  # "/"-separated, below the package
+
+    def path(self) -> Traversable:
+        return importlib.resources.files(self.package).joinpath(*self.resource.split("/"))
+
+    def __str__(self) -> str:
+        return str(self.path())
+
+
+ModelPath = Union[str, os.PathLike, Traversable, PackagedModel]
 
 
 # --------------------------------------------------------------------------- inputs
@@ -458,9 +472,9 @@ def validate_model(document: Any) -> dict:
     return document
 
 
-def load_model(path: ModelPath = DEFAULT_MODEL) -> dict:
+def load_model(path: ModelPath) -> dict:
     """Read and validate a model artifact from a local path; :class:`ModelError` names the file."""
-    source = _local(path)
+    source = path.path() if isinstance(path, PackagedModel) else _local(path)
     try:
         text = source.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -494,17 +508,18 @@ class FeatureModelHandler(ModelHandler[Example, PredictionResult, dict]):
     An example is a feature batch, or a ``(symbol, feature batch)`` pair (the key is then left in
     ``PredictionResult.example``); the inference is that block's :data:`transforms.market.SCORE_SCHEMA`
     batch, the model id ``name:version``. :meth:`load_model` reads the artifact from a local path
-    (the bundled :data:`DEFAULT_MODEL` is found on each worker in its own installed package).
+    (a :class:`PackagedModel` is found on each worker in its own installed package).
 
     Args:
-        model_path: a local JSON artifact; a URL is refused with :class:`ModelError`.
+        model_path: a local JSON artifact or a :class:`PackagedModel`; a URL is refused with
+            :class:`ModelError`.
         max_batch_size: at most this many blocks per ``run_inference`` call.
         max_batch_duration_secs: streaming: longest a block waits for a batch to fill.
     """
 
     def __init__(
         self,
-        model_path: ModelPath = DEFAULT_MODEL,
+        model_path: ModelPath,
         *,
         max_batch_size: int = 64,
         max_batch_duration_secs: int | None = None,
@@ -512,16 +527,15 @@ class FeatureModelHandler(ModelHandler[Example, PredictionResult, dict]):
         super().__init__(
             min_batch_size=1, max_batch_size=max_batch_size, max_batch_duration_secs=max_batch_duration_secs
         )
-        self._model_path: ModelPath | None = None if model_path is DEFAULT_MODEL else _local(model_path)
+        # A packaged model is resolved in load_model, on the worker: where *its* package is.
+        self._model_path = model_path if isinstance(model_path, PackagedModel) else _local(model_path)
 
     @property
     def model_path(self) -> ModelPath:
-        return DEFAULT_MODEL if self._model_path is None else self._model_path
+        return self._model_path
 
     def load_model(self) -> dict:
-        # Resolved here, on the worker: the bundled artifact's path is where *its* package is.
-        bundled = importlib.resources.files("beam_pipeline") / "data" / "models" / "market_anomaly.json"
-        return LoadedModel(load_model(bundled if self._model_path is None else self._model_path))
+        return LoadedModel(load_model(self._model_path))
 
     def update_model_path(self, model_path: str | None = None) -> None:
         if model_path:
@@ -573,11 +587,11 @@ class ScoreFeatures(beam.PTransform):
     construction (:class:`ModelError`), not its workers. Counters: ``windows_scored``, ``anomalies``.
 
     Args:
-        model_path: the artifact (default: the bundled :data:`DEFAULT_MODEL`); local paths only.
+        model_path: the artifact: a local path or a :class:`PackagedModel`.
         max_batch_size: at most this many blocks per inference call.
     """
 
-    def __init__(self, model_path: ModelPath = DEFAULT_MODEL, *, max_batch_size: int = 64, label: str | None = None):
+    def __init__(self, model_path: ModelPath, *, max_batch_size: int = 64, label: str | None = None):
         super().__init__(label)
         self._handler = FeatureModelHandler(model_path, max_batch_size=max_batch_size)
         self.model = load_model(self._handler.model_path)

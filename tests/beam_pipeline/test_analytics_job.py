@@ -199,11 +199,27 @@ def test_bad_analytics_flags_are_one_line_usage_errors(args, expected, tmp_path,
 
 def test_the_bundled_model_is_what_make_model_trains_on_the_samples(tmp_path):
     from beam_pipeline import train_model
-    from transforms.scoring import DEFAULT_MODEL
+    from beam_pipeline.options import BUNDLED_MODEL
 
     metrics = _run(tmp_path / "features", "--trades", str(TRADES), "--model", "none")
     assert "windows_scored" not in metrics
     trained = tmp_path / "model.json"
     assert train_model.main(["--features", str(tmp_path / "features" / "features.jsonl"), "--output", str(trained),
                              "--version", "1"]) == 0
-    assert trained.read_bytes() == Path(DEFAULT_MODEL).read_bytes()
+    assert trained.read_bytes() == Path(str(BUNDLED_MODEL)).read_bytes()
+
+
+def test_the_default_model_is_the_packaged_one_each_worker_resolves_itself():
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from beam_pipeline.options import BUNDLED_MODEL, QuoteOptions, analytics_config
+    from transforms.scoring import PackagedModel
+
+    def config(*flags):
+        return analytics_config(PipelineOptions(["--trades", "t.csv", *flags]).view_as(QuoteOptions))
+
+    default = config()
+    assert isinstance(default.model, PackagedModel) and default.model == BUNDLED_MODEL
+    assert default.as_extra()["model"] == str(Path(bundled_sample()).parent / "models" / "market_anomaly.json")
+    assert config("--model", "none").model is None
+    assert config("--model", "m.json").model == "m.json"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -339,8 +340,12 @@ def test_load_model_refuses_bad_json_missing_files_and_urls(tmp_path: Path):
         ScoreFeatures(tmp_path / "absent.json")
 
 
-def test_the_bundled_model_path_is_package_data():
-    assert Path(str(scoring.DEFAULT_MODEL)) == REPO / "beam_pipeline" / "data" / "models" / "market_anomaly.json"
+def test_a_packaged_model_is_found_in_its_package():
+    packaged = scoring.PackagedModel("beam_pipeline", "data/models/market_anomaly.json")
+    assert Path(str(packaged)) == REPO / "beam_pipeline" / "data" / "models" / "market_anomaly.json"
+    assert scoring.load_model(packaged)["format"] == scoring.FORMAT
+    with pytest.raises(ModelError, match="no such model file"):
+        scoring.load_model(scoring.PackagedModel("beam_pipeline", "data/models/absent.json"))
 
 
 # --------------------------------------------------------------------------- RunInference
@@ -416,11 +421,11 @@ def _applied(pipeline) -> list:
     return transforms
 
 
-def test_the_bundled_model_is_loaded_on_the_worker_from_its_own_package():
-    handler = FeatureModelHandler()
-    assert handler.model_path is scoring.DEFAULT_MODEL
-    state = handler.__dict__
-    assert state["_model_path"] is None  # no launcher path travels to the workers
+def test_a_packaged_model_is_loaded_on_the_worker_from_its_own_package():
+    packaged = scoring.PackagedModel("beam_pipeline", "data/models/market_anomaly.json")
+    handler = pickle.loads(pickle.dumps(FeatureModelHandler(packaged)))
+    assert handler.model_path == packaged  # no launcher path travels to the workers
+    assert handler.load_model()["format"] == scoring.FORMAT
 
 
 # --------------------------------------------------------------------------- scores.jsonl
