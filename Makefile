@@ -32,7 +32,7 @@ bench: install
 	$(PY) benchmarks/live_latency.py
 	$(PY) benchmarks/products_fetch.py
 	$(PY) benchmarks/deliver_throughput.py
-	$(PY) benchmarks/runners.py
+	$(PY) benchmarks/runner_comparison.py
 	$(PY) benchmarks/queue_throughput.py
 	$(PY) benchmarks/analytics.py
 

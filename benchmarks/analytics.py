@@ -35,7 +35,7 @@ measured against) and *core* (merge_asof + features + score, data already parsed
 The acceptance is ``pipeline trades/s / pandas end-to-end trades/s >= 0.5`` at 1,000,000 trades.
 
 Peak memory of the pipeline is the largest RSS sum of its process tree (psutil, every 50 ms, as
-in ``benchmarks/runners.py``); for pandas it is this process's RSS, sampled the same way during
+in ``benchmarks/runner_comparison.py``); for pandas it is this process's RSS, sampled the same way during
 the pandas run. After the runs the outputs are compared: the same trade ids matched, mids equal
 within 1e-9 relative, the same quote timestamps, and per ``(symbol, window_end)`` the same
 windows with equal quote and trade counts, volume and VWAP (1e-9 relative), and the same scores
@@ -63,7 +63,7 @@ import pandas as pd
 import psutil
 
 from replay_throughput import ROOT, make_workdir
-from runners import measure  # benchmarks/runners.py (this folder is first on sys.path), not the runners package
+from runner_comparison import measure  # sibling helpers
 
 LATENCY_THRESHOLD_MS = 20  # the pipeline's default --latency_threshold_ms
 MAX_QUOTE_AGE = "1s"

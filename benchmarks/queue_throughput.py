@@ -16,7 +16,7 @@ Generates N quotes (``beam_pipeline.samples``, with one of each malformed row), 
   until the group is drained. The target is >= 20,000 quotes/s.
 
 Each command is its own process with its whole run timed (start-up included). Peak RSS is the
-largest sum over a command's process tree (psutil, every 50 ms, as ``runners.py`` does); during
+largest sum over a command's process tree (psutil, every 50 ms, as ``runner_comparison.py`` does); during
 end to end, ``XLEN`` and the group's lag are polled too. CPU seconds (user + system) of the
 publisher, the consumers and redis-server over each timed span give the CPU each quote costs,
 and so the most that the machine's cores allow end to end. Finally it checks that the consumers'
@@ -48,7 +48,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from replay_throughput import OUTPUT_FILES, ROOT, make_workdir, quotes_file  # noqa: E402  (sibling helpers)
-from runners import tree_rss  # noqa: E402  (benchmarks/runners.py, first on the path; not ROOT/runners)
+from runner_comparison import tree_rss  # noqa: E402  (sibling helpers)
 
 sys.path.insert(0, str(ROOT))
 from tests.redis_server import HOST, RedisServer  # noqa: E402
