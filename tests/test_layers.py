@@ -1,0 +1,173 @@
+"""Imports go one way: ``beam_pipeline -> transforms -> schemas``, and ``runners`` serves
+``beam_pipeline`` only. No module imports one of a higher layer (not even inside a function, nor
+by loading its package data), and no modules import each other in a cycle.
+
+The walk reads the source with :mod:`ast` (nothing is imported), so a test that fails names the
+file, the line and the import.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("schemas", "transforms", "runners", "beam_pipeline")
+#: What each package may import, besides itself.
+ALLOWED = {
+    "schemas": set(),
+    "transforms": {"schemas"},
+    "runners": {"schemas", "transforms"},
+    "beam_pipeline": {"schemas", "transforms", "runners"},
+}
+
+
+@dataclass(frozen=True)
+class Import:
+    module: str  # the importing module
+    target: str  # the imported module (one of the walked ones)
+    line: int
+
+
+def modules(root: Path) -> dict[str, Path]:
+    """Dotted name -> file, for every module of :data:`PACKAGES` under ``root``."""
+    found = {}
+    for package in PACKAGES:
+        for path in sorted((root / package).rglob("*.py")):
+            parts = list(path.relative_to(root).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            found[".".join(parts)] = path
+    return found
+
+
+def _owner(name: str, known: dict[str, Path]) -> str | None:
+    """The walked module that ``name`` (a module or a name in one) belongs to."""
+    while name and name not in known:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def imports(root: Path) -> list[Import]:
+    """Every import of a walked module by a walked module, at any depth of the code; plus each
+    ``importlib.resources.files("<package>")`` as an import of that package."""
+    known = modules(root)
+    found = []
+    for module, path in known.items():
+        is_package = path.name == "__init__.py"
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative: from the package of this module
+                    package = module.split(".")[: len(module.split(".")) - node.level + (1 if is_package else 0)]
+                    base = ".".join([*package, *([node.module] if node.module else [])])
+                names = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base for alias in node.names]
+            elif (
+                isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) == "files"
+                and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)
+            ):  # fmt: skip
+                names = [node.args[0].value]
+            for name in names:
+                target = _owner(name, known)
+                if target is not None and target != module:
+                    found.append(Import(module, target, node.lineno))
+    return found
+
+
+def upward(found: list[Import]) -> list[Import]:
+    return [i for i in found
+            if (low := i.module.split(".")[0]) != (high := i.target.split(".")[0]) and high not in ALLOWED[low]]
+
+
+def cycles(found: list[Import]) -> list[list[str]]:
+    """The groups of modules that import each other, directly or through others (Tarjan)."""
+    graph: dict[str, set[str]] = {}
+    for i in found:
+        graph.setdefault(i.module, set()).add(i.target)
+        graph.setdefault(i.target, set())
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    groups = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return groups
+
+
+def test_no_module_imports_a_higher_layer():
+    found = upward(imports(REPO))
+    assert not found, "upward imports:\n" + "\n".join(
+        f"  {i.module} (line {i.line}) imports {i.target}" for i in found)
+
+
+def test_no_modules_import_each_other_in_a_cycle():
+    assert cycles(imports(REPO)) == []
+
+
+@pytest.fixture
+def tree(tmp_path):
+    def write(files: dict[str, str]) -> Path:
+        for package in PACKAGES:
+            (tmp_path / package).mkdir(exist_ok=True)
+            (tmp_path / package / "__init__.py").touch()
+        for name, text in files.items():
+            (tmp_path / name).write_text(text)
+        return tmp_path
+
+    return write
+
+
+def test_the_walk_finds_upward_imports_anywhere_and_package_data_loads(tree):
+    root = tree({
+        "transforms/a.py": "def f():\n    from beam_pipeline.options import X\n",
+        "transforms/b.py": "import importlib.resources\nDATA = importlib.resources.files('beam_pipeline')\n",
+        "schemas/c.py": "from transforms import a\n",
+        "runners/d.py": "import beam_pipeline\n",
+        "beam_pipeline/options.py": "from transforms import a\nfrom runners import d\n",
+        "transforms/e.py": "from . import a\nfrom .b import DATA\n",
+    })  # fmt: skip
+    assert sorted((i.module, i.target, i.line) for i in upward(imports(root))) == [
+        ("runners.d", "beam_pipeline", 1),
+        ("schemas.c", "transforms.a", 1),
+        ("transforms.a", "beam_pipeline.options", 2),
+        ("transforms.b", "beam_pipeline", 2),
+    ]
+    assert {(i.module, i.target) for i in imports(root) if i.module == "transforms.e"} == {
+        ("transforms.e", "transforms.a"), ("transforms.e", "transforms.b")}
+
+
+def test_the_walk_finds_cycles_through_lazy_imports(tree):
+    root = tree({
+        "transforms/a.py": "from transforms.b import X\n",
+        "transforms/b.py": "def f():\n    from transforms import c\n",
+        "transforms/c.py": "import transforms.a\n",
+        "transforms/d.py": "from transforms import a\n",
+    })  # fmt: skip
+    assert cycles(imports(root)) == [["transforms.a", "transforms.b", "transforms.c"]]
