@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, _BeamArgumentParser
 
+import runners
 from beam_pipeline import logs
 from beam_pipeline import options as options_module
 from beam_pipeline.control import HOST as CONTROL_HOST
@@ -40,21 +41,20 @@ from beam_pipeline.pipeline import (
 )
 from beam_pipeline.plugins import PluginError, check_plugins, input_hint, list_plugins
 from beam_pipeline.report import ReportError, check_matplotlib, write_report
-import runners
 from runners import RunnerError, is_direct, make_runner
 from schemas import SchemaError, field_rules, load_schema
 from transforms import telemetry, tracing
-from transforms.analytics import OUTPUTS as ANALYTICS_OUTPUTS
-from transforms.analytics import SCORE_OUTPUTS
-from transforms.avro import AVRO_SUFFIX
-from transforms.modes import ModeError, PositionStore, forget_run, replay_layout, run_control
-from transforms.normalize import price_rule
-from transforms.scoring import ModelError, load_model
-from transforms.sinks import balance
+from transforms.quotes.normalize import price_rule
+from transforms.sinks.files import balance
+from transforms.sources.avro_input import AVRO_SUFFIX
+from transforms.sources.modes import ModeError, PositionStore, forget_run, replay_layout, run_control
+from transforms.sources.webhook import PATH as WEBHOOK_PATH
+from transforms.sources.webhook import WebhookInbox, WebhookPolicy, WebhookServer, registered_inbox
 from transforms.telemetry import MetricsServer
-from transforms.trades import TradeInputError, check_trade_headers
-from transforms.webhook import PATH as WEBHOOK_PATH
-from transforms.webhook import WebhookInbox, WebhookPolicy, WebhookServer, registered_inbox
+from transforms.trades.read import TradeInputError, check_trade_headers
+from transforms.trades.scoring import ModelError, load_model
+from transforms.trades.stage import OUTPUTS as ANALYTICS_OUTPUTS
+from transforms.trades.stage import SCORE_OUTPUTS
 
 LOG = logging.getLogger("beam_pipeline")
 PROG = "beam_pipeline"
@@ -251,7 +251,7 @@ def log_set_aside(metrics: dict) -> None:
 
 def check_queue(url: str, flag: str) -> None:
     """The queue's Redis answers, or a UsageError."""
-    from transforms.queue import QueueAddress
+    from transforms.queue.streams import QueueAddress
 
     address = QueueAddress.parse(url)
     try:

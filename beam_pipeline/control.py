@@ -1,6 +1,6 @@
 """Steering a running live pipeline: the control endpoint, stdin commands and shutdown signals.
 
-* ``GET /status`` answers the run's :meth:`~transforms.modes.RunControl.status` as JSON;
+* ``GET /status`` answers the run's :meth:`~transforms.sources.modes.RunControl.status` as JSON;
 * ``POST /mode`` with ``{"mode": "historical"|"live"}`` switches a ``--source replay`` run
   (200 with the status, 400 with the reason for a bad request);
 * a ``mode live`` / ``mode historical`` line on stdin does the same;
@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import IO, Iterator
 
-from transforms.modes import ModeError, RunControl, parse_mode_command
+from transforms.sources.modes import ModeError, RunControl, parse_mode_command
 
 LOG = logging.getLogger(__name__)
 HOST = "127.0.0.1"

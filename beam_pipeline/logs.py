@@ -57,8 +57,13 @@ class JsonFormatter(logging.Formatter):
 
 
 def stage_of(logger: str) -> str:
-    """The stage a logger belongs to: its last dotted part (``transforms.trades`` -> ``trades``)."""
-    return logger.rsplit(".", 1)[-1]
+    """The stage a logger belongs to: the stage subpackage of ``transforms`` it is in
+    (``transforms.trades.read`` -> ``trades``), otherwise its last dotted part (``transforms.tracing``
+    -> ``tracing``, ``beam_pipeline.cli`` -> ``cli``)."""
+    parts = logger.split(".")
+    if parts[0] == "transforms" and len(parts) > 2:
+        return parts[1]
+    return parts[-1]
 
 
 def format_from_argv(argv: Sequence[str]) -> str:
@@ -100,6 +105,6 @@ def setup(level: int = logging.INFO, log_format: str = "text") -> None:
     root.setLevel(logging.WARNING)
     logging.getLogger("beam_pipeline").setLevel(level)
     # The downstream sink's live report (a line a second while it delivers) is meant to be seen.
-    logging.getLogger("transforms.deliver").setLevel(level)
+    logging.getLogger("transforms.sinks.deliver").setLevel(level)
     # The progress of a long batch run off a terminal: a line every few seconds.
     logging.getLogger("transforms.progress").setLevel(level)

@@ -10,15 +10,15 @@ from dataclasses import dataclass
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from transforms.queue import QueueAddress, QueueError, is_queue_url
-from transforms.quotes import MAX_LATENCY_MS, TENANT_PATTERN
-from transforms.replay import DEFAULT_BLOCK_BYTES
-from transforms.scoring import PackagedModel
-from transforms.windowing import (
+from transforms.queue.streams import QueueAddress, QueueError, is_queue_url
+from transforms.quotes.rules import MAX_LATENCY_MS, TENANT_PATTERN
+from transforms.sources.replay import DEFAULT_BLOCK_BYTES
+from transforms.trades.scoring import PackagedModel
+from transforms.windows.logic import (
     ACCUMULATION_MODES,
-    duration_text,
     WindowConfig,
     WindowingError,
+    duration_text,
     parse_duration,
     parse_trigger,
     parse_window,
@@ -331,7 +331,7 @@ def analytics_config(options: QuoteOptions) -> AnalyticsConfig | None:
 
 
 def watermark_lag(options: QuoteOptions) -> int | float:
-    """``--watermark_lag`` in microseconds (``transforms.windowing.INFINITE`` for ``inf``)."""
+    """``--watermark_lag`` in microseconds (``transforms.windows.logic.INFINITE`` for ``inf``)."""
     return parse_duration(options.watermark_lag or "0ms", "--watermark_lag", allow_infinite=True)
 
 
@@ -383,7 +383,7 @@ def _analytics_problems(options: QuoteOptions, streaming: bool) -> list[str]:
     if streaming or options.source != "historical":
         problems.append(
             "--trades runs in batch on historical quotes (--source historical, no --streaming): the streaming "
-            "join (transforms.join, state and event-time timers) is not wired to a live trade source yet"
+            "join (transforms.trades.stage, state and event-time timers) is not wired to a live trade source yet"
         )
     for flag in ("sink", "partition_by_tenant"):
         if getattr(options, flag):

@@ -1,10 +1,12 @@
 """Build the quotes pipeline from options. Builds only: running is the caller's business.
 
+Each stage is one composite from its ``transforms/<stage>/stage.py`` (see docs/architecture.md):
+
 ::
 
     ReplayHistorical -> NormalizeQuotes -> ComputeMidPrices -----------------> WriteOutputs -> WriteMetrics
     (--streaming: ReplayAsStream;  |  \\------------- dead letters ----------------/  (live: AppendOutputs)
-     unbounded: ReadFeed)          \\-> WindowQuoteBlocks -> panes, late ----------/   (with --window)
+     unbounded: ReadFeed)          \\-> WindowQuotes -> windows, late -------------/   (with --window)
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ from beam_pipeline.options import (
     UNBOUNDED_SOURCES,
     AnalyticsConfig,
     QuoteOptions,
+    analytics_config,
     consumer_dir,
     consumer_name,
-    analytics_config,
     dedup_horizon,
     source_kind,
     watermark_lag,
@@ -37,23 +39,32 @@ from beam_pipeline.options import (
 from beam_pipeline.plugins import PluginFormats
 from runners import make_runner
 from schemas import SchemaError, field_rules, latest_version, load_schema
-from transforms.analytics import OUTPUTS as ANALYTICS_OUTPUTS
-from transforms.analytics import SCORE_BALANCE, SCORE_OUTPUTS, TRADE_BALANCE, AnalyseTrades
-from transforms.avro import InputOpener, WriteAvroBlocks, check_mid_scale, mid_price_records, quote_records
-from transforms.csv_blocks import HeaderError, read_header
-from transforms.feeds import HistoricalFeed, QuoteFeed
-from transforms.fetch import ReadFeed, ReplayAsStream, ReplayHistorical, plan_stream_replay
-from transforms.live import LiveFeed
-from transforms.midprice import ComputeMidPrices
-from transforms.normalize import NormalizeQuotes, price_rule
-from transforms.quotes import PriceRule
-from transforms.modes import SwitchingFeed
-from transforms.queue import QueueAddress, QueueFeed, WriteToQueue
-from transforms.sinks import AppendText, MergeCounts, WriteOrderedText, WriteRunMetrics, when_input_ends
-from transforms.window import LateToText, PanesToText, WindowQuoteBlocks
-from transforms.webhook import WebhookFeed, endpoint_url
-from transforms.trades import trade_rules
-from transforms.windowing import duration_text
+from transforms.queue.stage import WriteToQueue
+from transforms.queue.streams import QueueAddress, QueueFeed
+from transforms.quotes.normalize import price_rule
+from transforms.quotes.rules import PriceRule
+from transforms.quotes.stage import ComputeMidPrices, NormalizeQuotes
+from transforms.sinks.avro_output import check_mid_scale, mid_price_records, quote_records
+from transforms.sinks.stage import (
+    AppendText,
+    MergeCounts,
+    WriteAvroBlocks,
+    WriteOrderedText,
+    WriteRunMetrics,
+    when_input_ends,
+)
+from transforms.sources.avro_input import InputOpener
+from transforms.sources.csv_blocks import HeaderError, read_header
+from transforms.sources.feeds import HistoricalFeed, QuoteFeed
+from transforms.sources.live import LiveFeed
+from transforms.sources.modes import SwitchingFeed
+from transforms.sources.stage import ReadFeed, ReplayAsStream, ReplayHistorical, plan_stream_replay
+from transforms.sources.webhook import WebhookFeed, endpoint_url
+from transforms.trades.read import trade_rules
+from transforms.trades.stage import OUTPUTS as ANALYTICS_OUTPUTS
+from transforms.trades.stage import SCORE_BALANCE, SCORE_OUTPUTS, TRADE_BALANCE, AnalyseTrades
+from transforms.windows.logic import duration_text
+from transforms.windows.stage import WindowQuotes
 
 LOG = logging.getLogger(__name__)
 
@@ -151,10 +162,10 @@ def build_pipeline(
     """The quotes pipeline for ``options``; ``sources`` defaults to expanding ``--input``.
 
     With ``--streaming`` and historical input, the input files are read now, to plan the
-    streaming replay (see :func:`transforms.fetch.plan_stream_replay`). With ``--source live``,
+    streaming replay (see :func:`transforms.sources.stage.plan_stream_replay`). With ``--source live``,
     ``replay`` or ``webhook`` the source is unbounded; its run id (``run_id``) names the
-    :class:`transforms.modes.RunControl` that stops it and switches its mode, and, for a webhook,
-    the :class:`transforms.webhook.WebhookInbox` it reads (registered by whoever serves ``--port``).
+    :class:`transforms.sources.modes.RunControl` that stops it and switches its mode, and, for a webhook,
+    the :class:`transforms.sources.webhook.WebhookInbox` it reads (registered by whoever serves ``--port``).
     """
     config = options.view_as(QuoteOptions)
     kind = source_kind(config.source)
@@ -240,15 +251,15 @@ def build_pipeline(
         balances["balanced"].append("duplicates")  # records_in = out + filtered + dead letters + duplicates
         extra["dedup_horizon"] = duration_text(horizon_us)
     if windowing:
-        windowed = normalized.valid | "WindowQuotes" >> WindowQuoteBlocks(windowing, lag_us)
-        panes = windowed["panes"] | "PanesToText" >> PanesToText(scale, windowing.accumulation, per_tenant)
-        outputs["windows.jsonl"] = panes["chunks"]
         late_sources = sources if not live else list(feed.sources)
-        outputs["late.jsonl"] = windowed["late"] | "LateToText" >> LateToText(late_sources, windowing, scale, per_tenant)
+        windowed = normalized.valid | "WindowQuotes" >> WindowQuotes(
+            windowing, scale, lag_us=lag_us, sources=late_sources, partition_by_tenant=per_tenant)
+        outputs["windows.jsonl"] = windowed["windows"]
+        outputs["late.jsonl"] = windowed["late"]
         metric_names.update(WINDOW_OUTPUTS)
         in_panes = "quotes_in_panes" if windowing.accumulation == "discarding" else "windowed_quotes"
         balances["windows_balanced"] = [in_panes, "late_dropped", "dead_lettered"]
-        counts += [windowed["counts"], panes["counts"]]
+        counts.append(windowed["counts"])
         extra["windowing"] = windowing.as_dict()
         if streaming:
             extra["watermark_lag"] = duration_text(lag_us)
@@ -364,9 +375,9 @@ def write_avro(
 
 
 def live_feed(config: QuoteOptions, sources: Sequence[str], run_id: str) -> QuoteFeed:
-    """The feed of ``--source live``, ``replay`` (see :mod:`transforms.modes`), ``webhook`` (the
-    inbox registered as ``run_id``, see :mod:`transforms.webhook`) or a queue url (one consumer of
-    ``--group``, see :mod:`transforms.queue`)."""
+    """The feed of ``--source live``, ``replay`` (see :mod:`transforms.sources.modes`), ``webhook`` (the
+    inbox registered as ``run_id``, see :mod:`transforms.sources.webhook`) or a queue url (one consumer of
+    ``--group``, see :mod:`transforms.queue.streams`)."""
     if source_kind(config.source) == QUEUE:
         return QueueFeed(
             QueueAddress.parse(config.source), config.group or DEFAULT_GROUP, consumer_name(config),

@@ -8,7 +8,7 @@ A package registers a normalizer under the entry point group :data:`GROUP`::
 The entry point loads an object (an instance or a module) that follows :class:`Normalizer`: a
 ``name``, the file ``suffixes`` it reads (e.g. ``(".jsonl",)``) and ``to_csv(stream, source)``,
 which yields the file as canonical quote CSV (the header line first, then one line per record) in
-chunks of bytes. The replay reads that CSV as it reads any other (:class:`transforms.avro.InputOpener`),
+chunks of bytes. The replay reads that CSV as it reads any other (:class:`transforms.sources.avro_input.InputOpener`),
 so a plugin's records get arrival order, the domain rules and dead letters with reasons. A record
 the plugin cannot parse should become a line the replay rejects (e.g. an invalid timestamp that
 says why), never be dropped; a plugin that raises fails the run with an error naming it and the file.
@@ -216,7 +216,7 @@ def plugin_for(suffix: str, entry_point: str) -> Plugin:
 
 @dataclass(frozen=True)
 class PluginFormats:
-    """The installed normalizer plugins as :class:`transforms.avro.CsvFormats`: suffix -> entry
+    """The installed normalizer plugins as :class:`transforms.sources.avro_input.CsvFormats`: suffix -> entry
     point name. Only the names travel to the workers; each worker loads the plugins from its own
     installed packages (:func:`plugin_for`)."""
 

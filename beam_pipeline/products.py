@@ -30,10 +30,10 @@ from beam_pipeline.options import ProductOptions, QuoteOptions
 from runners import make_runner
 from schemas import load_schema
 from transforms import tracing
-from transforms.deliver import DeliverToApi
-from transforms.fetch import FetchPaginated
-from transforms.paginate import Endpoint, FetchConfig, parse_endpoints
-from transforms.products import DEAD_LETTERS, PRODUCTS, NormalizeProducts, WriteSummary, product_record
+from transforms.products.normalize import DEAD_LETTERS, PRODUCTS, product_record
+from transforms.products.paginate import Endpoint, FetchConfig, parse_endpoints
+from transforms.products.stage import FetchPaginated, NormalizeProducts, WriteSummary
+from transforms.sinks.stage import DeliverToApi
 
 LOG = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def build_products_pipeline(options: PipelineOptions, endpoints: Sequence[Endpoi
                             started_at: float | None = None, runner=None,
                             deliver_url: str | None = None) -> beam.Pipeline:
     """The products pipeline (see the module docstring); runs nothing. With ``deliver_url``, the
-    products also go to that API through :class:`~transforms.deliver.DeliverToApi`."""
+    products also go to that API through :class:`~transforms.sinks.stage.DeliverToApi`."""
     config = options.view_as(ProductOptions)
     output_dir = options.view_as(QuoteOptions).output_dir
     run_id = run_id or uuid.uuid4().hex[:12]

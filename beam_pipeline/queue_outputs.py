@@ -4,7 +4,7 @@
         output/consumer=b            # or output/: every consumer=<name> folder in it
 
 A consumer writes each block of stream entries as a part and appends it to its readable files
-only after the block is committed (:mod:`transforms.staging`). One killed with SIGKILL and not
+only after the block is committed (:mod:`transforms.sinks.staging`). One killed with SIGKILL and not
 restarted leaves at most one part behind: committed (then it is appended here) or not (then
 another consumer wrote those entries, and it is deleted here). A consumer restarted under the
 same name, or a recoverer that can reach the folder, does the same by itself; this command is
@@ -22,7 +22,7 @@ import os
 import sys
 from typing import Sequence
 
-from transforms.queue import QueueAddress, QueueError, settle_folder
+from transforms.queue.streams import QueueAddress, QueueError, settle_folder
 
 PREFIX = "consumer="
 

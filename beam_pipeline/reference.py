@@ -2,7 +2,7 @@
 
 This is the baseline the benchmark measures the pipeline against, and the oracle the tests
 compare the pipeline's files with. It reads each file with the ``csv`` module, applies the
-row-level rules of :mod:`transforms.quotes`, orders rows with a heap (memory bounded by the
+row-level rules of :mod:`transforms.quotes.rules`, orders rows with a heap (memory bounded by the
 largest latency, as in the pipeline), and writes the same three files. With a window it also
 writes the batch ``windows.jsonl`` (every quote on time: one ON_TIME pane per window and symbol,
 sessions merged by hand) and an empty ``late.jsonl``.
@@ -19,19 +19,18 @@ import sys
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
-from transforms import quotes
-from transforms.arrival import ALL_READ, NOTHING_READ, RowArrivalHeap, out_of_order_reason
-from transforms.csv_blocks import RejectedLine, read_header, split_line
-from transforms.quotes import PriceRule, Rejected
-from transforms.windowing import (
+from transforms.quotes import rules
+from transforms.quotes.rules import PriceRule, Rejected
+from transforms.sources.arrival import ALL_READ, NOTHING_READ, RowArrivalHeap, out_of_order_reason
+from transforms.sources.csv_blocks import RejectedLine, read_header, split_line
+from transforms.windows.format import pane_json, pane_sort_key
+from transforms.windows.logic import (
     ANY_WINDOW,
     Pane,
     PaneQuote,
     PaneStats,
     WindowSpec,
     add_quote,
-    pane_json,
-    pane_sort_key,
     parse_window,
     window_time,
 )
@@ -60,7 +59,7 @@ def _records(path: str, index: int, default_symbol: str, counts: Counts) -> Iter
                 split = split_line(chunk[:-1] if chunk.endswith(b"\n") else chunk, layout.width)
             except RejectedLine as rejected:
                 counts.records_in += 1
-                dead.append(quotes.dead_letter_json(path, line, rejected.raw, rejected.reason))
+                dead.append(rules.dead_letter_json(path, line, rejected.raw, rejected.reason))
                 continue
             if split is None:
                 counts.blank_lines += 1
@@ -79,19 +78,19 @@ def _arrival_ordered(path: str, index: int, default_symbol: str, counts: Counts)
     newest = NOTHING_READ
     for line, fields, raw in _records(path, index, default_symbol, counts):
         try:
-            event_us = quotes.parse_timestamp(fields["timestamp"])
+            event_us = rules.parse_timestamp(fields["timestamp"])
             latency = fields.get("latency_ms")
-            latency = None if latency is None else quotes.parse_latency_us(latency)
-            arrival = quotes.arrival_micros(event_us, latency)
+            latency = None if latency is None else rules.parse_latency_us(latency)
+            arrival = rules.arrival_micros(event_us, latency)
             if arrival < newest:
-                dead.append(quotes.dead_letter_json(path, line, raw, out_of_order_reason(arrival, newest)))
+                dead.append(rules.dead_letter_json(path, line, raw, out_of_order_reason(arrival, newest)))
                 continue
             newest = max(newest, event_us)
-            symbol, bid, ask, bid_size, ask_size, tenant = quotes.parse_content(fields, PRICES)
+            symbol, bid, ask, bid_size, ask_size, tenant = rules.parse_content(fields, PRICES)
         except Rejected as rejected:
-            dead.append(quotes.dead_letter_json(path, line, raw, rejected.reason))
+            dead.append(rules.dead_letter_json(path, line, raw, rejected.reason))
             continue
-        quote = quotes.Quote(event_us, symbol, bid, ask, bid_size, ask_size, latency, tenant)
+        quote = rules.Quote(event_us, symbol, bid, ask, bid_size, ask_size, latency, tenant)
         heap.push(arrival, index, line, (line, quote))
         for line_of, ready in heap.pop_before(newest):
             yield ready.arrival_us, index, line_of, ready
@@ -99,7 +98,7 @@ def _arrival_ordered(path: str, index: int, default_symbol: str, counts: Counts)
         yield ready.arrival_us, index, line_of, ready
 
 
-def batch_panes(quoted: Sequence[tuple[int, int, quotes.Quote]], window: WindowSpec) -> list[Pane]:
+def batch_panes(quoted: Sequence[tuple[int, int, rules.Quote]], window: WindowSpec) -> list[Pane]:
     """Every window's one on-time pane, from ``(file, line, quote)`` s, without Beam.
 
     Fixed and sliding windows by arithmetic on the timestamp; sessions by sorting each (tenant, symbol)'s
@@ -108,7 +107,7 @@ def batch_panes(quoted: Sequence[tuple[int, int, quotes.Quote]], window: WindowS
     """
     stats: dict[tuple[tuple[str, str], int, int], PaneStats] = {}
 
-    def add(key: tuple[str, str], start: int, end: int, file: int, line: int, quote: quotes.Quote, home: int) -> None:
+    def add(key: tuple[str, str], start: int, end: int, file: int, line: int, quote: rules.Quote, home: int) -> None:
         item = PaneQuote(quote.event_us, file, line, quote.bid + quote.ask, quote.ask - quote.bid, home)
         stats[(key, start, end)] = add_quote(stats.get((key, start, end)), item)
 
@@ -119,12 +118,12 @@ def batch_panes(quoted: Sequence[tuple[int, int, quotes.Quote]], window: WindowS
             for start, end in windows:
                 add((quote.tenant, quote.symbol), start, end, file, line, quote, home)
     else:
-        by_key: dict[tuple[str, str], list[tuple[int, int, int, quotes.Quote]]] = {}
+        by_key: dict[tuple[str, str], list[tuple[int, int, int, rules.Quote]]] = {}
         for file, line, quote in quoted:
             by_key.setdefault((quote.tenant, quote.symbol), []).append((window_time(quote.event_us), file, line, quote))
         for key, items in by_key.items():
             items.sort()
-            session: list[tuple[int, int, int, quotes.Quote]] = []
+            session: list[tuple[int, int, int, rules.Quote]] = []
             for item in [*items, None]:
                 if session and (item is None or item[0] >= session[-1][0] + window.gap_us):
                     start, end = session[0][0], max(i[0] for i in session) + window.gap_us
@@ -150,7 +149,7 @@ def run_reference(
     a window, the batch ``windows.jsonl`` and ``late.jsonl``)."""
     os.makedirs(output_dir, exist_ok=True)
     counts = Counts(dead_letters=[[] for _ in sources])
-    quoted: list[tuple[int, int, quotes.Quote]] = []
+    quoted: list[tuple[int, int, rules.Quote]] = []
     streams = [_arrival_ordered(path, i, default_symbol, counts) for i, path in enumerate(sources)]
     with open(os.path.join(output_dir, "mid_prices.log"), "w", encoding="utf-8") as mids, open(
         os.path.join(output_dir, "errors.log"), "w", encoding="utf-8"
@@ -159,12 +158,12 @@ def run_reference(
         for _arrival, file, line, quote in heapq.merge(*streams, key=lambda item: item[:2]):
             if window is not None:
                 quoted.append((file, line, quote))
-            stamp = quotes.format_timestamp(quote.event_us)
-            if quotes.is_over_threshold(quote.latency_us, latency_threshold_ms):
-                errors.write(quotes.latency_error_line(stamp, quote.latency_us, latency_threshold_ms) + "\n")
+            stamp = rules.format_timestamp(quote.event_us)
+            if rules.is_over_threshold(quote.latency_us, latency_threshold_ms):
+                errors.write(rules.latency_error_line(stamp, quote.latency_us, latency_threshold_ms) + "\n")
                 counts.latency_filtered += 1
             else:
-                mids.write(quotes.mid_line(stamp, quotes.mid_text(quote.bid, quote.ask, PRICES.scale)) + "\n")
+                mids.write(rules.mid_line(stamp, rules.mid_text(quote.bid, quote.ask, PRICES.scale)) + "\n")
                 counts.mid_prices += 1
     with open(os.path.join(output_dir, "dead_letter.jsonl"), "w", encoding="utf-8") as dead:
         for per_file in counts.dead_letters:

@@ -10,8 +10,8 @@ What it shows, and where each part comes from:
   checks) and dead letters by reason: ``metrics.json``;
 * the mid price of each symbol over time, latency-filtered quotes and late quotes marked: the
   quotes are recovered by replaying ``metrics.json``'s ``inputs`` with the pipeline's own
-  functions (:class:`transforms.replay.HistoricalReplay`, :func:`transforms.normalize.normalize_batch`,
-  :func:`transforms.midprice.split_by_latency`), since ``mid_prices.log`` has no symbol; late
+  functions (:class:`transforms.sources.replay.HistoricalReplay`, :func:`transforms.quotes.normalize.normalize_batch`,
+  :func:`transforms.quotes.midprice.split_by_latency`), since ``mid_prices.log`` has no symbol; late
   quotes are those of ``late.jsonl`` (``source`` and ``line`` name the input row);
 * OHLC per symbol: the panes of ``windows.jsonl`` (with ``--window``), otherwise one-second
   candles of the mid prices computed here (the figure says which);
@@ -41,14 +41,14 @@ from apache_beam.io.filesystems import FileSystems
 
 from beam_pipeline.plugins import PluginFormats
 from schemas import SchemaError, field_rules, latest_version, load_schema
-from transforms.avro import InputOpener
-from transforms.csv_blocks import HeaderError
-from transforms.midprice import split_by_latency
-from transforms.normalize import normalize_batch, price_rule
-from transforms.replay import HistoricalReplay
-from transforms.sinks import balance
+from transforms.quotes.midprice import split_by_latency
+from transforms.quotes.normalize import normalize_batch, price_rule
+from transforms.sinks.files import balance
+from transforms.sources.avro_input import InputOpener
+from transforms.sources.csv_blocks import HeaderError
+from transforms.sources.replay import HistoricalReplay
 from transforms.tenants import partition_dir
-from transforms.windowing import parse_duration
+from transforms.windows.logic import parse_duration
 
 LOG = logging.getLogger(__name__)
 

@@ -31,10 +31,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from transforms import columns
-from transforms.normalize import normalize_batch
-from transforms.quotes import PriceRule
-from transforms.replay import HistoricalReplay
+from transforms.quotes import columns
+from transforms.quotes.normalize import normalize_batch
+from transforms.quotes.rules import PriceRule
+from transforms.sources.replay import HistoricalReplay
 
 HEADER = "timestamp,symbol,bid_price,bid_size,ask_price,ask_size,latency_ms"
 LIVE_HEADER = "timestamp,symbol,bid_price,bid_size,ask_price,ask_size"

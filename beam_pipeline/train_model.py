@@ -5,9 +5,9 @@
 
 The features file is the pipeline's ``features.jsonl``: one JSON object per line with ``symbol``,
 ``window_start`` and ``window_end`` (``YYYY-MM-DD HH:MM:SS.fff``, UTC) and the numeric columns of
-:data:`transforms.market.FEATURE_SCHEMA` by the same names (``null`` where unknown). The model is
-:mod:`transforms.scoring`'s; ``trained_on`` records the file's name, its row count and
-``inputs_sha256`` (:func:`transforms.scoring.training_digest`: the symbols and the model inputs
+:data:`transforms.trades.market.FEATURE_SCHEMA` by the same names (``null`` where unknown). The model is
+:mod:`transforms.trades.scoring`'s; ``trained_on`` records the file's name, its row count and
+``inputs_sha256`` (:func:`transforms.trades.scoring.training_digest`: the symbols and the model inputs
 rounded to 9 significant digits), so the artifact says which data made it, and the same features
 write the same bytes on any machine, even when their floats differ in the last bits.
 
@@ -25,8 +25,8 @@ from typing import Sequence
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from transforms import market
-from transforms.scoring import fit_model, save_model, training_digest
+from transforms.trades import market
+from transforms.trades.scoring import fit_model, save_model, training_digest
 
 _TIMES = {"window_start": "window_start_us", "window_end": "window_end_us"}
 _NUMERIC = [field for field in market.FEATURE_SCHEMA if field.name not in ("symbol", *_TIMES.values())]
@@ -37,7 +37,7 @@ class FeaturesError(ValueError):
 
 
 def read_features(path: str | Path) -> pa.RecordBatch:
-    """The rows of a ``features.jsonl`` file as a :data:`transforms.market.FEATURE_SCHEMA` batch."""
+    """The rows of a ``features.jsonl`` file as a :data:`transforms.trades.market.FEATURE_SCHEMA` batch."""
     columns: dict[str, list] = {field.name: [] for field in market.FEATURE_SCHEMA}
     with open(path, encoding="utf-8") as lines:
         for number, line in enumerate(lines, 1):

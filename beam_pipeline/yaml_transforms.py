@@ -4,12 +4,12 @@ Each transform here takes plain keyword arguments (strings, ints, bools), checks
 command line's own checks (:func:`beam_pipeline.options.check`), and wraps the project's composite
 of the same stage, so a YAML pipeline and ``python -m beam_pipeline`` run the same code::
 
-    ReadQuotes         -> blocks, counts          transforms.fetch.ReplayHistorical
-    NormalizeQuotes    -> valid, dead_letters     transforms.normalize.NormalizeQuotes
-    ComputeMidPrices   -> mid_prices, errors      transforms.midprice.ComputeMidPrices
-    WindowQuotes       -> windows, late, counts   transforms.window.WindowQuoteBlocks + PanesToText + LateToText
+    ReadQuotes         -> blocks, counts          transforms.sources.stage.ReplayHistorical
+    NormalizeQuotes    -> valid, dead_letters     transforms.quotes.stage.NormalizeQuotes
+    ComputeMidPrices   -> mid_prices, errors      transforms.quotes.stage.ComputeMidPrices
+    WindowQuotes       -> windows, late, counts   transforms.windows.stage.WindowQuotes
     WriteQuoteOutputs  (mid_prices, errors, dead_letters, counts[, windows, late, window_counts])
-                       -> summary                 transforms.sinks.WriteOrderedText + WriteRunMetrics
+                       -> summary                 transforms.sinks.stage.WriteOrderedText + WriteRunMetrics
 
 Their outputs are named, as YAML refers to them (``Normalize.valid``, ``MidPrices.errors``, ...).
 The elements are the project's own blocks and text chunks (Arrow batches, finished lines), not
@@ -74,12 +74,14 @@ from beam_pipeline.pipeline import (
     write_files,
 )
 from schemas import field_rules, load_schema
-from transforms import fetch, midprice, normalize
-from transforms.avro import AVRO_SUFFIX
-from transforms.replay import DEFAULT_BLOCK_BYTES
-from transforms.sinks import WriteRunMetrics
-from transforms.window import LateToText, PanesToText, WindowQuoteBlocks
-from transforms.windowing import duration_text
+from transforms.quotes import normalize
+from transforms.quotes import stage as quote_stage
+from transforms.sinks.stage import WriteRunMetrics
+from transforms.sources import stage as source_stage
+from transforms.sources.avro_input import AVRO_SUFFIX
+from transforms.sources.replay import DEFAULT_BLOCK_BYTES
+from transforms.windows import stage as window_stage
+from transforms.windows.logic import duration_text
 
 __all__ = [
     "ComputeMidPrices",
@@ -165,7 +167,7 @@ class ReadQuotes(beam.PTransform):
         opener = input_opener(config)
         check_headers(self.sources, opener)  # a wrong file fails now, not in the middle of the run
         self.dedup_horizon_us = quote_options.dedup_horizon(config)
-        self._replay = fetch.ReplayHistorical(
+        self._replay = source_stage.ReplayHistorical(
             self.sources,
             default_symbol=config.symbol.strip(),
             block_bytes=config.block_bytes,
@@ -176,7 +178,7 @@ class ReadQuotes(beam.PTransform):
 
     def expand(self, pbegin):
         replay = pbegin | "ReplayHistorical" >> self._replay
-        return {"blocks": replay.blocks, "counts": replay[fetch.COUNTS]}
+        return {"blocks": replay.blocks, "counts": replay[source_stage.COUNTS]}
 
 
 class NormalizeQuotes(beam.PTransform):
@@ -187,7 +189,7 @@ class NormalizeQuotes(beam.PTransform):
 
     def __init__(self):
         super().__init__()
-        self._normalize = normalize.NormalizeQuotes(_quote_rules())
+        self._normalize = quote_stage.NormalizeQuotes(_quote_rules())
 
     def expand(self, blocks):
         normalized = blocks | "NormalizeQuotes" >> self._normalize
@@ -205,19 +207,21 @@ class ComputeMidPrices(beam.PTransform):
         super().__init__()
         config = _checked_options(latency_threshold_ms=latency_threshold_ms)
         self.latency_threshold_ms = config.latency_threshold_ms
-        self._compute = midprice.ComputeMidPrices(self.latency_threshold_ms, scale=_price_scale())
+        self._compute = quote_stage.ComputeMidPrices(self.latency_threshold_ms, scale=_price_scale())
 
     def expand(self, valid):
         priced = valid | "ComputeMidPrices" >> self._compute
-        return {"mid_prices": priced.mid_prices, "errors": priced[midprice.ERRORS]}
+        return {"mid_prices": priced.mid_prices, "errors": priced[quote_stage.ERRORS]}
 
 
-class WindowQuotes(beam.PTransform):
+def WindowQuotes(window: str = "fixed:1s", allowed_lateness: str | None = None,  # noqa: N802 (a transform's name)
+                 trigger: str | None = None, accumulation: str | None = None) -> window_stage.WindowQuotes:
     """Valid quote blocks -> per-symbol event-time windows (the CLI's ``--window``, batch).
 
     Outputs ``windows`` (``windows.jsonl`` chunks), ``late`` (``late.jsonl`` chunks: empty in batch,
     where every quote is on time) and ``counts`` (the window counts, for WriteQuoteOutputs'
-    ``window_counts``). The input must come from ReadQuotes (late lines name its files).
+    ``window_counts``). The input must come from ReadQuotes (late lines name its files). This is
+    the CLI's own window stage, :class:`transforms.windows.stage.WindowQuotes`, from YAML's flags.
 
     Args:
         window: fixed:SIZE, sliding:SIZE,PERIOD or session:GAP, e.g. fixed:1s.
@@ -225,24 +229,18 @@ class WindowQuotes(beam.PTransform):
         trigger: watermark (a batch run fires each window once, on time).
         accumulation: discarding (default) or accumulating.
     """
+    config = _checked_options(window=window, allowed_lateness=allowed_lateness, trigger=trigger,
+                              accumulation=accumulation)
+    windowing = quote_options.window_config(config, streaming=False)
+    return window_stage.WindowQuotes(windowing, _price_scale(), sources=_read_sources)  # lag None: batch
 
-    def __init__(self, window: str = "fixed:1s", allowed_lateness: str | None = None,
-                 trigger: str | None = None, accumulation: str | None = None):
-        super().__init__()
-        config = _checked_options(window=window, allowed_lateness=allowed_lateness, trigger=trigger,
-                                  accumulation=accumulation)
-        self.windowing = quote_options.window_config(config, streaming=False)
 
-    def expand(self, valid):
-        read = _upstream(valid, ReadQuotes)
-        if read is None:
-            raise ValueError("WindowQuotes: its input must come from ReadQuotes (through NormalizeQuotes)")
-        scale = _price_scale()
-        windowed = valid | "WindowQuoteBlocks" >> WindowQuoteBlocks(self.windowing, None)  # None: batch
-        panes = windowed["panes"] | "PanesToText" >> PanesToText(scale, self.windowing.accumulation)
-        late = windowed["late"] | "LateToText" >> LateToText(read.sources, self.windowing, scale)
-        counts = (windowed["counts"], panes["counts"]) | "WindowCounts" >> beam.Flatten()
-        return {"windows": panes["chunks"], "late": late, "counts": counts}
+def _read_sources(valid: beam.PCollection) -> list[str]:
+    """The files of the ReadQuotes that ``valid`` comes from (late lines name them)."""
+    read = _upstream(valid, ReadQuotes)
+    if read is None:
+        raise ValueError("WindowQuotes: its input must come from ReadQuotes (through NormalizeQuotes)")
+    return read.sources
 
 
 class WriteQuoteOutputs(beam.PTransform):
@@ -293,15 +291,15 @@ class WriteQuoteOutputs(beam.PTransform):
             balances["balanced"].append("duplicates")
             extra["dedup_horizon"] = duration_text(read.dedup_horizon_us)
         if windowed:
-            stage = _upstream(inputs["windows"], WindowQuotes)
+            stage = _upstream(inputs["windows"], window_stage.WindowQuotes)
             if stage is None:
                 raise ValueError("WriteQuoteOutputs: windows must come from WindowQuotes")
             outputs.update({name: inputs[key] for key, name in self._WINDOW_INPUTS.items()})
             metric_names.update(WINDOW_OUTPUTS)
-            in_panes = "quotes_in_panes" if stage.windowing.accumulation == "discarding" else "windowed_quotes"
+            in_panes = "quotes_in_panes" if stage.config.accumulation == "discarding" else "windowed_quotes"
             balances["windows_balanced"] = [in_panes, "late_dropped", "dead_lettered"]
             counts.append(inputs["window_counts"])
-            extra["windowing"] = stage.windowing.as_dict()
+            extra["windowing"] = stage.config.as_dict()
         if not FileSystems.exists(self.output_dir):
             FileSystems.mkdirs(self.output_dir)  # as the CLI does before the run
         published = write_files(outputs, self.output_dir, False, self._run_id, False)

@@ -24,7 +24,7 @@ QUOTES.csv``), both without malformed rows, timed on their own and part of neith
   (``groupby`` symbol and 1 s bucket, a complete bucket index per symbol, ``rolling(10)``: the
   window ``[s, s + 10 s)`` is the 10 buckets ending at ``s + 9 s``, emitted when it holds a quote or
   a trade, as Beam's ``SlidingWindows(10 s, 1 s)``), the robust z-score of
-  :mod:`transforms.scoring` computed with pandas from the bundled model's JSON (median and scale
+  :mod:`transforms.trades.scoring` computed with pandas from the bundled model's JSON (median and scale
   per symbol, ``"*"`` for others, clip, threshold) and ``features.jsonl`` / ``scores.jsonl``
   written. When there is no bundled model file, the medians and scales are fitted on the fly per
   symbol (median, ``1.4826 * MAD`` with the model's minimum scales; threshold the 0.99 quantile),
@@ -72,7 +72,7 @@ WINDOW_SIZE_S, WINDOW_PERIOD_S = 10, 1
 MODEL_PATH = ROOT / "beam_pipeline" / "data" / "models" / "market_anomaly.json"
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 
-#: The model's inputs and their minimum scales (transforms.scoring.INPUTS), for the fitted fallback.
+#: The model's inputs and their minimum scales (transforms.trades.scoring.INPUTS), for the fitted fallback.
 MODEL_INPUTS = {
     "abs_return_bps": 0.01, "realized_vol_bps": 0.01, "spread_bps": 0.01, "effective_spread_bps": 0.01,
     "abs_imbalance": 0.01, "log_quotes": 0.1, "log_trades": 0.1, "log_volume": 0.1,

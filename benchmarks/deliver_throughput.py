@@ -28,7 +28,8 @@ from pathlib import Path
 import apache_beam as beam
 
 from beam_pipeline.mock_api import MockDownstreamApi
-from transforms.deliver import DeliverToApi, record_key
+from transforms.sinks.deliver import record_key
+from transforms.sinks.stage import DeliverToApi
 
 
 @dataclass
@@ -90,7 +91,7 @@ def main() -> int:
     if not args.quiet:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-        deliver_log = logging.getLogger("transforms.deliver")
+        deliver_log = logging.getLogger("transforms.sinks.deliver")
         deliver_log.addHandler(handler)
         deliver_log.setLevel(logging.INFO)
         deliver_log.propagate = False

@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from beam_pipeline.mock_api import start_product_apis  # noqa: E402
-from transforms.fetch import fetch_events  # noqa: E402
-from transforms.paginate import FetchConfig, Page, parse_endpoints  # noqa: E402
+from transforms.products.paginate import FetchConfig, Page, parse_endpoints  # noqa: E402
+from transforms.products.stage import fetch_events  # noqa: E402
 
 
 def fetch_seconds(concurrent: bool, seed: int) -> tuple[float, int]:

@@ -1,6 +1,6 @@
 """Tenants: whose quote a record is, and the output partition it is written to.
 
-Quote v2 carries a ``tenant`` (:func:`transforms.quotes.parse_tenant`: a safe directory name,
+Quote v2 carries a ``tenant`` (:func:`transforms.quotes.rules.parse_tenant`: a safe directory name,
 ``"default"`` when absent). Windows are kept per ``(tenant, symbol)``. With
 ``--partition_by_tenant`` every per-record output (mid prices, latency errors, dead letters,
 window panes, late quotes) is written to ``<output_dir>/tenant=<t>/<file>`` instead of
@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.io.filesystems import FileSystems
 
-from transforms import columns
+from transforms.quotes import columns
 
 #: The tenant of dead letters that cannot be attributed (not a valid tenant name: it starts with "_").
 UNATTRIBUTED = "_unattributed"
@@ -40,7 +40,7 @@ def partition_dir(root: str, partition: str) -> str:
 
 
 def dead_letter_tenants(rows: pa.RecordBatch) -> pa.Array:
-    """The tenant of each rejected raw row (:data:`transforms.replay.BLOCK_SCHEMA` columns).
+    """The tenant of each rejected raw row (:data:`transforms.sources.replay.BLOCK_SCHEMA` columns).
 
     A row whose fields could not be split (its ``timestamp``, a required column, is null, and so
     is its tenant) or whose tenant is not a valid name is :data:`UNATTRIBUTED`; a row without a

@@ -32,8 +32,8 @@ The spans:
   :func:`transforms.telemetry.counter` counters: how much it added during the bundle (records,
   blocks, pages, ...: what the stage counts anyway, so nothing is added per element);
 * ``GET`` / ``POST`` (kind CLIENT): each outbound HTTP request (:func:`http_span`): the paginated
-  product APIs' pages (:mod:`transforms.paginate`) and the downstream API's batches
-  (:mod:`transforms.deliver`), a child of the bundle that makes it, with ``http.request.method``,
+  product APIs' pages (:mod:`transforms.products.paginate`) and the downstream API's batches
+  (:mod:`transforms.sinks.deliver`), a child of the bundle that makes it, with ``http.request.method``,
   ``url.full``, ``http.response.status_code`` and, when it failed, ``error.type`` (the status
   code for 4xx/5xx, the exception's class for a timeout or a connection error) and an error status.
 

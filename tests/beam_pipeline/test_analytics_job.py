@@ -213,7 +213,7 @@ def test_the_default_model_is_the_packaged_one_each_worker_resolves_itself():
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from beam_pipeline.options import BUNDLED_MODEL, QuoteOptions, analytics_config
-    from transforms.scoring import PackagedModel
+    from transforms.trades.scoring import PackagedModel
 
     def config(*flags):
         return analytics_config(PipelineOptions(["--trades", "t.csv", *flags]).view_as(QuoteOptions))

@@ -15,7 +15,7 @@ import pytest
 from beam_pipeline import cli
 from schemas import SCHEMA_DIR, load_schema
 from tests.conftest import assert_one_line_usage_error
-from transforms.avro import open_avro_quotes, quote_csv_chunks, quote_row
+from transforms.sources.avro_input import open_avro_quotes, quote_csv_chunks, quote_row
 
 UTC = dt.timezone.utc
 # (timestamp, symbol, bid, ask, latency): one over the threshold, one crossed, one sub-millisecond.

@@ -13,8 +13,9 @@ import pytest
 from beam_pipeline import cli
 from schemas import load_schema
 from tests.conftest import WORKED_EXAMPLE, assert_one_line_usage_error
-from transforms.avro import mid_price_records, quote_records, read_avro_file
-from transforms.normalize import VALID_SCHEMA
+from transforms.quotes.normalize import VALID_SCHEMA
+from transforms.sinks.avro_output import mid_price_records, quote_records
+from transforms.sources.avro_input import read_avro_file
 
 
 def read_with_apache_avro(paths: list[Path]) -> tuple[list[dict], set[bytes]]:

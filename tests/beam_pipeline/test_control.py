@@ -18,9 +18,9 @@ import pyarrow as pa
 import pytest
 
 from beam_pipeline.control import MAX_BODY, ControlServer, follow_commands, stop_on_signals
-from transforms.feeds import FeedBlock
-from transforms.modes import RunControl, forget_run, run_control
-from transforms.replay import BLOCK_SCHEMA, HISTORICAL, LIVE
+from transforms.sources.feeds import FeedBlock
+from transforms.sources.modes import RunControl, forget_run, run_control
+from transforms.sources.replay import BLOCK_SCHEMA, HISTORICAL, LIVE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -311,7 +311,7 @@ class TestFollowCommands:
         # A process of its own: follow_commands writes to the stderr it had when it was imported.
         script = (
             "from beam_pipeline.control import start_stdin_commands\n"
-            "from transforms.modes import run_control\n"
+            "from transforms.sources.modes import run_control\n"
             "control = run_control('stdin')\n"
             "start_stdin_commands(control).join(10)\n"
             "print(control.mode, control.switches)\n"

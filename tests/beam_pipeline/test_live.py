@@ -35,8 +35,8 @@ from beam_pipeline.pipeline import bundled_sample
 from beam_pipeline.reference import run_reference
 from tests.conftest import assert_one_line_usage_error
 from tests.waiting import wait_for
-from transforms.modes import stop_all
-from transforms.windowing import parse_window
+from transforms.sources.modes import stop_all
+from transforms.windows.logic import parse_window
 
 REPO = Path(__file__).resolve().parents[2]
 LIVE_SAMPLE = bundled_sample("live_sample.csv")

@@ -53,8 +53,8 @@ def test_the_formatter_keeps_extras_and_exceptions():
         try:
             raise ValueError("boom")
         except ValueError:
-            record = logging.getLogger("transforms.trades").makeRecord(
-                "transforms.trades", logging.ERROR, __file__, 1, "bad %s", ("thing",), sys.exc_info(),
+            record = logging.getLogger("transforms.trades.read").makeRecord(
+                "transforms.trades.read", logging.ERROR, __file__, 1, "bad %s", ("thing",), sys.exc_info(),
                 extra={"counts": {"dead": 2}},
             )
         doc = json.loads(logs.JsonFormatter().format(record))

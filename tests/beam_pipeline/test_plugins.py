@@ -34,7 +34,7 @@ from beam_pipeline import cli, plugins
 from beam_pipeline.pipeline import bundled_sample
 from beam_pipeline.plugins import GROUP, PluginError, PluginFormats
 from tests.conftest import assert_one_line_usage_error
-from transforms.avro import InputOpener
+from transforms.sources.avro_input import InputOpener
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "normalizer_plugin"

@@ -8,7 +8,7 @@ import pytest
 
 from beam_pipeline.cli import main
 from beam_pipeline.mock_api import start_product_apis
-from transforms.products import ProductError, normalize_item
+from transforms.products.normalize import ProductError, normalize_item
 
 ID_FIELD = {"cursor": "id", "offset": "sku", "pages": "productId"}
 NAMES = {"cursor": "catalog", "offset": "market", "pages": "shop"}

@@ -9,7 +9,7 @@ import pytest
 
 from beam_pipeline.pipeline import bundled_sample
 from beam_pipeline.samples import generate, with_malformed
-from transforms import quotes
+from transforms.quotes import rules as quotes
 
 
 def rows(data: bytes) -> list[list[str]]:
@@ -85,7 +85,7 @@ def test_bundled_trades_are_what_the_documented_command_writes(tmp_path):
 def test_bundled_trades_read_with_one_dead_letter_of_each_kind_and_fifteen_unmatched():
     import bisect
 
-    from transforms.trades import read_trades
+    from transforms.trades.read import read_trades
 
     path = bundled_sample("trades_sample.csv")
     read = read_trades([path], precision=18, scale=8, horizon_us=1_000_000)

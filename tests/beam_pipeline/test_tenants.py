@@ -14,7 +14,7 @@ from beam_pipeline import cli
 from beam_pipeline.reference import run_reference
 from tests.beam_pipeline.test_avro_output import read_with_apache_avro
 from transforms.tenants import UNATTRIBUTED
-from transforms.windowing import parse_window
+from transforms.windows.logic import parse_window
 
 T0 = datetime(2024, 1, 1)
 PER_TENANT_FILES = ("mid_prices.log", "errors.log", "dead_letter.jsonl", "windows.jsonl", "late.jsonl")

@@ -29,8 +29,8 @@ from beam_pipeline.options import QuoteOptions
 from beam_pipeline.pipeline import live_feed
 from tests.conftest import assert_one_line_usage_error
 from tests.waiting import wait_for
-from transforms.modes import stop_all
-from transforms.webhook import WebhookFeed
+from transforms.sources.modes import stop_all
+from transforms.sources.webhook import WebhookFeed
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "t0ken"

@@ -15,8 +15,8 @@ from beam_pipeline.cli import parse_options
 from beam_pipeline.pipeline import build_pipeline, bundled_sample, expand_inputs
 from beam_pipeline.reference import run_reference
 from tests.beam_pipeline.test_pipeline import mixed_file
-from transforms.quotes import parse_timestamp
-from transforms.windowing import parse_window
+from transforms.quotes.rules import parse_timestamp
+from transforms.windows.logic import parse_window
 
 # Fixed 100 ms windows, allowed lateness 50 ms, watermark = arrival (lag 0). Arrival order:
 # r1 .015, r2 .055, r4 .115, r3 .120, r6 .150, r7 .165, r8 .240, r5 .320, r9 .340.

@@ -42,7 +42,7 @@ from runners.portability import (
     portable_proto,
 )
 from tests.beam_pipeline.test_avro_input import write_with_apache_avro
-from transforms.paginate import parse_endpoints
+from transforms.products.paginate import parse_endpoints
 
 PAR_DO = common_urns.primitives.PAR_DO.urn
 GROUP_BY_KEY = common_urns.primitives.GROUP_BY_KEY.urn

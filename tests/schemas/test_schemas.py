@@ -12,8 +12,8 @@ from fastavro.validation import validate
 
 import schemas
 from beam_pipeline.reference import PRICES
-from transforms import quotes
-from transforms.normalize import price_rule
+from transforms.quotes import rules as quotes
+from transforms.quotes.normalize import price_rule
 
 SCHEMA = schemas.load_schema("quote")
 RULES = schemas.field_rules(SCHEMA)

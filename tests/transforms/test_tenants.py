@@ -10,12 +10,14 @@ from apache_beam.testing.util import assert_that, equal_to
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from transforms import columns, quotes
 from transforms.blocks import TextChunk
-from transforms.normalize import normalize_batch
-from transforms.quotes import DEFAULT_TENANT, PriceRule, Rejected
-from transforms.replay import BLOCK_SCHEMA, HISTORICAL
-from transforms.sinks import AppendText, PartFile, SummarizeAppends, publish
+from transforms.quotes import columns
+from transforms.quotes import rules as quotes
+from transforms.quotes.normalize import normalize_batch
+from transforms.quotes.rules import DEFAULT_TENANT, PriceRule, Rejected
+from transforms.sinks.files import PartFile, publish
+from transforms.sinks.stage import AppendText, SummarizeAppends
+from transforms.sources.replay import BLOCK_SCHEMA, HISTORICAL
 from transforms.tenants import UNATTRIBUTED, dead_letter_tenants, group_by_partition, split_by_tenant
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -24,8 +24,8 @@ from beam_pipeline.cli import main, parse_options  # noqa: E402
 from beam_pipeline.mock_api import MockDownstreamApi, start_product_apis  # noqa: E402
 from runners import make_runner  # noqa: E402
 from transforms import telemetry, tracing  # noqa: E402
-from transforms.fetch import _FetchPagesFn  # noqa: E402
-from transforms.paginate import FetchConfig  # noqa: E402
+from transforms.products.paginate import FetchConfig  # noqa: E402
+from transforms.products.stage import _FetchPagesFn  # noqa: E402
 
 
 @pytest.fixture

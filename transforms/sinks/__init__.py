@@ -1,0 +1,4 @@
+"""Deliver: ordered text files, Avro, run metrics, a downstream HTTP API.
+
+Composites in :mod:`transforms.sinks.stage`.
+"""

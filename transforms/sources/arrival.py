@@ -1,0 +1,116 @@
+"""Arrival-order replay with bounded memory: a row-at-a-time heap and its columnar twin.
+
+Arrival time = timestamp + latency. Historical files are sorted by timestamp, so once a file has
+been read up to timestamp ``t``, every row still unread arrives at ``t`` or later. A held row can
+therefore be released as soon as its arrival is *before* the smallest "last timestamp read" over
+the files still being read (the *watermark*). Only rows within the largest latency of the
+watermark are ever held, whatever the file size.
+
+A row whose arrival is earlier than the largest timestamp of the rows before it in its file
+cannot be placed without un-emitting rows (the file is not sorted well enough): it is rejected
+as ``out_of_order``. The rule looks only at the file's own earlier rows, so the result does not
+depend on how the file is cut into blocks; the output is always all accepted rows sorted by
+``(arrival, file index, line)``, which is "arrival order, ties in file order".
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from transforms.quotes.rules import Rejected, format_timestamp
+
+#: A watermark before any timestamp: nothing can be released yet.
+NOTHING_READ = np.iinfo(np.int64).min
+#: A watermark after every timestamp: everything can be released.
+ALL_READ = np.iinfo(np.int64).max
+
+
+def out_of_order_reason(arrival_us: int, newest_us: int) -> str:
+    return Rejected(
+        "out_of_order",
+        f"arrives at {format_timestamp(arrival_us)}, before {format_timestamp(newest_us)}, the newest "
+        "timestamp already read from this file; historical files must be sorted by timestamp",
+    ).reason
+
+
+class RowArrivalHeap:
+    """Arrival order for single rows: push rows as they are read, pop them once safe.
+
+    Items are ordered by ``(arrival_us, file_index, line)``; ``item`` is carried along untouched.
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, int, int, Any]] = []
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def push(self, arrival_us: int, file_index: int, line: int, item: Any) -> None:
+        heapq.heappush(self._heap, (arrival_us, file_index, line, item))
+
+    def pop_before(self, watermark_us: int) -> Iterator[Any]:
+        """Yield, in order, every held item that arrives strictly before ``watermark_us``."""
+        heap = self._heap
+        while heap and heap[0][0] < watermark_us:
+            yield heapq.heappop(heap)[3]
+
+
+class BlockArrivalBuffer:
+    """Arrival order for Arrow record batches with ``arrival_us``, ``file`` and ``line`` columns."""
+
+    def __init__(self) -> None:
+        self._held: pa.RecordBatch | None = None
+
+    @property
+    def held_rows(self) -> int:
+        return 0 if self._held is None else self._held.num_rows
+
+    def add(self, rows: pa.RecordBatch) -> None:
+        if rows.num_rows:
+            self._held = rows if self._held is None else pa.concat_batches([self._held, rows])
+
+    def release_before(self, watermark_us: int) -> pa.RecordBatch | None:
+        """Remove and return, sorted, the held rows arriving strictly before ``watermark_us``."""
+        held = self._held
+        if held is None:
+            return None
+        arrival = held.column("arrival_us").to_numpy()
+        order = np.lexsort((held.column("line").to_numpy(), held.column("file").to_numpy(), arrival))
+        cut = int(np.searchsorted(arrival[order], watermark_us, side="left"))
+        if cut == 0:
+            return None
+        ordered = held.take(pa.array(order))
+        self._held = ordered.slice(cut) if cut < held.num_rows else None
+        return ordered.slice(0, cut)
+
+
+def out_of_order_mask(event_us: np.ndarray, arrival_us: np.ndarray, newest_before_us: int) -> np.ndarray:
+    """Rows whose arrival is before the newest timestamp among earlier rows of the same file.
+
+    ``event_us`` and ``arrival_us`` are one file's rows in file order; ``newest_before_us`` is
+    the newest timestamp of that file's rows before them (:data:`NOTHING_READ` at the start).
+    Rejected rows do not count as earlier rows: the running maximum skips them.
+    """
+    if len(event_us) == 0:
+        return np.zeros(0, dtype=bool)
+    newest = np.maximum.accumulate(np.maximum(event_us, newest_before_us))
+    previous = np.empty_like(newest)
+    previous[0] = newest_before_us
+    previous[1:] = newest[:-1]
+    bad = arrival_us < previous
+    if not bad.any():
+        return bad
+    # A rejected row must not raise the bar for the rows after it: redo the scan without it.
+    # This is rare (unsorted input), so a plain loop is fine.
+    bad = np.zeros(len(event_us), dtype=bool)
+    running = newest_before_us
+    for index, (event, arrival) in enumerate(zip(event_us.tolist(), arrival_us.tolist())):
+        if arrival < running:
+            bad[index] = True
+        elif event > running:
+            running = event
+    return bad

@@ -1,0 +1,481 @@
+"""Trade CSVs as normalized, deduplicated, arrival-ordered trades (:data:`transforms.trades.market.TRADE_SCHEMA`).
+
+A trade file has the header ``timestamp,symbol,price,size,side,trade_id[,latency_ms]`` (columns in
+any order, names case-insensitive, ``latency``/``arrival_latency_ms`` accepted for ``latency_ms``,
+other columns ignored). :func:`read_trades` reads every file whole, splits the lines as the quote
+reader does (Arrow's CSV parser, the ``csv`` module for blocks Arrow cannot split) and checks each
+row, in the trade schema's field order (``schemas/trade.v1.avsc``):
+
+* ``timestamp``: as a quote's (ISO 8601 or ``YYYY-MM-DD HH:MM:SS[.ffffff]``, UTC);
+* ``symbol``: not empty (white space trimmed);
+* ``price``: a positive decimal that fits the schema's decimal(precision, scale);
+* ``size``: a positive, finite number;
+* ``side``: ``buy`` or ``sell``, any case, stored lowercase;
+* ``trade_id``: not empty (white space trimmed);
+* ``latency_ms``: when the file has the column, non-negative milliseconds with at most 3 decimals
+  (kept exactly, in microseconds), as a quote's.
+
+A row that breaks a rule is dead-lettered with the first rule it breaks; the reason has the form
+``"<code>: <explanation>"`` of :mod:`transforms.quotes.rules`, with the quote codes where the rule is
+the same and the codes of :data:`TRADE_REJECT_CODES` for what only trades have.
+
+Every row then takes its arrival time, ``timestamp + latency_ms`` (the timestamp without
+latency), and all rows of all files are put in arrival order: a stable sort by (arrival, file,
+line). A :class:`transforms.sources.dedup.Deduplicator` runs in that order and drops a row whose key was
+kept within ``horizon_us`` before: a valid trade's key is its ``trade_id`` (a venue's identifier
+of the trade), a rejected row's its raw line (all a broken row has). A row's time is its arrival
+when its timestamp and latency can be read, even if another rule rejects it (a copy has the same
+time as the original, as for valid rows); otherwise the arrival of the nearest such row before it
+in its file (0 when there is none), which is where a copy of the file puts its copy too.
+Duplicates are counted, never dead-lettered, so ``records_in == valid + dead letters + duplicates``.
+
+``ReadTrades`` is the Beam source: one ``DoFn`` call reads every file (arrival order and
+deduplication need them all) and emits the valid trades per symbol, the dead letters as one
+``trades_dead_letter.jsonl`` chunk and one dict of counts.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Callable, Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from schemas import SchemaError, field_rules, load_schema
+from transforms.quotes import columns
+from transforms.sources.csv_blocks import (
+    CsvLayout,
+    SplitLines,
+    line_blocks,
+    map_header,
+    read_header,
+    split_lines,
+)
+from transforms.sources.dedup import Deduplicator
+from transforms.sources.replay import open_local
+from transforms.trades.market import TRADE_SCHEMA, empty
+
+LOG = logging.getLogger(__name__)
+
+#: Canonical trade columns; the last is optional.
+FIELDS = ("timestamp", "symbol", "price", "size", "side", "trade_id", "latency_ms")
+REQUIRED = FIELDS[:-1]
+ALIASES = {"latency": "latency_ms", "arrival_latency_ms": "latency_ms"}
+SIDES = ("buy", "sell")
+
+#: Reject codes only trades have (the others are :data:`transforms.quotes.rules.REJECT_CODES`).
+TRADE_REJECT_CODES = {
+    "missing_size": "the size field is empty",
+    "non_positive_size": "the size is zero",
+    "missing_side": "the side field is empty",
+    "bad_side": "the side is not buy or sell",
+    "missing_trade_id": "the trade_id field is empty",
+}
+
+#: Columns of a dead trade row: what :func:`transforms.quotes.normalize.dead_letter_chunk` takes.
+DEAD_SCHEMA = pa.schema(
+    [pa.field("file", pa.int32()), pa.field("line", pa.int64()), pa.field("raw", pa.string()),
+     pa.field("reject", pa.string())]
+)
+
+TRADES, DEAD_LETTERS, COUNTS = "trades", "dead_letters", "counts"
+DEFAULT_BLOCK_BYTES = 1 << 20
+
+
+class TradeInputError(ValueError):
+    """A trade file cannot be read as trades (its header lacks a column, ...)."""
+
+
+def trade_reason(code: str, detail: str) -> str:
+    """A reject reason ``"<code>: <detail>"`` for a code of :data:`TRADE_REJECT_CODES`."""
+    if code not in TRADE_REJECT_CODES:
+        raise KeyError(f"unknown trade reject code {code!r}")
+    return f"{code}: {detail}"
+
+
+# --------------------------------------------------------------------------- schema and header
+
+
+@dataclass(frozen=True)
+class TradeRules:
+    """What the trade schema fixes: the price's decimal."""
+
+    precision: int
+    scale: int
+
+
+def trade_rules(schema: Mapping[str, Any] | None = None) -> TradeRules:
+    """The price decimal of the trade schema (default ``trade`` v1), checking its ``side`` enum.
+
+    :func:`schemas.field_rules` does not compile enums, so only the price field is compiled.
+    """
+    schema = schema or load_schema("trade", 1)
+    fields = {f["name"]: f for f in schema["fields"]}
+    if "price" not in fields or "side" not in fields:
+        raise SchemaError("the trade schema must declare price and side")
+    price = field_rules({"fields": [fields["price"]]})["price"]
+    if price.kind != "decimal" or price.precision > 18:
+        raise SchemaError("the trade price must be a decimal of at most 18 digits")
+    side = fields["side"]["type"]
+    if not isinstance(side, dict) or side.get("type") != "enum" or tuple(side.get("symbols", ())) != SIDES:
+        raise SchemaError(f"the trade side must be an enum of {SIDES}")
+    return TradeRules(price.precision, price.scale)
+
+
+#: Where the trade columns sit in a file (the quote files' layout type, with the trade fields).
+TradeLayout = CsvLayout
+#: A block of trade lines split into string columns (see :func:`transforms.sources.csv_blocks.split_lines`).
+SplitTrades = SplitLines
+
+
+def parse_trade_header(line: str, source: str) -> TradeLayout:
+    """Map a trade file's header line to a :class:`TradeLayout`; raises :class:`TradeInputError`."""
+    return map_header(line, source, fields=FIELDS, required=REQUIRED, aliases=ALIASES, error=TradeInputError,
+                      what="trade header")
+
+
+def read_trade_header(stream: BinaryIO, source: str) -> TradeLayout:
+    """Read and parse the first line of an open trade file."""
+    return read_header(stream, source, parse_trade_header, TradeInputError)
+
+
+def check_trade_headers(paths: Sequence[str], open_file: Callable[[str], BinaryIO] = open_local) -> None:
+    """Read every file's header now, before a pipeline starts; raises :class:`TradeInputError`."""
+    for path in paths:
+        stream = open_file(path)
+        try:
+            read_trade_header(stream, path)
+        finally:
+            stream.close()
+
+
+def read_trade_file(
+    stream: BinaryIO, source: str, block_bytes: int = DEFAULT_BLOCK_BYTES
+) -> tuple[TradeLayout, SplitTrades]:
+    """Header and every line of one open trade file."""
+    layout = read_trade_header(stream, source)
+    parts = []
+    next_line = 2  # the header is line 1
+    for data in line_blocks(stream, block_bytes):
+        parts.append(split_lines(data, next_line, layout))
+        next_line += data.count(b"\n")
+    if not parts:
+        parts.append(split_lines(b"", next_line, layout))
+    return layout, SplitTrades(
+        np.concatenate([p.line for p in parts]),
+        pa.concat_arrays([p.raw for p in parts]),
+        {name: pa.concat_arrays([p.fields[name] for p in parts]) for name in layout.positions},
+        [n for p in parts for n in p.rejected_lines],
+        [r for p in parts for r in p.rejected_raw],
+        [r for p in parts for r in p.rejected_reasons],
+        sum(p.blank_lines for p in parts),
+    )
+
+
+# --------------------------------------------------------------------------- the rules, by column
+
+
+Rejects = dict[int, str]
+
+
+def parse_trade_sizes(column: pa.Array) -> tuple[np.ndarray, Rejects]:
+    """Sizes as float64: a finite number above zero (empty, zero or negative are rejected)."""
+    sizes, rejects = columns.parse_sizes(column, "size")
+    for index in np.flatnonzero(np.isnan(sizes) | (sizes == 0)).tolist():
+        if index in rejects:
+            continue
+        if np.isnan(sizes[index]):
+            rejects[index] = trade_reason("missing_size", "size is empty")
+        else:
+            rejects[index] = trade_reason("non_positive_size", f"size {column[index].as_py()!r} is not positive")
+    return sizes, rejects
+
+
+def parse_sides(column: pa.Array) -> tuple[pa.Array, np.ndarray, Rejects]:
+    """Sides lowercased (``buy``/``sell``, any case, white space trimmed) and their signs (+1/-1)."""
+    side = pc.utf8_lower(pc.utf8_trim_whitespace(column))
+    buy = pc.fill_null(pc.equal(side, SIDES[0]), False).to_numpy(zero_copy_only=False)
+    sell = pc.fill_null(pc.equal(side, SIDES[1]), False).to_numpy(zero_copy_only=False)
+    rejects: Rejects = {}
+    for index in np.flatnonzero(~(buy | sell)).tolist():
+        text = column[index].as_py() or ""
+        if not text.strip():
+            rejects[index] = trade_reason("missing_side", "side is empty")
+        else:
+            rejects[index] = trade_reason("bad_side", f"side {text!r} is not buy or sell")
+    return side, np.where(buy, 1, -1).astype(np.int8), rejects
+
+
+def parse_trade_ids(column: pa.Array) -> tuple[pa.Array, Rejects]:
+    """Trade ids with white space trimmed; an empty one is rejected."""
+    trimmed = pc.utf8_trim_whitespace(column)
+    empty_ids = pc.fill_null(pc.equal(pc.utf8_length(trimmed), 0), True).to_numpy(zero_copy_only=False)
+    reason = trade_reason("missing_trade_id", "trade_id is empty")
+    return trimmed, {index: reason for index in np.flatnonzero(empty_ids).tolist()}
+
+
+@dataclass
+class ParsedTrades:
+    """Every split row checked: typed columns (meaningless where rejected) and the first reasons."""
+
+    event_us: np.ndarray
+    latency: np.ndarray  # µs (the file's ms, exactly); 0 where the file has no latency column
+    has_latency: np.ndarray  # bool: the row's file has a latency column
+    symbol: pa.Array
+    price: np.ndarray
+    size: np.ndarray
+    side: pa.Array
+    sign: np.ndarray
+    trade_id: pa.Array
+    reasons: Rejects
+    timed: np.ndarray  # bool: timestamp and latency parse, so the row has an arrival time
+
+    @property
+    def arrival_us(self) -> np.ndarray:
+        return self.event_us + self.latency
+
+
+def parse_trade_columns(rows: Mapping[str, pa.Array], has_latency: np.ndarray, rules: TradeRules) -> ParsedTrades:
+    """Check string columns (:data:`FIELDS`; ``latency_ms`` is read where ``has_latency``) by the
+    trade rules, in schema order; a row's reason is the first rule it breaks."""
+    count = len(rows["timestamp"])
+    reasons: Rejects = {}
+
+    def first(rejects: Rejects) -> None:
+        for index, reason in rejects.items():
+            reasons.setdefault(index, reason)
+
+    event_us, timestamp_rejects = columns.parse_timestamps(rows["timestamp"])
+    first(timestamp_rejects)
+    symbol, rejects = columns.parse_symbols(rows["symbol"])
+    first(rejects)
+    price, rejects = columns.parse_prices(rows["price"], "price", rules.precision, rules.scale)
+    first(rejects)
+    size, rejects = parse_trade_sizes(rows["size"])
+    first(rejects)
+    side, sign, rejects = parse_sides(rows["side"])
+    first(rejects)
+    trade_id, rejects = parse_trade_ids(rows["trade_id"])
+    first(rejects)
+    latency = np.zeros(count, dtype=np.int64)
+    latency_rejects: Rejects = {}
+    with_column = np.flatnonzero(has_latency)
+    if len(with_column):
+        values, rejects = columns.parse_latencies(rows["latency_ms"].take(pa.array(with_column)))
+        latency[with_column] = values
+        latency_rejects = {int(with_column[index]): reason for index, reason in rejects.items()}
+        first(latency_rejects)
+    timed = np.ones(count, dtype=bool)
+    timed[list(timestamp_rejects) + list(latency_rejects)] = False
+    return ParsedTrades(event_us, latency, has_latency, symbol, price, size, side, sign, trade_id, reasons, timed)
+
+
+# --------------------------------------------------------------------------- ordering
+
+
+def fill_times(file: np.ndarray, line: np.ndarray, time_us: np.ndarray, timed: np.ndarray) -> np.ndarray:
+    """Each timed row's own time; for a row without one, the time of the nearest timed row before
+    it (by line) in its file, 0 if there is none. Rows may come in any order."""
+    order = np.lexsort((line, file))
+    sorted_file, sorted_timed = file[order], timed[order]
+    positions = np.arange(len(order))
+    last_timed = np.maximum.accumulate(np.where(sorted_timed, positions, -1)) if len(order) else positions
+    file_start = np.searchsorted(sorted_file, sorted_file, side="left")
+    has_earlier = last_timed >= file_start
+    filled = np.where(has_earlier, time_us[order][np.maximum(last_timed, 0)], 0)
+    result = np.empty_like(time_us)
+    result[order] = filled
+    return result
+
+
+def arrival_order(time_us: np.ndarray, file: np.ndarray, line: np.ndarray) -> np.ndarray:
+    """Indices in arrival order: a stable sort by (time, file, line)."""
+    return np.lexsort((line, file, time_us))
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True)
+class TradeRead:
+    """What :func:`read_trades` found.
+
+    Attributes:
+        valid: normalized trades (:data:`transforms.trades.market.TRADE_SCHEMA`), in arrival order.
+        dead: rejected rows (:data:`DEAD_SCHEMA`: file, line, raw, reject), in arrival order.
+        records_in: data rows read (blank lines are not rows).
+        duplicates: rows dropped as copies of a row kept within the horizon.
+    """
+
+    valid: pa.RecordBatch
+    dead: pa.RecordBatch
+    records_in: int
+    duplicates: int
+
+    def counts(self) -> dict[str, int]:
+        return {"trades_in": self.records_in, "trades_duplicates": self.duplicates}
+
+
+@dataclass
+class TradeLines:
+    """Every line of every file: the split rows (string columns) and the lines that could not be split."""
+
+    file: np.ndarray  # int32, index of the source
+    line: np.ndarray  # int64
+    raw: pa.Array  # without its line break
+    has_latency: np.ndarray  # bool: the row's file has a latency column
+    fields: dict[str, pa.Array]  # every name of FIELDS; null where the file lacks the column
+    unsplit_file: np.ndarray
+    unsplit_line: np.ndarray
+    unsplit_raw: pa.Array
+    unsplit_reasons: list[str]
+
+    @property
+    def records(self) -> int:
+        return len(self.line) + len(self.unsplit_line)
+
+
+def gather_lines(files: Sequence[tuple[TradeLayout, SplitTrades]]) -> TradeLines:
+    """The split lines of each file (``file`` = its index), as one set of columns."""
+
+    def each(make, empty_value):
+        return [make(i, layout, split) for i, (layout, split) in enumerate(files)] or [empty_value]
+
+    no_strings = pa.array([], pa.string())
+    return TradeLines(
+        file=np.concatenate(each(lambda i, _, s: np.full(len(s.line), i, dtype=np.int32), np.zeros(0, np.int32))),
+        line=np.concatenate(each(lambda i, _, s: s.line, np.zeros(0, np.int64))).astype(np.int64),
+        raw=pc.utf8_rtrim(pa.concat_arrays(each(lambda i, _, s: s.raw, no_strings)), "\r\n"),
+        has_latency=np.concatenate(each(lambda i, layout, s: np.full(len(s.line), layout.has("latency_ms")),
+                                        np.zeros(0, bool))),
+        fields={
+            name: pa.concat_arrays(each(lambda i, _, s: s.fields.get(name, pa.nulls(len(s.line), pa.string())),
+                                        no_strings))
+            for name in FIELDS
+        },
+        unsplit_file=np.concatenate(
+            each(lambda i, _, s: np.full(len(s.rejected_lines), i, dtype=np.int32), np.zeros(0, np.int32))),
+        unsplit_line=np.array([n for _, s in files for n in s.rejected_lines], dtype=np.int64),
+        unsplit_raw=pc.utf8_rtrim(pa.array([r for _, s in files for r in s.rejected_raw], type=pa.string()), "\r\n"),
+        unsplit_reasons=[r for _, s in files for r in s.rejected_reasons],
+    )
+
+
+def dedup_keys(valid: np.ndarray, trade_id: pa.Array, raw: pa.Array) -> pa.Array:
+    """A valid row's key is its trade id, a rejected row's its raw line (prefixed apart)."""
+    return pc.if_else(
+        pa.array(valid),
+        pc.binary_join_element_wise("id:", trade_id, ""),
+        pc.binary_join_element_wise("raw:", raw, ""),
+    )
+
+
+def find_duplicates(keys: pa.Array, time_us: np.ndarray, order: np.ndarray, horizon_us: int | None) -> np.ndarray:
+    """Rows (in input positions) that :class:`Deduplicator` drops when fed in ``order``."""
+    duplicate = np.zeros(len(keys), dtype=bool)
+    deduplicator = Deduplicator(horizon_us)
+    if deduplicator.enabled and len(order):
+        duplicate[order] = deduplicator.duplicates(keys.take(pa.array(order)).to_pylist(), time_us[order])
+    return duplicate
+
+
+def read_trades(
+    sources: Sequence[str],
+    *,
+    open_file: Callable[[str], BinaryIO] = open_local,
+    precision: int,
+    scale: int,
+    horizon_us: int | None = 0,
+    block_bytes: int = DEFAULT_BLOCK_BYTES,
+) -> TradeRead:
+    """Read, check, order and deduplicate every trade file (see the module docstring).
+
+    Args:
+        sources: file paths; a row's ``file`` is its file's index here (ties break in this order).
+        open_file: opens a path for binary reading.
+        precision, scale: the price decimal (:func:`trade_rules`).
+        horizon_us: deduplication horizon in microseconds (0 or None: no deduplication).
+        block_bytes: about how much CSV is split at a time.
+    """
+    files = []
+    for source in sources:
+        stream = open_file(source)
+        try:
+            files.append(read_trade_file(stream, source, block_bytes))
+        finally:
+            stream.close()
+    lines = gather_lines(files)
+    parsed = parse_trade_columns(lines.fields, lines.has_latency, TradeRules(precision, scale))
+    split_ok = np.ones(len(lines.line), dtype=bool)
+    split_ok[list(parsed.reasons)] = False
+
+    # All rows: split ones, then unsplit ones.
+    unsplit = len(lines.unsplit_line)
+    file = np.concatenate([lines.file, lines.unsplit_file])
+    line = np.concatenate([lines.line, lines.unsplit_line])
+    raw = pa.concat_arrays([lines.raw, lines.unsplit_raw])
+    ok = np.concatenate([split_ok, np.zeros(unsplit, dtype=bool)])
+    timed = np.concatenate([parsed.timed, np.zeros(unsplit, dtype=bool)])
+    arrival = np.concatenate([np.where(parsed.timed, parsed.arrival_us, 0), np.zeros(unsplit, dtype=np.int64)])
+    time_us = fill_times(file, line, arrival, timed)
+    order = arrival_order(time_us, file, line)
+    keys = dedup_keys(ok, pa.concat_arrays([parsed.trade_id, lines.unsplit_raw]), raw)
+    duplicate = find_duplicates(keys, time_us, order, horizon_us)
+
+    kept_valid = order[ok[order] & ~duplicate[order]]
+    kept_dead = order[~ok[order] & ~duplicate[order]]
+    reasons = [parsed.reasons.get(i) if i < len(lines.line) else lines.unsplit_reasons[i - len(lines.line)]
+               for i in kept_dead.tolist()]
+    dead = pa.RecordBatch.from_arrays(
+        [pa.array(file[kept_dead], type=pa.int32()), pa.array(line[kept_dead], type=pa.int64()),
+         raw.take(pa.array(kept_dead, type=pa.int64())), pa.array(reasons, type=pa.string())],
+        schema=DEAD_SCHEMA,
+    )
+    valid = _valid_batch(parsed, lines.file, lines.line, lines.fields["timestamp"], kept_valid)
+    return TradeRead(valid, dead, lines.records, int(duplicate.sum()))
+
+
+def _valid_batch(parsed: ParsedTrades, file: np.ndarray, line: np.ndarray, timestamp: pa.Array,
+                 rows: np.ndarray) -> pa.RecordBatch:
+    if not len(rows):
+        return empty(TRADE_SCHEMA)
+    take = pa.array(rows, type=pa.int64())
+    return pa.RecordBatch.from_arrays(
+        [
+            pa.array(file[rows], type=pa.int32()),
+            pa.array(line[rows], type=pa.int64()),
+            timestamp.take(take),
+            pa.array(parsed.event_us[rows], type=pa.int64()),
+            pa.array(parsed.arrival_us[rows], type=pa.int64()),
+            pa.array(parsed.latency[rows], type=pa.int64(), mask=~parsed.has_latency[rows]),
+            parsed.symbol.take(take),
+            pa.array(parsed.price[rows], type=pa.int64()),
+            pa.array(parsed.size[rows], type=pa.float64()),
+            parsed.side.take(take),
+            pa.array(parsed.sign[rows], type=pa.int8()),
+            parsed.trade_id.take(take),
+        ],
+        schema=TRADE_SCHEMA,
+    )
+
+
+def by_symbol(trades: pa.RecordBatch) -> list[tuple[str, pa.RecordBatch]]:
+    """The trades of each symbol (in the order they come, i.e. arrival order), symbols sorted."""
+    if not trades.num_rows:
+        return []
+    encoded = pc.dictionary_encode(trades.column("symbol"))
+    codes = encoded.indices.to_numpy(zero_copy_only=False)
+    symbols = encoded.dictionary.to_pylist()
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(len(symbols) + 1))
+    parts = [(symbols[code], trades.take(pa.array(order[bounds[code]:bounds[code + 1]])))
+             for code in range(len(symbols))]
+    return sorted(parts, key=lambda part: part[0])
+
+
+# --------------------------------------------------------------------------- Beam
+
+
