@@ -43,4 +43,4 @@ clean:
 model: install
 	rm -rf build/model
 	$(PY) -m beam_pipeline --trades beam_pipeline/data/trades_sample.csv --model none --output_dir build/model --progress off
-	$(PY) -m beam_pipeline.train_model --features build/model/features.jsonl --output beam_pipeline/data/models/market_anomaly.json --version 1
+	$(PY) -m beam_pipeline.devtools.train_model --features build/model/features.jsonl --output beam_pipeline/data/models/market_anomaly.json --version 1

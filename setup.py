@@ -13,7 +13,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     # beam_pipeline/data holds the bundled samples (no code): listed so setuptools ships it.
-    # data/models holds the scoring model (JSON) that python -m beam_pipeline.train_model writes.
+    # data/models holds the scoring model (JSON) that python -m beam_pipeline.devtools.train_model writes.
     packages=find_packages(include=["beam_pipeline*", "transforms*", "schemas*", "runners*"])
     + ["beam_pipeline.data", "beam_pipeline.data.models"],
     package_data={"beam_pipeline.data": ["*.csv"], "beam_pipeline.data.models": ["*.json"], "schemas": ["*.avsc"]},
@@ -26,7 +26,7 @@ setup(
         # both come with apache-beam already, pinned here because the code uses them directly.
         "pyarrow>=14",
         "numpy>=1.26",
-        # The development quote feed (python -m beam_pipeline.feed) and the live source speak websockets.
+        # The development quote feed (python -m beam_pipeline.devtools.feed) and the live source speak websockets.
         "websockets>=14",
         # HTTP: the paginated product APIs' concurrent client, the webhook endpoint and the bundled
         # mock servers (one async library for client and server, with real timeouts).

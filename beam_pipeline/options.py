@@ -210,7 +210,7 @@ class QuoteOptions(PipelineOptions):
         analytics.add_argument(
             "--model", default=None,
             help="--trades: the anomaly model scoring each feature window, a local JSON file from "
-            "python -m beam_pipeline.train_model, or none (default: the bundled model)",
+            "python -m beam_pipeline.devtools.train_model, or none (default: the bundled model)",
         )
         analytics.add_argument(
             "--dedup_horizon", default=None,
@@ -272,7 +272,7 @@ DEFAULT_MAX_QUOTE_AGE = "1s"
 DEFAULT_FEATURES = "sliding:10s,1s"
 DEFAULT_DEDUP_HORIZON = "10m"
 NO_MODEL = "none"
-#: The bundled scoring model, written by ``python -m beam_pipeline.train_model``: package data, so
+#: The bundled scoring model, written by ``python -m beam_pipeline.devtools.train_model``: package data, so
 #: that each worker reads its own installed copy.
 BUNDLED_MODEL = PackagedModel("beam_pipeline", "data/models/market_anomaly.json")
 

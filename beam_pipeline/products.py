@@ -127,7 +127,7 @@ def run(options: PipelineOptions, started_at: float, prog: str) -> int:
     output_dir = options.view_as(QuoteOptions).output_dir
     with ExitStack() as stack:
         if config.mock:
-            from beam_pipeline.mock_api import start_product_apis
+            from beam_pipeline.devtools.mock_api import start_product_apis
 
             servers = stack.enter_context(start_product_apis())
             endpoints = parse_endpoints(",".join(server.url for server in servers))
@@ -136,7 +136,7 @@ def run(options: PipelineOptions, started_at: float, prog: str) -> int:
             endpoints = parse_endpoints(config.endpoints)
         deliver_url = config.deliver_url
         if config.deliver_mock:
-            from beam_pipeline.mock_api import MockDownstreamApi
+            from beam_pipeline.devtools.mock_api import MockDownstreamApi
 
             deliver_url = stack.enter_context(MockDownstreamApi()).url
             print(f"{prog}: mock downstream API: {deliver_url}", file=sys.stderr, flush=True)

@@ -1,7 +1,7 @@
 """Trade analytics throughput: the pipeline's join + features + scoring against pandas, in the same run.
 
-Generates N quotes (``beam_pipeline.samples.generate``, through its CLI) and N trades made from
-them (``beam_pipeline.samples.make_trades``: ``python -m beam_pipeline.samples --trades-from
+Generates N quotes (``beam_pipeline.devtools.samples.generate``, through its CLI) and N trades made from
+them (``beam_pipeline.devtools.samples.make_trades``: ``python -m beam_pipeline.devtools.samples --trades-from
 QUOTES.csv``), both without malformed rows, timed on their own and part of neither figure, then runs
 
 * the pipeline, as its own process with the whole command timed (start-up included)::
@@ -96,7 +96,7 @@ def quotes_file(workdir: Path, rows: int, seed: int) -> Path:
     if not path.exists():
         print(f"generating {rows:,} quotes -> {path}", file=sys.stderr, flush=True)
         subprocess.run(  # samples.generate, through its CLI: this process stays free of Beam (its RSS is pandas')
-            [sys.executable, "-m", "beam_pipeline.samples", str(path), "--rows", str(rows), "--seed", str(seed)],
+            [sys.executable, "-m", "beam_pipeline.devtools.samples", str(path), "--rows", str(rows), "--seed", str(seed)],
             cwd=ROOT, check=True,
         )
     return path
@@ -108,7 +108,7 @@ def trades_file(workdir: Path, quotes: Path, rows: int, seed: int) -> Path:
     if not path.exists():
         print(f"generating {rows:,} trades -> {path}", file=sys.stderr, flush=True)
         subprocess.run(
-            [sys.executable, "-m", "beam_pipeline.samples", "--trades-from", str(quotes), "--rows", str(rows),
+            [sys.executable, "-m", "beam_pipeline.devtools.samples", "--trades-from", str(quotes), "--rows", str(rows),
              "--seed", str(seed), str(path)],
             cwd=ROOT, check=True,
         )

@@ -2,7 +2,7 @@
 beside a baseline measured in the same run: one record per request, sequential, same retries.
 
 Both runs are Beam pipelines on the DirectRunner (``Create(records) | DeliverToApi(url, ...)``),
-each against a fresh :class:`~beam_pipeline.mock_api.MockDownstreamApi`, so neither sees the
+each against a fresh :class:`~beam_pipeline.devtools.mock_api.MockDownstreamApi`, so neither sees the
 other's keys. Printed per run: records/s over the whole pipeline (Beam's start-up included) and
 over the sink's own busy time, error rate (failed requests / requests), the largest backlog,
 429s, mean processing time per record (first send to outcome), and whether the server stored
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import apache_beam as beam
 
-from beam_pipeline.mock_api import MockDownstreamApi
+from beam_pipeline.devtools.mock_api import MockDownstreamApi
 from transforms.sinks.deliver import record_key
 from transforms.sinks.stage import DeliverToApi
 

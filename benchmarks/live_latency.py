@@ -1,6 +1,6 @@
 """Live latency: send time -> mid price line written, the pipeline beside a bare websocket client.
 
-For each rate, the development feed (``python -m beam_pipeline.feed``, its own process) sends
+For each rate, the development feed (``python -m beam_pipeline.devtools.feed``, its own process) sends
 ``rate * seconds`` generated quotes and logs when it sent each one (``--sent_log``). A reader,
 also its own process, turns them into ``mid_prices.log`` lines:
 
@@ -71,7 +71,7 @@ def percentile(values: list[float], fraction: float) -> float:
 def live_quotes(workdir: Path, rows: int) -> Path:
     path = workdir / f"live_{rows}.csv"
     if not path.exists():
-        subprocess.run([sys.executable, "-m", "beam_pipeline.samples", str(path), "--rows", str(rows), "--live"],
+        subprocess.run([sys.executable, "-m", "beam_pipeline.devtools.samples", str(path), "--rows", str(rows), "--live"],
                        cwd=ROOT, check=True)
     return path
 
@@ -109,7 +109,7 @@ class Watcher(threading.Thread):
 
 def start_feed(csv_path: Path, rate: int, sent_log: Path) -> tuple[subprocess.Popen, str]:
     feed = subprocess.Popen(
-        [sys.executable, "-m", "beam_pipeline.feed", "--input", str(csv_path), "--port", "0", "--rate", str(rate),
+        [sys.executable, "-m", "beam_pipeline.devtools.feed", "--input", str(csv_path), "--port", "0", "--rate", str(rate),
          "--sent_log", str(sent_log)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )

@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from beam_pipeline.mock_api import start_product_apis  # noqa: E402
+from beam_pipeline.devtools.mock_api import start_product_apis  # noqa: E402
 from transforms.products.paginate import FetchConfig, Page, parse_endpoints  # noqa: E402
 from transforms.products.stage import fetch_events  # noqa: E402
 

@@ -164,7 +164,7 @@ def main() -> int:
         parser.error("--layouts: shared and/or separate")
     workdir = make_workdir(args.workdir, "queue_exactly_once_")
     csv = workdir / "quotes.csv"
-    subprocess.run([sys.executable, "-m", "beam_pipeline.samples", str(csv), "--rows", str(args.rows), "--seed", "11"],
+    subprocess.run([sys.executable, "-m", "beam_pipeline.devtools.samples", str(csv), "--rows", str(args.rows), "--seed", "11"],
                    cwd=ROOT, check=True, capture_output=True)
     subprocess.run([*PIPELINE, "--input", str(csv), "--output_dir", str(workdir / "direct")], cwd=ROOT, check=True,
                    capture_output=True)

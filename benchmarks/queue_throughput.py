@@ -1,6 +1,6 @@
 """Queue throughput: the Redis Streams publisher and consumers beside redis-benchmark's XADD ceiling.
 
-Generates N quotes (``beam_pipeline.samples``, with one of each malformed row), starts a throwaway
+Generates N quotes (``beam_pipeline.devtools.samples``, with one of each malformed row), starts a throwaway
 ``redis-server`` on 127.0.0.1 (:class:`tests.redis_server.RedisServer`) and, in one run, measures
 
 * baseline: ``python -m beam_pipeline --input FILE`` (DirectRunner, files, no queue): the

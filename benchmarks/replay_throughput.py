@@ -1,9 +1,9 @@
 """Replay throughput: the Beam pipeline against a plain-Python baseline, in the same run.
 
-Generates N quotes (``beam_pipeline.samples``, the generator of the bundled sample), then runs
+Generates N quotes (``beam_pipeline.devtools.samples``, the generator of the bundled sample), then runs
 
 * the pipeline: ``python -m beam_pipeline --runner DirectRunner`` (FnApiRunner, Arrow blocks);
-* the baseline: ``python -m beam_pipeline.reference`` (csv module, row-level rules, heap),
+* the baseline: ``python -m beam_pipeline.devtools.reference`` (csv module, row-level rules, heap),
 
 each as its own process, timing the whole command (start-up included) and reading its peak RSS
 from ``wait4``. It prints rows/s for both, the ratio, peak RSS, and whether the three output
@@ -72,7 +72,7 @@ def quotes_file(workdir: Path, rows: int, seed: int, latency_decimals: int = 0) 
     if not path.exists():
         print(f"generating {rows:,} quotes -> {path}", file=sys.stderr)
         subprocess.run(
-            [sys.executable, "-m", "beam_pipeline.samples", str(path), "--rows", str(rows), "--seed", str(seed),
+            [sys.executable, "-m", "beam_pipeline.devtools.samples", str(path), "--rows", str(rows), "--seed", str(seed),
              "--latency-decimals", str(latency_decimals), "--malformed"],
             cwd=ROOT, check=True,
         )
@@ -92,7 +92,7 @@ def run_baseline(csv_path: Path, rows: int, out: Path) -> Run:
     return measure(
         "plain Python (csv module, heap, row rules)",
         rows,
-        [sys.executable, "-m", "beam_pipeline.reference", "--input", str(csv_path), "--output_dir", str(out)],
+        [sys.executable, "-m", "beam_pipeline.devtools.reference", "--input", str(csv_path), "--output_dir", str(out)],
     )
 
 

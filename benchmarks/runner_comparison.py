@@ -10,7 +10,7 @@ command timed (start-up included):
 * PortableRunner, ``--job_endpoint embed --environment_type LOOPBACK`` (the Fn API over gRPC);
 * DaskRunner, ``--dask_local_workers 2`` (a ``distributed`` cluster of 2 worker processes on
   127.0.0.1, started and stopped by the run; needs ``pip install '.[dask]'``);
-* the baseline, ``python -m beam_pipeline.reference`` (csv module, row rules, heap).
+* the baseline, ``python -m beam_pipeline.devtools.reference`` (csv module, row rules, heap).
 
 Peak memory is the largest sum of RSS over the command's whole process tree (workers included),
 sampled every 50 ms with psutil. It checks that every run wrote byte-identical output files.
@@ -47,7 +47,7 @@ RUNS = {
         *PIPELINE, "--runner", "PortableRunner", "--job_endpoint", "embed", "--environment_type", "LOOPBACK",
     ],
     "DaskRunner (2 local workers)": [*PIPELINE, "--runner", "DaskRunner", "--dask_local_workers", "2"],
-    "plain Python baseline": [sys.executable, "-m", "beam_pipeline.reference"],
+    "plain Python baseline": [sys.executable, "-m", "beam_pipeline.devtools.reference"],
 }
 BASELINE = "plain Python baseline"
 

@@ -67,7 +67,7 @@ def main() -> int:
         beam_out, ref_out = workdir / f"beam_{window}", workdir / f"ref_{window}"
         beam = pipeline(f"pipeline --window {window}", args.rows, csv_path, beam_out, "--window", window)
         ref = measure(f"plain Python --window {window}", args.rows,
-                      [sys.executable, "-m", "beam_pipeline.reference", "--input", str(csv_path),
+                      [sys.executable, "-m", "beam_pipeline.devtools.reference", "--input", str(csv_path),
                        "--output_dir", str(ref_out), "--window", window])
         same = filecmp.cmp(beam_out / "windows.jsonl", ref_out / "windows.jsonl", shallow=False)
         metrics = json.loads((beam_out / "metrics.json").read_text())

@@ -52,7 +52,7 @@ NOT_COMPARED = {"report.html", "report.png"}
 @dataclass
 class Case:
     name: str
-    argv: list[str]  # after the interpreter; {out} is the case's output folder
+    argv: list[str]  # after the interpreter; {out} is the case's output folder, {dev} the devtools package
     expect_exit: int = 0
     before: list[list[str]] = field(default_factory=list)  # commands run first, same {out}
     any_order: bool = False  # lines compared as sorted: their order follows the mocks' random ports
@@ -81,10 +81,10 @@ CASES = [
     Case("report", _quotes("--report")),
     Case("products_mock", ["-m", "beam_pipeline", "--job", "products", "--mock", "--deliver_mock",
                            "--output_dir", "{out}"], any_order=True),
-    Case("reference", ["-m", "beam_pipeline.reference", "--input", SAMPLE, "--output_dir", "{out}"]),
-    Case("reference_window", ["-m", "beam_pipeline.reference", "--input", SAMPLE, "--window", "fixed:1s",
+    Case("reference", ["-m", "{dev}.reference", "--input", SAMPLE, "--output_dir", "{out}"]),
+    Case("reference_window", ["-m", "{dev}.reference", "--input", SAMPLE, "--window", "fixed:1s",
                               "--output_dir", "{out}"], any_order=True),
-    Case("samples", ["-m", "beam_pipeline.samples", "{out}/out.csv", "--rows", "100000", "--malformed"]),
+    Case("samples", ["-m", "{dev}.samples", "{out}/out.csv", "--rows", "100000", "--malformed"]),
     Case("yaml", ["-m", "apache_beam.yaml.main", "--yaml_pipeline_file=examples/quotes.yaml",
                   "--runner=beam_pipeline.yaml_transforms.QuotesRunner",
                   '--jinja_variables={"output_dir": "{out}"}']),
@@ -102,8 +102,10 @@ def run_case(case: Case, tree: Path, out: Path) -> tuple[int, str, str]:
     out.mkdir(parents=True)
     env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONHASHSEED": "0"}
     result = None
+    # The development tools moved to beam_pipeline.devtools (issue 20): run them where the tree has them.
+    dev = "beam_pipeline.devtools" if (tree / "beam_pipeline" / "devtools").is_dir() else "beam_pipeline"
     for argv in [*case.before, case.argv]:
-        command = [sys.executable, *(a.replace("{out}", str(out)) for a in argv)]
+        command = [sys.executable, *(a.replace("{out}", str(out)).replace("{dev}", dev) for a in argv)]
         result = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True, timeout=900)
     assert result is not None
     stderr = result.stderr.replace(str(out), "{out}").replace(str(tree), "{tree}")

@@ -198,7 +198,7 @@ def test_bad_analytics_flags_are_one_line_usage_errors(args, expected, tmp_path,
 
 
 def test_the_bundled_model_is_what_make_model_trains_on_the_samples(tmp_path):
-    from beam_pipeline import train_model
+    from beam_pipeline.devtools import train_model
     from beam_pipeline.options import BUNDLED_MODEL
 
     metrics = _run(tmp_path / "features", "--trades", str(TRADES), "--model", "none")

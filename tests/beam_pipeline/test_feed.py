@@ -11,7 +11,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from beam_pipeline.feed import FeedConfig, FeedServer, frames, load_messages, main, resume_position
+from beam_pipeline.devtools.feed import FeedConfig, FeedServer, frames, load_messages, main, resume_position
 from beam_pipeline.pipeline import bundled_sample
 
 MESSAGES = [{"timestamp": f"2024-06-03 07:00:00.{i:03d}", "symbol": "EURUSD", "bid": "1.1", "ask": "1.2"} for i in range(50)]
@@ -120,7 +120,7 @@ def test_cli_reports_a_missing_file(tmp_path, capsys):
 
 def test_cli_serves_on_127_0_0_1(tmp_path):
     process = subprocess.Popen(
-        [sys.executable, "-m", "beam_pipeline.feed", "--input", bundled_sample("live_sample.csv"), "--port", "0",
+        [sys.executable, "-m", "beam_pipeline.devtools.feed", "--input", bundled_sample("live_sample.csv"), "--port", "0",
          "--rate", "0"],
         stdout=subprocess.PIPE, text=True,
     )

@@ -30,9 +30,9 @@ from pathlib import Path
 import pytest
 
 from beam_pipeline import cli
-from beam_pipeline.feed import FeedConfig, FeedServer, frame_text, load_messages
+from beam_pipeline.devtools.feed import FeedConfig, FeedServer, frame_text, load_messages
+from beam_pipeline.devtools.reference import run_reference
 from beam_pipeline.pipeline import bundled_sample
-from beam_pipeline.reference import run_reference
 from tests.conftest import assert_one_line_usage_error
 from tests.waiting import wait_for
 from transforms.sources.modes import stop_all
@@ -568,8 +568,8 @@ def test_restart_with_another_block_size_neither_repeats_nor_skips(tmp_path, cap
 
 @contextmanager
 def feed_subprocess(*args: str):
-    """``python -m beam_pipeline.feed ARGS --port 0``: yields the ws:// url it prints."""
-    process = subprocess.Popen([sys.executable, "-m", "beam_pipeline.feed", "--port", "0", *args], cwd=REPO,
+    """``python -m beam_pipeline.devtools.feed ARGS --port 0``: yields the ws:// url it prints."""
+    process = subprocess.Popen([sys.executable, "-m", "beam_pipeline.devtools.feed", "--port", "0", *args], cwd=REPO,
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         banner = process.stdout.readline()

@@ -1,4 +1,4 @@
-"""The bundled mock APIs (beam_pipeline.mock_api): pure decisions without sockets, then real servers."""
+"""The bundled mock APIs (beam_pipeline.devtools.mock_api): pure decisions without sockets, then real servers."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from urllib.parse import urljoin
 
 import pytest
 
-from beam_pipeline.mock_api import (
+from beam_pipeline.devtools.mock_api import (
     DEFECTS,
     PATHS,
     SHAPES,
@@ -522,7 +522,7 @@ def test_cli_reports_a_bad_value_in_one_line(capsys):
 
 def start_cli(*args: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-m", "beam_pipeline.mock_api", *args], stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "beam_pipeline.devtools.mock_api", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
 
 

@@ -10,9 +10,9 @@ import pytest
 from apache_beam.metrics.metric import MetricsFilter
 
 from beam_pipeline.cli import parse_options
+from beam_pipeline.devtools.reference import run_reference
+from beam_pipeline.devtools.samples import MALFORMED, generate
 from beam_pipeline.pipeline import OUTPUTS, build_pipeline, bundled_sample
-from beam_pipeline.reference import run_reference
-from beam_pipeline.samples import MALFORMED, generate
 from tests.conftest import WORKED_EXAMPLE
 
 #: The reason code each row of samples.MALFORMED must get, in the same order.

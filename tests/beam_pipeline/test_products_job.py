@@ -7,7 +7,7 @@ import json
 import pytest
 
 from beam_pipeline.cli import main
-from beam_pipeline.mock_api import start_product_apis
+from beam_pipeline.devtools.mock_api import start_product_apis
 from transforms.products.normalize import ProductError, normalize_item
 
 ID_FIELD = {"cursor": "id", "offset": "sku", "pages": "productId"}
@@ -89,7 +89,7 @@ def test_usage_errors_are_one_line_exit_2(argv, message, tmp_path, capsys):
 
 
 def test_products_delivered_downstream_once_even_when_the_job_runs_again(tmp_path):
-    from beam_pipeline.mock_api import MockDownstreamApi
+    from beam_pipeline.devtools.mock_api import MockDownstreamApi
 
     with start_product_apis(failure_rate=0.0, seed=4) as servers, \
             MockDownstreamApi(failure_rate=0.15, rate_limit=5.0, seed=3) as downstream:

@@ -37,7 +37,7 @@ def quotes(tmp_path_factory) -> tuple[Path, Path]:
     """100,000 generated quotes and the DirectRunner's outputs for them."""
     work = tmp_path_factory.mktemp("queue_apps")
     path = work / "quotes.csv"
-    subprocess.run([sys.executable, "-m", "beam_pipeline.samples", str(path), "--rows", str(ROWS), "--seed", "11"],
+    subprocess.run([sys.executable, "-m", "beam_pipeline.devtools.samples", str(path), "--rows", str(ROWS), "--seed", "11"],
                    cwd=REPO, check=True, capture_output=True)
     subprocess.run(_cli("--input", str(path), "--output_dir", str(work / "direct")), cwd=REPO, check=True,
                    capture_output=True)
@@ -243,7 +243,7 @@ def test_mode_switching_works_with_the_queue_in_between(redis_url, tmp_path, pro
     their mode, and the consumer writes each one once (latency threshold on historical ones only)."""
     import urllib.request
 
-    from beam_pipeline.feed import FeedConfig, FeedServer, load_messages
+    from beam_pipeline.devtools.feed import FeedConfig, FeedServer, load_messages
     from tests.redis_server import free_port
 
     client = redis.Redis.from_url(redis_url)

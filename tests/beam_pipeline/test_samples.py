@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from beam_pipeline.devtools.samples import generate, with_malformed
 from beam_pipeline.pipeline import bundled_sample
-from beam_pipeline.samples import generate, with_malformed
 from transforms.quotes import rules as quotes
 
 
@@ -55,16 +55,16 @@ TRADE_CODES = ["bad_price", "bad_side", "bad_size", "bad_timestamp", "missing_tr
 
 
 def documented_trades_command() -> list[str]:
-    import beam_pipeline.samples as samples
+    import beam_pipeline.devtools.samples as samples
 
     lines = [line.strip() for line in samples.__doc__.splitlines() if "--trades-from" in line and "python -m" in line]
     assert len(lines) == 1, lines
-    return lines[0].split()[3:]  # after "python -m beam_pipeline.samples"
+    return lines[0].split()[3:]  # after "python -m beam_pipeline.devtools.samples"
 
 
 def reference_quotes(path: str) -> dict[str, list[int]]:
     """Event times of the quotes the row-by-row reference accepts, per symbol (sorted)."""
-    from beam_pipeline.reference import Counts, _arrival_ordered
+    from beam_pipeline.devtools.reference import Counts, _arrival_ordered
 
     times: dict[str, list[int]] = {}
     for _arrival, _file, _line, quote in _arrival_ordered(path, 0, "UNKNOWN", Counts(dead_letters=[[]])):
@@ -73,7 +73,7 @@ def reference_quotes(path: str) -> dict[str, list[int]]:
 
 
 def test_bundled_trades_are_what_the_documented_command_writes(tmp_path):
-    from beam_pipeline.samples import main
+    from beam_pipeline.devtools.samples import main
 
     args = documented_trades_command()
     assert args[-1] == "beam_pipeline/data/trades_sample.csv"
@@ -108,7 +108,7 @@ def test_bundled_trades_read_with_one_dead_letter_of_each_kind_and_fifteen_unmat
 
 
 def test_generated_trades_are_realistic(tmp_path):
-    from beam_pipeline.samples import make_trades
+    from beam_pipeline.devtools.samples import make_trades
 
     data = make_trades(bundled_sample(), 3000, seed=2)
     table = rows(data)
@@ -143,7 +143,7 @@ def _recent_quotes(path: str):
     """A function (symbol, start, end) -> the reference quotes (time, bid, ask) in [start, end]."""
     import bisect
 
-    from beam_pipeline.reference import Counts, _arrival_ordered
+    from beam_pipeline.devtools.reference import Counts, _arrival_ordered
 
     by_symbol: dict[str, list[tuple[int, int, int]]] = {}
     for _arrival, _file, _line, quote in _arrival_ordered(path, 0, "UNKNOWN", Counts(dead_letters=[[]])):
@@ -161,7 +161,7 @@ def _recent_quotes(path: str):
 def test_a_million_trades_take_seconds(tmp_path):
     import time
 
-    from beam_pipeline.samples import make_trades
+    from beam_pipeline.devtools.samples import make_trades
 
     path = tmp_path / "quotes.csv"
     path.write_bytes(generate(200_000, 3))

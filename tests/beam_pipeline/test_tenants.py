@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from beam_pipeline import cli
-from beam_pipeline.reference import run_reference
+from beam_pipeline.devtools.reference import run_reference
 from tests.beam_pipeline.test_avro_output import read_with_apache_avro
 from transforms.tenants import UNATTRIBUTED
 from transforms.windows.logic import parse_window

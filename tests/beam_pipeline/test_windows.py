@@ -12,8 +12,8 @@ import pytest
 
 from beam_pipeline import cli
 from beam_pipeline.cli import parse_options
+from beam_pipeline.devtools.reference import run_reference
 from beam_pipeline.pipeline import build_pipeline, bundled_sample, expand_inputs
-from beam_pipeline.reference import run_reference
 from tests.beam_pipeline.test_pipeline import mixed_file
 from transforms.quotes.rules import parse_timestamp
 from transforms.windows.logic import parse_window

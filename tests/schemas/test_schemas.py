@@ -11,7 +11,7 @@ import pytest
 from fastavro.validation import validate
 
 import schemas
-from beam_pipeline.reference import PRICES
+from beam_pipeline.devtools.reference import PRICES
 from transforms.quotes import rules as quotes
 from transforms.quotes.normalize import price_rule
 

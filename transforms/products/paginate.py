@@ -1,7 +1,7 @@
 """Fetch every page of paginated JSON product APIs: politely, concurrently, and without crashing.
 
 No Beam here: :class:`transforms.products.normalize.stage.FetchPaginated` wires this into a pipeline, tests drive it
-directly against the mock servers of :mod:`beam_pipeline.mock_api`.
+directly against the mock servers of :mod:`beam_pipeline.devtools.mock_api`.
 
 **Shapes.** An endpoint's pagination is recognised from its first page (:func:`detect_shape`):
 

@@ -12,7 +12,7 @@ retried bundle or a whole run restarted after a crash resends the same keys, and
 answers ``duplicate`` instead of storing them again (a ``duplicate`` counts as delivered). The
 API contract is ``POST url`` with ``{"records": [{"key": k, "data": record}, ...]}`` answered by
 ``{"results": [{"key": k, "status": "accepted" | "duplicate" | "rejected", "reason"?}, ...]}``
-(see :class:`beam_pipeline.mock_api.MockDownstreamApi`).
+(see :class:`beam_pipeline.devtools.mock_api.MockDownstreamApi`).
 
 Requests go at most ``rate`` a second (:class:`~transforms.resilience.TokenBucket`). A 429 pauses
 the bucket for its ``Retry-After`` and resends the records (not a failure). A 5xx, a timeout or a

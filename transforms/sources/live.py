@@ -1,7 +1,7 @@
 """The live websocket quote feed as a :class:`transforms.sources.feeds.QuoteFeed` (no Beam here).
 
 Messages are JSON text frames, one quote each, with the CSV's field names (aliases too) and a
-sequence number, as :mod:`beam_pipeline.feed` serves them::
+sequence number, as :mod:`beam_pipeline.devtools.feed` serves them::
 
     {"seq": 7, "timestamp": "2024-06-03 07:00:00.012", "symbol": "EURUSD", "bid_price": "1.08501", ...}
     {"seq": 2000, "eos": true}

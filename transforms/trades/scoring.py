@@ -44,7 +44,7 @@ The artifact
 A small JSON document (:func:`save_model`, :func:`load_model`), with its ``format``
 (:data:`FORMAT`), ``name``, ``version``, the statistics, the threshold and what it was trained
 on. The application's bundled one is package data (a :class:`PackagedModel`) written by
-``python -m beam_pipeline.train_model``; nothing is fetched at run time, and a model path with a
+``python -m beam_pipeline.devtools.train_model``; nothing is fetched at run time, and a model path with a
 URL scheme is refused.
 
 In the pipeline
@@ -219,7 +219,7 @@ def training_inputs(features: pa.RecordBatch | pa.Table) -> np.ndarray:
 def training_digest(features: pa.RecordBatch | pa.Table) -> str:
     """The sha256 of what a fit depends on: each row's symbol and its :func:`training_inputs`.
 
-    Recorded as ``trained_on.inputs_sha256`` by ``python -m beam_pipeline.train_model``: two
+    Recorded as ``trained_on.inputs_sha256`` by ``python -m beam_pipeline.devtools.train_model``: two
     features files with the same digest make the same model, whatever their last float bits,
     key order or line endings; a file whose inputs changed anywhere gets another digest.
     """

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from beam_pipeline.mock_api import MockProductApi, max_requests_in_window, start_product_apis
+from beam_pipeline.devtools.mock_api import MockProductApi, max_requests_in_window, start_product_apis
 from transforms.products.paginate import (
     BAD_RESPONSE,
     CIRCUIT_OPEN,

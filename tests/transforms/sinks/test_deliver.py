@@ -20,7 +20,7 @@ import pytest
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.util import assert_that, equal_to
 
-from beam_pipeline.mock_api import MockDownstreamApi, downstream_failure
+from beam_pipeline.devtools.mock_api import MockDownstreamApi, downstream_failure
 from tests.waiting import wait_for
 from transforms.sinks.deliver import (
     ACCEPTED,

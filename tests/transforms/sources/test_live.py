@@ -18,7 +18,7 @@ import pytest
 from websockets.asyncio.server import serve
 
 import transforms.sources.live as live
-from beam_pipeline.feed import FeedConfig, FeedServer, load_messages
+from beam_pipeline.devtools.feed import FeedConfig, FeedServer, load_messages
 from beam_pipeline.pipeline import bundled_sample
 from transforms.quotes.rules import reject_code
 from transforms.sources.feeds import FeedBlock

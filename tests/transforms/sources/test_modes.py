@@ -12,7 +12,7 @@ import uuid
 import pyarrow as pa
 import pytest
 
-from beam_pipeline.feed import FeedConfig, FeedServer, load_messages
+from beam_pipeline.devtools.feed import FeedConfig, FeedServer, load_messages
 from beam_pipeline.pipeline import bundled_sample
 from transforms.sources import modes
 from transforms.sources.feeds import FeedBlock, HistoricalFeed

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from beam_pipeline.samples import generate
+from beam_pipeline.devtools.samples import generate
 from tests.conftest import WORKED_EXAMPLE
 from transforms.quotes import rules as quotes
 from transforms.sources.csv_blocks import HeaderError

@@ -18,7 +18,7 @@ from apache_beam.ml.inference.base import PredictionResult, RunInference
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that
 
-from beam_pipeline import train_model
+from beam_pipeline.devtools import train_model
 from transforms.trades import market, scoring
 from transforms.trades.scoring import (
     FeatureModelHandler,
@@ -537,7 +537,7 @@ def test_training_cli_as_a_module_and_its_errors(tmp_path: Path):
     source = tmp_path / "features.jsonl"
     write_features_jsonl(source, synthetic(rows=50))
     output = tmp_path / "model.json"
-    command = [sys.executable, "-m", "beam_pipeline.train_model", "--features", str(source), "--output", str(output)]
+    command = [sys.executable, "-m", "beam_pipeline.devtools.train_model", "--features", str(source), "--output", str(output)]
     done = subprocess.run([*command, "--version", "1"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert load_model(output)["trained_on"]["rows"] == 150

@@ -7,7 +7,7 @@ largest latency, as in the pipeline), and writes the same three files. With a wi
 writes the batch ``windows.jsonl`` (every quote on time: one ON_TIME pane per window and symbol,
 sessions merged by hand) and an empty ``late.jsonl``.
 
-    python -m beam_pipeline.reference --input quotes.csv --output_dir out/ [--window fixed:1s]
+    python -m beam_pipeline.devtools.reference --input quotes.csv --output_dir out/ [--window fixed:1s]
 """
 
 from __future__ import annotations
@@ -177,7 +177,7 @@ def run_reference(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m beam_pipeline.reference", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m beam_pipeline.devtools.reference", description=__doc__.split("\n\n")[0])
     parser.add_argument("--input", nargs="+", required=True, help="CSV files, in tie-break order")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--latency_threshold_ms", type=int, default=20)

@@ -1,6 +1,6 @@
 """Train the market anomaly model on a features file and write its JSON artifact.
 
-    python -m beam_pipeline.train_model --features output/features.jsonl \\
+    python -m beam_pipeline.devtools.train_model --features output/features.jsonl \\
         --output beam_pipeline/data/models/market_anomaly.json --version 1
 
 The features file is the pipeline's ``features.jsonl``: one JSON object per line with ``symbol``,
@@ -78,7 +78,7 @@ def read_features(path: str | Path) -> pa.RecordBatch:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m beam_pipeline.train_model", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m beam_pipeline.devtools.train_model", description=__doc__.split("\n")[0])
     parser.add_argument("--features", required=True, help="features.jsonl to fit on")
     parser.add_argument("--output", required=True, help="where to write the model JSON")
     parser.add_argument("--version", required=True, help="the model version, carried by every score")

@@ -2,9 +2,9 @@
 
 The bundled files were made with::
 
-    python -m beam_pipeline.samples --rows 5000 --seed 7 --malformed beam_pipeline/data/historical_sample.csv
-    python -m beam_pipeline.samples --rows 2000 --seed 11 --live beam_pipeline/data/live_sample.csv
-    python -m beam_pipeline.samples --trades-from beam_pipeline/data/historical_sample.csv --rows 1500 --seed 13 --malformed beam_pipeline/data/trades_sample.csv
+    python -m beam_pipeline.devtools.samples --rows 5000 --seed 7 --malformed beam_pipeline/data/historical_sample.csv
+    python -m beam_pipeline.devtools.samples --rows 2000 --seed 11 --live beam_pipeline/data/live_sample.csv
+    python -m beam_pipeline.devtools.samples --trades-from beam_pipeline/data/historical_sample.csv --rows 1500 --seed 13 --malformed beam_pipeline/data/trades_sample.csv
 
 Quotes: three symbols, each a random walk of its mid in ticks with a spread of 1-5 ticks and
 sizes of 1-999; timestamps sorted, 0-40 ms apart, at millisecond precision; latencies mostly
@@ -304,7 +304,7 @@ def _trade_ids(count: int) -> pa.Array:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m beam_pipeline.samples", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m beam_pipeline.devtools.samples", description=__doc__.split("\n\n")[0])
     parser.add_argument("output", help="CSV file to write")
     parser.add_argument("--rows", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=7)

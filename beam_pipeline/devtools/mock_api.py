@@ -79,8 +79,8 @@ Command line
 ------------
 ::
 
-    python -m beam_pipeline.mock_api products [--port-base N] [--failure_rate F] [--rate_limit R] ...
-    python -m beam_pipeline.mock_api downstream [--port N] [--failure_rate F] ...
+    python -m beam_pipeline.devtools.mock_api products [--port-base N] [--failure_rate F] [--rate_limit R] ...
+    python -m beam_pipeline.devtools.mock_api downstream [--port N] [--failure_rate F] ...
 
 ``products`` prints the three URLs on one line, comma-separated (ready for ``--endpoints``);
 ``downstream`` prints its ``/records`` URL. Both run until Ctrl-C or SIGTERM. Options are spelt
@@ -786,9 +786,9 @@ def _add(parser: argparse.ArgumentParser, name: str, **kwargs: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``python -m beam_pipeline.mock_api`` argument parser."""
+    """The ``python -m beam_pipeline.devtools.mock_api`` argument parser."""
     parser = argparse.ArgumentParser(
-        prog="python -m beam_pipeline.mock_api",
+        prog="python -m beam_pipeline.devtools.mock_api",
         description="Serve the bundled mock APIs on 127.0.0.1 until Ctrl-C or SIGTERM.",
     )
     parser.add_argument("--log-level", "--log_level", dest="log_level", default="WARNING",

@@ -1,6 +1,6 @@
 """A local websocket quote feed for development and tests (127.0.0.1 only).
 
-    python -m beam_pipeline.feed --input beam_pipeline/data/live_sample.csv --port 8765 --rate 1000
+    python -m beam_pipeline.devtools.feed --input beam_pipeline/data/live_sample.csv --port 8765 --rate 1000
 
 Each row of the CSV becomes one JSON text frame with the CSV's own field names and values (as
 the exact strings of the file, so prices stay exact) and a sequence number::
@@ -197,7 +197,7 @@ async def _serve_forever(feed: Feed, port: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m beam_pipeline.feed", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m beam_pipeline.devtools.feed", description=__doc__.split("\n\n")[0])
     parser.add_argument("--input", required=True, help="quote CSV to serve")
     parser.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (0: any free port)")
     parser.add_argument("--rate", type=float, default=1000.0, help="frames per second (0: unpaced)")
