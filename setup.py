@@ -60,7 +60,7 @@ setup(
         # OpenTelemetry spans of a run, its bundles and its HTTP calls (transforms/tracing.py): the API
         # the code uses and the SDK to record them; opentelemetry-distro adds opentelemetry-instrument.
         "tracing": ["opentelemetry-api>=1.20", "opentelemetry-sdk>=1.20"],
-        # --runner DataflowRunner: Beam's Google Cloud client libraries (for submitting; docs/deploy.md).
+        # --runner DataflowRunner: Beam's Google Cloud client libraries (for submitting; docs/runners.md).
         "dataflow": ["apache-beam[gcp]==2.77.*"],
     },
 )

@@ -91,7 +91,7 @@ def help_text() -> str:
         prog=f"python -m {PROG}",
         description="Replay historical quotes in arrival order and write mid prices (see README.md).",
         epilog="--runner: DirectRunner (default), PrismRunner, PortableRunner, DaskRunner, FlinkRunner or "
-        "DataflowRunner; each checks the flags it needs (docs/deploy.md). Beam's own options work too, "
+        "DataflowRunner; each checks the flags it needs (docs/runners.md). Beam's own options work too, "
         "e.g. --streaming, --job_endpoint, --direct_num_workers N.",
     )
     QuoteOptions._add_argparse_args(parser)  # pylint: disable=protected-access

@@ -15,8 +15,8 @@ DirectRunner       :mod:`.direct`     FnApiRunner (batch), BundleBasedDirectRunn
 PrismRunner        :mod:`.prism`      a local Prism binary, else the DirectRunner (logged once)
 PortableRunner     :mod:`.portable`   ``--job_endpoint embed --environment_type LOOPBACK``
 DaskRunner         :mod:`.dask`       a ``distributed`` cluster on 127.0.0.1 (``.[dask]``)
-FlinkRunner        :mod:`.flink`      checked and translated only (docs/deploy.md)
-DataflowRunner     :mod:`.dataflow`   checked and translated only (docs/deploy.md)
+FlinkRunner        :mod:`.flink`      checked and translated only (docs/runners.md)
+DataflowRunner     :mod:`.dataflow`   checked and translated only (docs/runners.md)
 =================  =================  =====================================================
 
 Any other name (a fully qualified ``PipelineRunner`` class, say) is handed to Beam unchanged.

@@ -43,7 +43,7 @@ def environment_problems(options: PipelineOptions, runner: str) -> list[str]:
     portable = options.view_as(PortableOptions)
     kind = (portable.environment_type or "").upper()
     if not kind:
-        return [f"--runner {runner} needs --environment_type ({', '.join(ENVIRONMENTS)}; see docs/deploy.md)"]
+        return [f"--runner {runner} needs --environment_type ({', '.join(ENVIRONMENTS)}; see docs/runners.md)"]
     if kind not in ENVIRONMENTS and not kind.startswith("BEAM:ENV:"):
         return [f"--environment_type must be one of {', '.join(ENVIRONMENTS)}, got {portable.environment_type!r}"]
     config = portable.environment_config

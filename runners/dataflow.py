@@ -1,4 +1,4 @@
-"""``--runner DataflowRunner``: checked here, run on Google Cloud Dataflow (docs/deploy.md).
+"""``--runner DataflowRunner``: checked here, run on Google Cloud Dataflow (docs/runners.md).
 
 Dataflow needs ``--project``, ``--region`` and a ``gs://`` ``--temp_location``. Its workers install
 this package from ``--setup_file``: when the flag is absent and this is a source checkout, the

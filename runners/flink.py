@@ -1,4 +1,4 @@
-"""``--runner FlinkRunner``: checked here, run on a Flink cluster (docs/deploy.md).
+"""``--runner FlinkRunner``: checked here, run on a Flink cluster (docs/runners.md).
 
 Beam's FlinkRunner starts a Flink job server from a jar it downloads from Maven Central (or
 ``--flink_job_server_jar PATH``) and submits to ``--flink_master``; the SDK workers run where

@@ -82,7 +82,8 @@ def test_our_own_avro_output_replays_to_the_same_lines(tmp_path):
 
 def test_an_old_reader_cannot_see_a_renamed_field(tmp_path):
     """quote v2 renamed latency_ms; a v1 reader does not know the new name, gets its default (null),
-    and a historical quote without latency is a dead letter: why the README says to read with v2."""
+    and a historical quote without latency is a dead letter: why docs/sources.md (Avro input) says to
+    read with the latest version."""
     path = tmp_path / "v2.avro"
     with open(path, "wb") as stream:
         fastavro.writer(stream, load_schema("quote", 2), [{**v1_records()[1], "arrival_latency_ms": 1}])

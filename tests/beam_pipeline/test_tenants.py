@@ -60,7 +60,7 @@ FLOOD_KINDS = (
 def flood_rows(seed: int, count: int, span_ms: int, far_future: bool) -> list[tuple[int, str]]:
     """``(ms, line)`` of malformed quotes from tenant "mallory", in timestamp order over the span.
     ``far_future``: also rows with a timestamp a day ahead and a bad price (only in a file of their own:
-    in a shared file they would make later rows out of order, see the README)."""
+    in a shared file they would make later rows out of order, see docs/contract.md, Tenants)."""
     rng = random.Random(seed)
     rows = []
     for _ in range(count):

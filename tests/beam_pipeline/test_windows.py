@@ -185,7 +185,7 @@ def _classify_by_hand(path: Path, size_us: int, lateness_us: int, dead_lines: se
 
 def test_streaming_replay_of_the_sample_classifies_every_quote_as_computed_by_hand(tmp_path):
     # The first 400 rows of the bundled sample (about 8 s of quotes): fixed 100 ms windows, 50 ms
-    # of allowed lateness, as in the README's example.
+    # of allowed lateness, as in the example of docs/event-time.md.
     head = sample_head(tmp_path, 400)
     files = run(tmp_path, head, "--streaming", *WINDOW_ARGS)
     dead = {json.loads(line)["line"] for line in files["dead_letter.jsonl"].splitlines()}
