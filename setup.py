@@ -40,10 +40,11 @@ setup(
         # redis-py's C reply parser: a third of the queue's per-quote cost in Python otherwise.
         "hiredis>=2",
         # Beam YAML (examples/quotes.yaml, beam_pipeline/yaml_transforms.py): apache_beam.yaml imports
-        # docstring_parser, and jsonschema checks the pipeline file. Only these two of apache-beam[yaml],
-        # whose full extra pins an older pandas.
+        # docstring_parser, jsonschema checks the pipeline file and jinja2 expands its
+        # --jinja_variables. Only these three of apache-beam[yaml], whose full extra pins an older pandas.
         "docstring-parser>=0.15,<1.0",
         "jsonschema>=4,<5",
+        "jinja2>=3",
     ],
     # avro: the Apache reference library, to prove our Avro files and encodings interoperate.
     extras_require={

@@ -188,18 +188,6 @@ def _parser_built_by(run: Callable[[], object], source: str, what: str) -> argpa
     raise LookupError(f"{what} returned without parsing its arguments")
 
 
-def module_name(name: str) -> str:
-    """``name``, or where it is until the development tools move (issue 20).
-
-    The pages name the tools by their new modules, ``beam_pipeline.devtools.X``; until that
-    package exists they are ``beam_pipeline.X``. Remove this fallback once the move has landed.
-    """
-    prefix = "beam_pipeline.devtools."
-    if name.startswith(prefix) and importlib.util.find_spec("beam_pipeline.devtools") is None:
-        return "beam_pipeline." + name[len(prefix):]
-    return name
-
-
 @functools.cache
 def pipeline_parser() -> argparse.ArgumentParser:
     """Every flag ``python -m beam_pipeline`` accepts: the CLI checks the arguments against Beam's
@@ -321,7 +309,7 @@ def _problems(words: list[str]) -> list[str]:
     if args[0] == "-m":
         if len(args) < 2:
             return ["-m without a module"]
-        name = module_name(args[1])
+        name = args[1]
         try:
             found = importlib.util.find_spec(name) is not None
         except (ImportError, ValueError):  # a missing parent package, or not a module name at all
@@ -345,11 +333,6 @@ def problems_in(text: str, name: str) -> list[str]:
 # --- links --------------------------------------------------------------------------------------
 
 LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\]]*\])*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
-
-# docs/architecture.md is written by the layout change of issue 20, alongside these pages; until it
-# lands, a link to it may lead nowhere. Remove this once docs/architecture.md exists.
-PENDING = {ROOT / "docs" / "architecture.md"}
-
 
 def slug(heading: str) -> str:
     """GitHub's anchor for a heading: its text, lower case, without punctuation, spaces as '-'."""
@@ -395,8 +378,7 @@ def link_problems(text: str, path: Path) -> list[str]:
         if not linked.is_relative_to(ROOT):
             problems.append(f"{where}: {target} leads out of the repository")
         elif not linked.exists():
-            if linked not in PENDING:
-                problems.append(f"{where}: {target}: no such file")
+            problems.append(f"{where}: {target}: no such file")
         elif anchor and linked.suffix == ".md" and anchor not in anchors(linked):
             problems.append(f"{where}: {target}: no heading #{anchor} in {linked.relative_to(ROOT)}")
     return problems
@@ -463,10 +445,6 @@ def test_the_command_line_page_lists_every_flag_and_only_real_ones():
     assert sorted({f for f in re.findall(r"(?<![\w-])--[a-z][\w-]*", flags_part) if f not in known}) == []
 
 
-# Until the layout of issue 20 lands the pages already name its modules, so their paths cannot
-# exist yet; once it has (beam_pipeline/devtools/ exists), every path they name must.
-@pytest.mark.skipif(not (ROOT / "beam_pipeline" / "devtools").is_dir(),
-                    reason="the pages name the modules of issue 20's layout, not there yet")
 @pytest.mark.parametrize("path", DOCUMENTS, ids=_name)
 def test_every_path_the_pages_name_exists(path):
     """In code spans (``transforms/quotes/rules.py``, ``tests/x.py::test``, ``schemas/*.avsc``), and
