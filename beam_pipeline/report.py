@@ -43,11 +43,11 @@ from beam_pipeline.plugins import PluginFormats
 from schemas import SchemaError, field_rules, latest_version, load_schema
 from transforms.quotes.midprice import split_by_latency
 from transforms.quotes.normalize import normalize_batch, price_rule
+from transforms.quotes.tenants import partition_dir
 from transforms.sinks.files import balance
 from transforms.sources.avro_input import InputOpener
 from transforms.sources.csv_blocks import HeaderError
 from transforms.sources.replay import HistoricalReplay
-from transforms.tenants import partition_dir
 from transforms.windows.logic import parse_duration
 
 LOG = logging.getLogger(__name__)

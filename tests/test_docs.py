@@ -192,8 +192,9 @@ def _parser_built_by(run: Callable[[], object], source: str, what: str) -> argpa
 def pipeline_parser() -> argparse.ArgumentParser:
     """Every flag ``python -m beam_pipeline`` accepts: the CLI checks the arguments against Beam's
     ``PipelineOptions`` subclasses (Beam's standard ones and the project's), as this builds them."""
-    import beam_pipeline.cli  # noqa: F401  (imports every module that defines options)
     from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+
+    import beam_pipeline.cli  # noqa: F401  (imports every module that defines options)
 
     parser = _BeamArgumentParser(prog="python -m beam_pipeline", allow_abbrev=False)  # with -h/--help
     for cls in PipelineOptions.__subclasses__():

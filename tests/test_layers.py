@@ -9,6 +9,7 @@ file, the line and the import.
 from __future__ import annotations
 
 import ast
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,3 +172,54 @@ def test_the_walk_finds_cycles_through_lazy_imports(tree):
         "transforms/d.py": "from transforms import a\n",
     })  # fmt: skip
     assert cycles(imports(root)) == [["transforms.a", "transforms.b", "transforms.c"]]
+
+
+def stage_of(module: str) -> str:
+    """``transforms.sources.replay`` -> ``transforms.sources``; any other module is its own node."""
+    parts = module.split(".")
+    return ".".join(parts[:2]) if parts[0] == "transforms" and len(parts) > 2 else module
+
+
+def test_stage_packages_do_not_import_each_other_in_a_cycle():
+    collapsed = [Import(stage_of(i.module), stage_of(i.target), i.line) for i in imports(REPO)]
+    assert cycles([i for i in collapsed if i.module != i.target]) == []
+
+
+def _stage_packages() -> list[str]:
+    return sorted(p.name for p in (REPO / "transforms").iterdir() if (p / "__init__.py").is_file())
+
+
+def test_every_stage_package_keeps_its_composites_in_stage_py_and_only_there():
+    import apache_beam as beam
+
+    misplaced, empty = [], []
+    for package in _stage_packages():
+        for path in sorted((REPO / "transforms" / package).glob("*.py")):
+            name = f"transforms.{package}.{path.stem}"
+            module = importlib.import_module(name)
+            composites = [obj for obj in vars(module).values() if isinstance(obj, type)
+                          and issubclass(obj, beam.PTransform) and obj.__module__ == name]
+            if path.stem != "stage" and composites:
+                misplaced += [f"{name}.{c.__name__}" for c in composites]
+            if path.stem == "stage" and not composites:
+                empty.append(name)
+    assert misplaced == [] and empty == []
+    assert {"sources", "quotes", "windows", "trades", "products", "sinks", "queue"} <= set(_stage_packages())
+
+
+def test_the_pipeline_takes_each_composite_from_a_stage_module_in_one_hop():
+    import apache_beam as beam
+
+    tree = ast.parse((REPO / "beam_pipeline" / "pipeline.py").read_text(encoding="utf-8"))
+    taken = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("transforms."):
+            module = importlib.import_module(node.module)
+            for alias in node.names:
+                obj = getattr(module, alias.name)
+                if isinstance(obj, type) and issubclass(obj, beam.PTransform):
+                    taken[alias.name] = node.module
+    assert taken, "pipeline.py imports no composite at all"
+    assert {name: module for name, module in taken.items() if not module.endswith(".stage")} == {}
+    assert all(importlib.import_module(module).__dict__[name].__module__ == module
+               for name, module in taken.items()), "a composite re-exported, not defined, by a stage module"

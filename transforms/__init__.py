@@ -4,5 +4,5 @@ Each stage subpackage (:mod:`~transforms.sources`, :mod:`~transforms.quotes`, :m
 :mod:`~transforms.trades`, :mod:`~transforms.products`, :mod:`~transforms.sinks`, :mod:`~transforms.queue`)
 keeps its composite PTransforms in ``stage.py`` and its logic in pure modules beside it. Shared:
 :mod:`~transforms.blocks` (the elements and coders), :mod:`~transforms.telemetry`, :mod:`~transforms.tracing`,
-:mod:`~transforms.progress`, :mod:`~transforms.tenants`, :mod:`~transforms.resilience`.
+:mod:`~transforms.progress`, :mod:`~transforms.resilience`.
 """

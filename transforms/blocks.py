@@ -49,7 +49,7 @@ class TextChunk:
         tally: (name, count) pairs summed into ``metrics.json`` (e.g. dead letters per reason).
         keyed: see ``data``.
         partition: the sub-directory of the output directory the lines go to (``tenant=<t>`` with
-            ``--partition_by_tenant``, see :mod:`transforms.tenants`); ``""``: the output directory.
+            ``--partition_by_tenant``, see :mod:`transforms.quotes.tenants`); ``""``: the output directory.
     """
 
     seq: int

@@ -18,9 +18,10 @@ import pyarrow as pa
 import pytest
 
 from beam_pipeline.control import MAX_BODY, ControlServer, follow_commands, stop_on_signals
+from transforms.quotes.rules import HISTORICAL, LIVE
 from transforms.sources.feeds import FeedBlock
 from transforms.sources.modes import RunControl, forget_run, run_control
-from transforms.sources.replay import BLOCK_SCHEMA, HISTORICAL, LIVE
+from transforms.sources.replay import BLOCK_SCHEMA
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

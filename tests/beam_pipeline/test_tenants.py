@@ -13,7 +13,7 @@ import pytest
 from beam_pipeline import cli
 from beam_pipeline.devtools.reference import run_reference
 from tests.beam_pipeline.test_avro_output import read_with_apache_avro
-from transforms.tenants import UNATTRIBUTED
+from transforms.quotes.tenants import UNATTRIBUTED
 from transforms.windows.logic import parse_window
 
 T0 = datetime(2024, 1, 1)

@@ -49,7 +49,7 @@ import pyarrow as pa
 
 from schemas import latest_version, load_schema
 from schemas.single_object import DecodeError, SingleObjectDecoder, SingleObjectEncoder
-from transforms.quotes.rules import whole_latency_ms
+from transforms.quotes.rules import MODES, whole_latency_ms
 from transforms.sinks.staging import (
     Built,
     apply_part,
@@ -63,7 +63,7 @@ from transforms.sinks.staging import (
 from transforms.sources.avro_input import QUOTE_COLUMNS, quote_row
 from transforms.sources.feeds import FeedBlock, Stopping, never
 from transforms.sources.live import Message, frames_to_batch, newest_arrival
-from transforms.sources.replay import BLOCK_SCHEMA, MODES
+from transforms.sources.replay import BLOCK_SCHEMA
 
 LOG = logging.getLogger(__name__)
 

@@ -17,8 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from transforms.quotes import columns
-from transforms.quotes.rules import LATENCY_SCALE
-from transforms.sources.replay import HISTORICAL
+from transforms.quotes.rules import HISTORICAL, LATENCY_SCALE
 
 ERRORS = "errors"
 

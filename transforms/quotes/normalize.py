@@ -25,7 +25,7 @@ from schemas import FieldRule, SchemaError
 from transforms.blocks import TextChunk
 from transforms.quotes import columns
 from transforms.quotes.rules import PriceRule, dead_letter_json, reject_code
-from transforms.tenants import dead_letter_tenants, split_by_tenant
+from transforms.quotes.tenants import dead_letter_tenants, split_by_tenant
 
 VALID_SCHEMA = pa.schema(
     [
@@ -140,7 +140,7 @@ def dead_letter_chunks(
     seq: int, dead: pa.RecordBatch, sources: tuple[str, ...], partitioned: bool = False
 ) -> Iterator[TextChunk]:
     """:func:`dead_letter_chunk` s of a block's dead letters: one, or one per tenant (see
-    :func:`transforms.tenants.dead_letter_tenants`) when ``partitioned``."""
+    :func:`transforms.quotes.tenants.dead_letter_tenants`) when ``partitioned``."""
     for partition, rows in split_by_tenant(dead, partitioned):
         yield dead_letter_chunk(seq, rows, sources, partition)
 

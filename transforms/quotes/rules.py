@@ -19,6 +19,11 @@ from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from typing import NamedTuple
 
+#: A record's ``mode``: replayed history (the latency threshold applies) or live.
+HISTORICAL = "historical"
+LIVE = "live"
+MODES = (HISTORICAL, LIVE)
+
 #: Every code a rejected record can carry, with what it means.
 REJECT_CODES = {
     "bad_encoding": "the line is not valid UTF-8",

@@ -22,7 +22,7 @@ from transforms.blocks import QuoteBlock, TextChunk
 from transforms.quotes.midprice import ERRORS, latency_error_text, mid_price_text, split_by_latency
 from transforms.quotes.normalize import DEAD_LETTERS, dead_letter_chunks, normalize_batch, price_rule
 from transforms.quotes.rules import PriceRule
-from transforms.tenants import split_by_tenant
+from transforms.quotes.tenants import split_by_tenant
 from transforms.tracing import TracedDoFn
 
 

@@ -19,7 +19,7 @@ import pyarrow as pa
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.tenants import partition_dir
+from transforms.quotes.tenants import partition_dir
 
 _KEY_WIDTH = 20  # width of the sort key in keyed chunks (see TextChunk)
 

@@ -13,7 +13,7 @@ half-written output under the real name. Every declared output is created, empty
 
 Files go through Beam's ``FileSystems``, so ``--output_dir`` may be any filesystem Beam knows.
 
-A chunk may name a *partition* (``tenant=<t>``, see :mod:`transforms.tenants`): its lines go to
+A chunk may name a *partition* (``tenant=<t>``, see :mod:`transforms.quotes.tenants`): its lines go to
 ``<output_dir>/<partition>/<name>``. A partitioned sink writes every declared file in every
 partition it has seen, empty if need be, and none at the top of the output directory.
 """
@@ -40,6 +40,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms import telemetry
 from transforms.blocks import TextChunk
+from transforms.quotes.tenants import partition_dir, split_by_tenant
 from transforms.sinks.deliver import (
     DEAD_LETTER,
     DEAD_LETTERS,
@@ -54,7 +55,6 @@ from transforms.sinks.deliver import (
 )
 from transforms.sinks.files import PartFile, _add_counts, _staged_name, balance, publish, staging_dir, strip_sort_keys
 from transforms.sinks.staging import staging_for
-from transforms.tenants import partition_dir, split_by_tenant
 from transforms.tracing import TracedDoFn
 
 LOG = logging.getLogger(__name__)

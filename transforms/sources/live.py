@@ -29,10 +29,11 @@ import numpy as np
 import pyarrow as pa
 
 from transforms.quotes import columns
+from transforms.quotes.rules import LIVE
 from transforms.resilience import backoff_delay
 from transforms.sources.csv_blocks import ALIASES, FIELDS
 from transforms.sources.feeds import FeedBlock, Stopping, never
-from transforms.sources.replay import BLOCK_SCHEMA, LIVE, mode_column
+from transforms.sources.replay import BLOCK_SCHEMA, mode_column
 
 LOG = logging.getLogger(__name__)
 

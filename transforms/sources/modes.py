@@ -27,9 +27,9 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 
+from transforms.quotes.rules import HISTORICAL, LIVE, MODES
 from transforms.sources.feeds import FeedBlock, HistoricalFeed, Stopping, never
 from transforms.sources.live import LiveFeed
-from transforms.sources.replay import HISTORICAL, LIVE, MODES
 
 LOG = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from transforms.quotes import columns
-from transforms.quotes.rules import DEFAULT_TENANT
+from transforms.quotes.rules import DEFAULT_TENANT, HISTORICAL
 from transforms.sources.arrival import (
     ALL_READ,
     NOTHING_READ,
@@ -43,11 +43,6 @@ BLOCK_SCHEMA = pa.schema(
         pa.field("mode", pa.string()),
     ]
 )
-
-#: The ``mode`` column: where a record comes from. The latency filter applies to historical ones only.
-HISTORICAL = "historical"
-LIVE = "live"
-MODES = (HISTORICAL, LIVE)
 
 DEFAULT_BLOCK_BYTES = 1 << 20
 

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Iterator, Mapping, Sequence
 
 from transforms.quotes.rules import (
+    LIVE,
     PriceRule,
     Rejected,
     parse_content,
@@ -51,7 +52,6 @@ from transforms.quotes.rules import (
 from transforms.sources.csv_blocks import ALIASES, FIELDS
 from transforms.sources.feeds import FeedBlock, Stopping, never
 from transforms.sources.live import Message, frames_to_batch, newest_arrival, parse_frame
-from transforms.sources.replay import LIVE
 
 LOG = logging.getLogger(__name__)
 

@@ -40,8 +40,8 @@ from apache_beam.utils.windowed_value import PaneInfoTiming, WindowedValue
 
 from transforms import telemetry
 from transforms.blocks import QuoteBlock, TextChunk
+from transforms.quotes.tenants import group_by_partition
 from transforms.sinks.stage import when_input_ends
-from transforms.tenants import group_by_partition
 from transforms.tracing import TracedDoFn
 from transforms.windows.format import late_json, pane_json, pane_sort_key
 from transforms.windows.logic import (

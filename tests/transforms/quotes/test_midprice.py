@@ -12,8 +12,9 @@ from schemas import field_rules, load_schema
 from tests.conftest import WORKED_EXAMPLE
 from transforms.quotes.midprice import latency_error_text, mid_price_text, split_by_latency
 from transforms.quotes.normalize import normalize_batch, price_rule
+from transforms.quotes.rules import HISTORICAL, LIVE
 from transforms.quotes.stage import ComputeMidPrices
-from transforms.sources.replay import HISTORICAL, LIVE, HistoricalReplay, mode_column
+from transforms.sources.replay import HistoricalReplay, mode_column
 
 PRICES = price_rule(field_rules(load_schema("quote")))
 

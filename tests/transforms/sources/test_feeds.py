@@ -10,8 +10,9 @@ import pyarrow as pa
 import pytest
 
 from beam_pipeline.pipeline import bundled_sample
+from transforms.quotes.rules import HISTORICAL
 from transforms.sources.feeds import FeedBlock, HistoricalFeed, Pacer, slices
-from transforms.sources.replay import BLOCK_SCHEMA, HISTORICAL, HistoricalReplay
+from transforms.sources.replay import BLOCK_SCHEMA, HistoricalReplay
 
 SAMPLE = bundled_sample("historical_sample.csv")
 BLOCK_BYTES = 4096  # about 70 blocks of the sample: many block boundaries

@@ -20,7 +20,7 @@ from websockets.asyncio.server import serve
 import transforms.sources.live as live
 from beam_pipeline.devtools.feed import FeedConfig, FeedServer, load_messages
 from beam_pipeline.pipeline import bundled_sample
-from transforms.quotes.rules import reject_code
+from transforms.quotes.rules import LIVE, reject_code
 from transforms.sources.feeds import FeedBlock
 from transforms.sources.live import (
     LiveFeed,
@@ -31,7 +31,7 @@ from transforms.sources.live import (
     read_message,
     with_from,
 )
-from transforms.sources.replay import BLOCK_SCHEMA, LIVE
+from transforms.sources.replay import BLOCK_SCHEMA
 
 HOST = "127.0.0.1"
 UTC = timezone.utc

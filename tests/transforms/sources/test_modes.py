@@ -14,6 +14,7 @@ import pytest
 
 from beam_pipeline.devtools.feed import FeedConfig, FeedServer, load_messages
 from beam_pipeline.pipeline import bundled_sample
+from transforms.quotes.rules import HISTORICAL, LIVE
 from transforms.sources import modes
 from transforms.sources.feeds import FeedBlock, HistoricalFeed
 from transforms.sources.live import LiveFeed
@@ -28,7 +29,7 @@ from transforms.sources.modes import (
     run_control,
     stop_all,
 )
-from transforms.sources.replay import BLOCK_SCHEMA, HISTORICAL, LIVE, HistoricalReplay
+from transforms.sources.replay import BLOCK_SCHEMA, HistoricalReplay
 
 HISTORY = bundled_sample("historical_sample.csv")
 LIVE_CSV = bundled_sample("live_sample.csv")

@@ -20,10 +20,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from schemas import field_rules, load_schema
 from transforms.quotes.normalize import normalize_batch, price_rule
-from transforms.quotes.rules import PriceRule, Rejected
+from transforms.quotes.rules import LIVE, PriceRule, Rejected
 from transforms.sources.feeds import FeedBlock
 from transforms.sources.live import frames_to_batch, parse_frame, read_message
-from transforms.sources.replay import BLOCK_SCHEMA, LIVE
+from transforms.sources.replay import BLOCK_SCHEMA
 from transforms.sources.webhook import (
     InboxClosed,
     InboxFull,

@@ -22,7 +22,7 @@ import pytest
 
 from transforms.quotes import columns
 from transforms.quotes.normalize import VALID_SCHEMA
-from transforms.sources.replay import HISTORICAL, LIVE
+from transforms.quotes.rules import HISTORICAL, LIVE
 from transforms.trades import asof, market
 
 T0 = 1_717_398_000_000_000  # 2024-06-03 07:00:00 UTC

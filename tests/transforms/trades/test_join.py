@@ -339,7 +339,7 @@ def test_streaming_quotes_of_a_symbol_without_trades_are_collected():
 def test_quote_points_keep_the_block_timestamp_and_split_by_symbol():
     from transforms.blocks import QuoteBlock
     from transforms.quotes.normalize import VALID_SCHEMA
-    from transforms.sources.replay import HISTORICAL
+    from transforms.quotes.rules import HISTORICAL
 
     rows = [dict(file=0, line=n, timestamp=f"v{n}", event_us=T0 + n, arrival_us=T0 + n, latency_us=latency * 1000,
                  symbol=symbol, bid=1, ask=2, bid_size=None, ask_size=None, mode=HISTORICAL, tenant="default")

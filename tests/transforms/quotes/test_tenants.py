@@ -14,11 +14,11 @@ from transforms.blocks import TextChunk
 from transforms.quotes import columns
 from transforms.quotes import rules as quotes
 from transforms.quotes.normalize import normalize_batch
-from transforms.quotes.rules import DEFAULT_TENANT, PriceRule, Rejected
+from transforms.quotes.rules import DEFAULT_TENANT, HISTORICAL, PriceRule, Rejected
+from transforms.quotes.tenants import UNATTRIBUTED, dead_letter_tenants, group_by_partition, split_by_tenant
 from transforms.sinks.files import PartFile, publish
 from transforms.sinks.stage import AppendText, SummarizeAppends
-from transforms.sources.replay import BLOCK_SCHEMA, HISTORICAL
-from transforms.tenants import UNATTRIBUTED, dead_letter_tenants, group_by_partition, split_by_tenant
+from transforms.sources.replay import BLOCK_SCHEMA
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
