@@ -42,9 +42,8 @@ from beam_pipeline.pipeline import (
 from beam_pipeline.plugins import PluginError, check_plugins, input_hint, list_plugins
 from beam_pipeline.report import ReportError, check_matplotlib, write_report
 from runners import RunnerError, is_direct, make_runner
-from schemas import SchemaError, field_rules, load_schema
+from schemas import SchemaError, load_schema
 from transforms import telemetry, tracing
-from transforms.quotes.normalize import price_rule
 from transforms.sinks.files import balance
 from transforms.sources.avro_input import AVRO_SUFFIX
 from transforms.sources.modes import ModeError, PositionStore, forget_run, replay_layout, run_control
@@ -297,7 +296,7 @@ def open_webhook(config: QuoteOptions) -> WebhookServer:
     """Bind ``--port`` on 127.0.0.1 now, so a port in use is a usage error before anything runs, and
     set ``--port`` to the port bound (``--port 0``: a free one). :func:`steering` serves it."""
     policy = WebhookPolicy(
-        price_rule(field_rules(load_schema("quote", 1))),  # the rules build_pipeline normalizes with
+        options_module.quote_prices(),  # the rules build_pipeline normalizes with
         default_symbol=config.symbol.strip(),
         token=config.webhook_token,
         max_body=config.webhook_max_body,

@@ -10,8 +10,10 @@ from dataclasses import dataclass
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from schemas import FieldRule, field_rules, load_schema
 from transforms.queue.streams import QueueAddress, QueueError, is_queue_url
-from transforms.quotes.rules import MAX_LATENCY_MS, TENANT_PATTERN
+from transforms.quotes.normalize import price_rule
+from transforms.quotes.rules import MAX_LATENCY_MS, TENANT_PATTERN, PriceRule
 from transforms.sources.replay import DEFAULT_BLOCK_BYTES
 from transforms.trades.scoring import PackagedModel
 from transforms.windows.logic import (
@@ -275,6 +277,20 @@ NO_MODEL = "none"
 #: The bundled scoring model, written by ``python -m beam_pipeline.devtools.train_model``: package data, so
 #: that each worker reads its own installed copy.
 BUNDLED_MODEL = PackagedModel("beam_pipeline", "data/models/market_anomaly.json")
+
+#: The quote schema version whose rules every job validates quotes with (the reader schema of Avro
+#: input is a separate flag, ``--reader_schema_version``).
+NORMALIZE_SCHEMA_VERSION = 1
+
+
+def quote_rules() -> dict[str, FieldRule]:
+    """The field rules quotes are validated with: the CLI, Beam YAML, the webhook and the report alike."""
+    return field_rules(load_schema("quote", NORMALIZE_SCHEMA_VERSION))
+
+
+def quote_prices() -> PriceRule:
+    """The price rule (scale, range) of :func:`quote_rules`: how prices are parsed and printed."""
+    return price_rule(quote_rules())
 
 
 @dataclass(frozen=True)

@@ -32,13 +32,14 @@ from beam_pipeline.options import (
     consumer_dir,
     consumer_name,
     dedup_horizon,
+    quote_rules,
     source_kind,
     watermark_lag,
     window_config,
 )
 from beam_pipeline.plugins import PluginFormats
 from runners import make_runner
-from schemas import SchemaError, field_rules, latest_version, load_schema
+from schemas import SchemaError, latest_version, load_schema
 from transforms.queue.stage import WriteToQueue
 from transforms.queue.streams import QueueAddress, QueueFeed
 from transforms.quotes.normalize import price_rule
@@ -178,7 +179,7 @@ def build_pipeline(
     sources = list(sources or [])
     if trade_sources is None and config.trades:
         trade_sources = expand_inputs(config.trades, "--trades")
-    rules = field_rules(load_schema("quote", 1))
+    rules = quote_rules()
     prices = price_rule(rules)
     scale = prices.scale
     horizon_us = dedup_horizon(config) if not streaming else 0  # a batch replay's (options refuse it otherwise)

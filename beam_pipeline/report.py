@@ -39,10 +39,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.io.filesystems import FileSystems
 
+from beam_pipeline.options import quote_prices
 from beam_pipeline.plugins import PluginFormats
-from schemas import SchemaError, field_rules, latest_version, load_schema
+from schemas import SchemaError, latest_version
 from transforms.quotes.midprice import split_by_latency
-from transforms.quotes.normalize import normalize_batch, price_rule
+from transforms.quotes.normalize import normalize_batch
 from transforms.quotes.tenants import partition_dir
 from transforms.sinks.files import balance
 from transforms.sources.avro_input import InputOpener
@@ -203,7 +204,7 @@ def read_metrics(output_dir: str) -> dict:
 def _replay_series(data: ReportData, inputs: list[str], default_symbol: str, reader_version: int | None) -> None:
     """Replay the inputs as the run did and keep every valid quote, grouped by symbol."""
     metrics = data.metrics
-    prices = price_rule(field_rules(load_schema("quote", 1)))  # what build_pipeline normalizes with
+    prices = quote_prices()  # what build_pipeline normalizes with
     threshold = metrics.get("latency_threshold_ms")
     horizon = metrics.get("dedup_horizon")
     replay = HistoricalReplay(

@@ -73,7 +73,7 @@ from beam_pipeline.pipeline import (
     merge_counts,
     write_files,
 )
-from schemas import field_rules, load_schema
+from schemas import load_schema
 from transforms.quotes import normalize
 from transforms.quotes import stage as quote_stage
 from transforms.sinks.stage import WriteRunMetrics
@@ -94,10 +94,6 @@ __all__ = [
     "providers",
 ]
 
-#: The quote schema version the CLI normalizes with (``build_pipeline``).
-QUOTE_SCHEMA_VERSION = 1
-
-
 def _checked_options(**flags) -> QuoteOptions:
     """The CLI's options for these flags (None: the default), after the CLI's own value checks;
     raises ValueError with every problem on one line."""
@@ -109,12 +105,8 @@ def _checked_options(**flags) -> QuoteOptions:
     return config
 
 
-def _quote_rules():
-    return field_rules(load_schema("quote", QUOTE_SCHEMA_VERSION))
-
-
 def _price_scale() -> int:
-    return normalize.price_rule(_quote_rules()).scale
+    return quote_options.quote_prices().scale
 
 
 def _upstream(pcoll: beam.PCollection, kind: type):
@@ -189,7 +181,7 @@ class NormalizeQuotes(beam.PTransform):
 
     def __init__(self):
         super().__init__()
-        self._normalize = quote_stage.NormalizeQuotes(_quote_rules())
+        self._normalize = quote_stage.NormalizeQuotes(quote_options.quote_rules())
 
     def expand(self, blocks):
         normalized = blocks | "NormalizeQuotes" >> self._normalize

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from beam_pipeline import logs
 from beam_pipeline.pipeline import bundled_sample
 
@@ -69,3 +71,14 @@ def test_the_format_is_read_from_the_command_line_before_parsing():
     assert logs.format_from_argv(["--log_format", "json"]) == "json"
     assert logs.format_from_argv(["--x", "--log_format=json"]) == "json"
     assert logs.format_from_argv(["--output_dir", "o"]) == "text"
+
+
+@pytest.mark.parametrize("logger, stage", [
+    ("transforms.trades.read", "trades"),  # a stage module: its stage subpackage
+    ("transforms.sinks.deliver", "sinks"),
+    ("transforms.progress", "progress"),  # a shared module: itself
+    ("beam_pipeline.cli", "cli"),
+    ("root", "root"),
+])
+def test_a_records_stage_is_the_stage_subpackage_its_logger_is_in(logger, stage):
+    assert logs.stage_of(logger) == stage
