@@ -2,7 +2,7 @@
 ``DeliverToApi`` (:mod:`transforms.sinks.deliver`) and ``WriteAvroBlocks``
 (:mod:`transforms.sinks.avro_output`). The file logic is in :mod:`transforms.sinks.files`.
 
-sinks: ordered text files written atomically, and the run's balanced metrics.
+Ordered text files written atomically, and the run's balanced metrics:
 
 ``WriteOrderedText`` takes one PCollection of :class:`~transforms.blocks.TextChunk` per output
 file. Each chunk is written to a part file inside the main stage (so the lines themselves never

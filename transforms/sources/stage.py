@@ -2,7 +2,7 @@
 webhook and queue feeds, one interface), ``ReadLiveQuotes``, ``ReadAvro`` and ``DecodeAvroMessages``.
 The logic they wire is in the pure modules of :mod:`transforms.sources`.
 
-fetch: historical quote CSVs replayed in arrival order, as a Beam source.
+Historical quote CSVs replayed in arrival order, as a Beam source:
 
 ``ReplayHistorical(paths)`` emits :class:`~transforms.blocks.QuoteBlock` s of raw quote rows
 (:data:`transforms.sources.replay.BLOCK_SCHEMA`) in arrival order (timestamp + latency, ties in file
@@ -18,8 +18,10 @@ stays bounded by the rows within the largest latency of the newest timestamp (se
 watermark follows arrival time (:mod:`transforms.sources.stream_replay`), played by Beam's ``TestStream``
 on a streaming runner; it has the same two outputs.
 
-``FetchPaginated(endpoints)`` fetches every page of paginated JSON product APIs, rate-limited,
-retried and behind a circuit breaker per endpoint (:mod:`transforms.products.paginate`).
+``ReadFeed(feed)`` reads any :class:`~transforms.sources.feeds.QuoteFeed` (the live websocket, a
+replay that switches to live, a webhook inbox, a queue consumer) as an unbounded splittable DoFn
+with a watermark; ``ReadAvro`` and ``DecodeAvroMessages`` read Avro files and single-object
+messages with a reader schema (:mod:`transforms.sources.avro_input`).
 """
 
 from __future__ import annotations

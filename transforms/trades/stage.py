@@ -11,9 +11,7 @@
 (:mod:`~transforms.trades.read`, :mod:`~transforms.trades.asof`, :mod:`~transforms.trades.features`,
 :mod:`~transforms.trades.scoring`).
 
-The join:
-
-join: each trade with the latest valid quote of its symbol at or before it (issue 9).
+The join: each trade with the latest valid quote of its symbol at or before it (issue 9).
 
 ``JoinTradesWithMid`` takes ``{"quotes": (symbol, QUOTE_POINT batch), "trades": (symbol, TRADE
 batch)}`` and returns ``{"enriched": (symbol, ENRICHED batch), "unmatched": (symbol, UNMATCHED

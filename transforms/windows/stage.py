@@ -1,7 +1,8 @@
 """The window stage's composites (the logic is :mod:`transforms.windows.logic`, the lines
 :mod:`transforms.windows.format`).
 
-window: event-time windows of quotes per symbol, with late data as a stream of its own.
+Event-time windows of quotes per symbol, with late data as a stream of its own. The stage is
+:class:`WindowQuotes` (valid blocks -> ``windows.jsonl``/``late.jsonl`` chunks); inside it:
 
 ::
 
