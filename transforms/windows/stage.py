@@ -503,7 +503,8 @@ class WindowQuotes(beam.PTransform):
     def expand(self, valid):
         sources = self._sources(valid) if callable(self._sources) else self._sources
         windowed = valid | "WindowQuoteBlocks" >> WindowQuoteBlocks(self.config, self._lag_us)
-        panes = windowed["panes"] | "PanesToText" >> PanesToText(self._scale, self.config.accumulation, self._per_tenant)
+        to_text = PanesToText(self._scale, self.config.accumulation, self._per_tenant)
+        panes = windowed["panes"] | "PanesToText" >> to_text
         late = windowed["late"] | "LateToText" >> LateToText(sources, self.config, self._scale, self._per_tenant)
         counts = (windowed["counts"], panes["counts"]) | "WindowCounts" >> beam.Flatten()
         return {"windows": panes["chunks"], "late": late, "counts": counts}
