@@ -70,16 +70,23 @@ class _StrictParser(_BeamArgumentParser):
         raise UsageError(message)
 
 
+def option_parser(add_help: bool = False) -> _StrictParser:
+    """Every flag ``python -m beam_pipeline`` accepts: those of every ``PipelineOptions`` subclass
+    imported, Beam's standard ones and the project's (``-h``/``--help`` only with ``add_help``:
+    :func:`main` answers those before parsing)."""
+    parser = _StrictParser(prog=PROG, allow_abbrev=False, add_help=add_help)
+    for cls in PipelineOptions.__subclasses__():
+        cls._add_argparse_args(parser)  # pylint: disable=protected-access
+    return parser
+
+
 def parse_options(argv: Sequence[str]) -> PipelineOptions:
     """Beam options from ``argv``; unknown flags and bad values raise :class:`UsageError`.
 
     Beam itself only warns about unknown flags and drops them, so a typo such as
     ``--latency_treshold_ms 5`` would silently run with the default.
     """
-    parser = _StrictParser(prog=PROG, allow_abbrev=False, add_help=False)
-    for cls in PipelineOptions.__subclasses__():
-        cls._add_argparse_args(parser)  # pylint: disable=protected-access
-    _, unknown = parser.parse_known_args(list(argv))
+    _, unknown = option_parser().parse_known_args(list(argv))
     if unknown:
         raise UsageError(f"unrecognized arguments: {' '.join(unknown)} (see --help)")
     return PipelineOptions(list(argv))

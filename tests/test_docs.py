@@ -190,16 +190,10 @@ def _parser_built_by(run: Callable[[], object], source: str, what: str) -> argpa
 
 @functools.cache
 def pipeline_parser() -> argparse.ArgumentParser:
-    """Every flag ``python -m beam_pipeline`` accepts: the CLI checks the arguments against Beam's
-    ``PipelineOptions`` subclasses (Beam's standard ones and the project's), as this builds them."""
-    from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+    """Every flag ``python -m beam_pipeline`` accepts: the parser the CLI checks its arguments with."""
+    from beam_pipeline import cli
 
-    import beam_pipeline.cli  # noqa: F401  (imports every module that defines options)
-
-    parser = _BeamArgumentParser(prog="python -m beam_pipeline", allow_abbrev=False)  # with -h/--help
-    for cls in PipelineOptions.__subclasses__():
-        cls._add_argparse_args(parser)  # pylint: disable=protected-access
-    return parser
+    return cli.option_parser(add_help=True)
 
 
 @functools.cache
