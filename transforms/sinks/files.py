@@ -1,7 +1,7 @@
-"""Output files, pure: part files merged in ``seq`` order and published under their final name.
+"""Output files: part files merged in ``seq`` order and published under their final name.
 
-No Beam here; :mod:`transforms.sinks.stage` wires these into ``WriteOrderedText`` and
-``AppendText``. A part file holds one chunk's lines (sort-keyed when its lines must be merged);
+No pipeline wiring here (files go through Beam's ``FileSystems``, so any filesystem Beam knows);
+:mod:`transforms.sinks.stage` wires these into ``WriteOrderedText`` and ``AppendText``. A part file holds one chunk's lines (sort-keyed when its lines must be merged);
 :func:`publish` concatenates (or merges) a file's parts into a staging file and renames it over the
 final name, so a reader never sees a half-written output. :func:`balance` is the counts check of
 ``metrics.json``: records in = the sum of the terms that account for them.

@@ -2,7 +2,8 @@
 
 Beam's ``ReadFromAvro`` reads every file with its own writer schema; a pipeline whose records
 must have *one* shape, whatever version wrote them, needs the reader schema too. These read with
-fastavro, which applies Avro's resolution rules (defaults, aliases, unions, promotions):
+fastavro, which applies Avro's resolution rules (defaults, aliases, unions, promotions). This
+module holds the reading and decoding; :mod:`transforms.sources.stage` wires it into
 
 * ``ReadAvro(pattern, reader_schema)``: records of every matching container file, each file read
   by one worker (files are spread out with a reshuffle). A file whose writer schema the reader
@@ -12,8 +13,9 @@ fastavro, which applies Avro's resolution rules (defaults, aliases, unions, prom
   (:mod:`schemas.single_object`) -> ``records``, and ``dead_letters`` (``dead_letter`` schema
   dicts with the message in base64 and the reason) for messages that do not decode, e.g. from an
   unknown writer schema.
-* ``WriteAvroBlocks``: quote blocks as Avro container files (deflate), with the records
-  :func:`quote_records` or :func:`mid_price_records` make of them.
+
+Avro files of quotes become CSV bytes (:func:`open_avro_quotes`) so the replay reads them as it
+reads any other input (:class:`InputOpener`).
 """
 
 from __future__ import annotations

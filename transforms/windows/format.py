@@ -1,4 +1,4 @@
-"""Window panes and late quotes as JSON lines (``windows.jsonl``, ``late_quotes.jsonl``), pure.
+"""Window panes and late quotes as JSON lines (``windows.jsonl``, ``late.jsonl``), pure.
 
 Numbers are written from integers (unscaled prices, microseconds), never through floats, so the
 lines are the same on every runner and equal the reference's (:mod:`beam_pipeline.devtools.reference`).
@@ -9,7 +9,11 @@ from __future__ import annotations
 import json
 
 from transforms.quotes.rules import decimal_text, format_timestamp, half_text
-from transforms.windows.logic import Pane, StampedQuote, WindowConfig, _json_string, duration_text
+from transforms.windows.logic import Pane, StampedQuote, WindowConfig, duration_text
+
+#: What ``json.dumps`` does with a str (``ensure_ascii``), without its per-call set-up: a pane
+#: line has a dozen values and a run can have hundreds of thousands of panes.
+_json_string = json.encoder.encode_basestring_ascii
 
 
 def iso_utc(micros: int) -> str:

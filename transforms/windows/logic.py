@@ -20,7 +20,6 @@ All times are integer microseconds since the epoch, UTC. Prices are integers sca
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -503,13 +502,3 @@ class Pane(NamedTuple):
         """Quotes counted in this window and no other (all of them, but for sliding windows)."""
         homes = dict(self.stats.homes)
         return homes.get(ANY_WINDOW, 0) + homes.get(self.start_us, 0)
-
-
-# --------------------------------------------------------------------------- output formats
-
-
-#: What ``json.dumps`` does with a str (``ensure_ascii``), without its per-call set-up: a pane
-#: line has a dozen values and a run can have hundreds of thousands of panes.
-_json_string = json.encoder.encode_basestring_ascii
-
-
