@@ -1,7 +1,8 @@
-"""The command line: parse and check options, build the pipeline, run it, print a summary.
+"""The command line: parse the flags, resolve them (:func:`beam_pipeline.config.resolve`), reach
+what the run needs, build the pipeline, run it, print a summary.
 
 Exit codes: 0 success; 1 the run failed or its counts do not balance; 2 bad usage (unknown
-flag, invalid value, missing or malformed input), reported in one line on stderr.
+flag, invalid value, missing or malformed input), one line on stderr for each problem.
 """
 
 from __future__ import annotations
@@ -16,80 +17,37 @@ import time
 import traceback
 import uuid
 from contextlib import ExitStack, contextmanager
-from typing import Iterator, Mapping, Sequence
+from dataclasses import replace
+from typing import Iterator, Sequence
 from urllib.parse import urlsplit
 
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, _BeamArgumentParser
+from apache_beam.options.pipeline_options import StandardOptions
 
 import runners
 from beam_pipeline import logs
-from beam_pipeline import options as options_module
+from beam_pipeline.config import OptionsError, ProductsJob, QuotesJob, SourceConfig, resolve
 from beam_pipeline.control import HOST as CONTROL_HOST
 from beam_pipeline.control import ControlServer, start_stdin_commands, stop_on_signals
-from beam_pipeline.options import QUEUE, UNBOUNDED_SOURCES, ProductOptions, QuoteOptions, source_kind
+from beam_pipeline.options import PROG, QUEUE, ProductOptions, QuoteOptions, UsageError, parse_options, source_kind
 from beam_pipeline.pipeline import (
     OUTPUTS,
     WINDOW_OUTPUTS,
-    InputError,
     build_pipeline,
-    bundled_sample,
-    check_headers,
-    expand_inputs,
-    input_opener,
-    output_dir,
 )
-from beam_pipeline.plugins import PluginError, check_plugins, input_hint, list_plugins
-from beam_pipeline.report import ReportError, check_matplotlib, write_report
-from runners import RunnerError, is_direct, make_runner
-from schemas import SchemaError, load_schema
+from beam_pipeline.plugins import list_plugins
+from beam_pipeline.report import ReportError, write_report
+from runners import RunnerError, make_runner
 from transforms import telemetry, tracing
 from transforms.sinks.files import balance
-from transforms.sources.avro_input import AVRO_SUFFIX
-from transforms.sources.modes import ModeError, PositionStore, forget_run, replay_layout, run_control
+from transforms.sources.modes import forget_run, run_control
 from transforms.sources.webhook import PATH as WEBHOOK_PATH
 from transforms.sources.webhook import WebhookInbox, WebhookPolicy, WebhookServer, registered_inbox
 from transforms.telemetry import MetricsServer
-from transforms.trades.read import TradeInputError, check_trade_headers
-from transforms.trades.scoring import ModelError, load_model
 from transforms.trades.stage import OUTPUTS as ANALYTICS_OUTPUTS
 from transforms.trades.stage import SCORE_OUTPUTS
 
 LOG = logging.getLogger("beam_pipeline")
-PROG = "beam_pipeline"
-
-
-class UsageError(ValueError):
-    """A flag is unknown or has an invalid value."""
-
-
-class _StrictParser(_BeamArgumentParser):
-    """Beam's argument parser, raising instead of printing Beam's whole usage and exiting."""
-
-    def error(self, message: str):
-        raise UsageError(message)
-
-
-def option_parser(add_help: bool = False) -> _StrictParser:
-    """Every flag ``python -m beam_pipeline`` accepts: those of every ``PipelineOptions`` subclass
-    imported, Beam's standard ones and the project's (``-h``/``--help`` only with ``add_help``:
-    :func:`main` answers those before parsing)."""
-    parser = _StrictParser(prog=PROG, allow_abbrev=False, add_help=add_help)
-    for cls in PipelineOptions.__subclasses__():
-        cls._add_argparse_args(parser)  # pylint: disable=protected-access
-    return parser
-
-
-def parse_options(argv: Sequence[str]) -> PipelineOptions:
-    """Beam options from ``argv``; unknown flags and bad values raise :class:`UsageError`.
-
-    Beam itself only warns about unknown flags and drops them, so a typo such as
-    ``--latency_treshold_ms 5`` would silently run with the default.
-    """
-    _, unknown = option_parser().parse_known_args(list(argv))
-    if unknown:
-        raise UsageError(f"unrecognized arguments: {' '.join(unknown)} (see --help)")
-    return PipelineOptions(list(argv))
 
 
 def help_text() -> str:
@@ -126,7 +84,6 @@ _CHECK_LABELS = {
     "trades_balanced": "trade counts",
     "scores_balanced": "score counts",
 }
-
 
 
 def _summary(output_dir: str, metrics: dict) -> str:
@@ -207,24 +164,6 @@ def _summary(output_dir: str, metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def shared_files_problems(options: PipelineOptions, inputs: Mapping[str, str | None]) -> list[str]:
-    """On a runner whose workers are other machines (Dataflow), every path the workers open must be
-    on a shared filesystem such as gs://. ``inputs``: flag -> path; ``None`` is the bundled sample."""
-    if not runners.remote_workers(options):
-        return []
-    name = options.view_as(StandardOptions).runner
-    problems = [
-        f"{flag}: the workers of --runner {name} cannot read "
-        f"{'the bundled sample' if path is None else path} on this machine; copy it to gs:// and pass {flag} gs://..."
-        for flag, path in inputs.items() if FileSystems.get_scheme(path or bundled_sample()) is None
-    ]
-    config = options.view_as(QuoteOptions)
-    for flag, path in (("--output_dir", config.output_dir), ("--avro_output", config.avro_output)):
-        if path and FileSystems.get_scheme(path) is None:
-            problems.append(f"{flag} {path}: the workers of --runner {name} write to gs://..., not to this machine")
-    return problems
-
-
 def _sink_summary(output_dir: str, metrics: dict) -> str:
     """The summary of a publisher run (``--sink``)."""
     balanced = "balance" if balance(metrics, ["queued", "dead_lettered"]) else "DO NOT BALANCE"
@@ -266,63 +205,60 @@ def check_queue(url: str, flag: str) -> None:
         raise UsageError(f"{flag} {address.url}: cannot reach Redis ({exc})") from None
 
 
-def check_live(config: QuoteOptions, sources: Sequence[str]) -> None:
-    """What a live run needs before it starts: a local output folder, a reachable feed, and saved
-    replay state (if any) that belongs to these inputs. Raises UsageError or ModeError.
-
-    A webhook run has no feed to reach: its port is bound by :func:`open_webhook`."""
-    if FileSystems.get_scheme(config.output_dir) is not None:
-        raise UsageError(f"--output_dir {config.output_dir}: a live run appends to local files only")
-    if config.source == "webhook":
+def preflight(job: QuotesJob) -> None:
+    """What a run must reach before it starts, once its flags are resolved: the queue's Redis, the
+    live feed, the replay's control port. Raises UsageError. (A webhook run's port is bound by
+    :func:`open_webhook`.)"""
+    source = job.source
+    if job.deliver.sink:
+        check_queue(job.deliver.sink, "--sink")
+    if source.kind == QUEUE:
+        check_queue(source.source, "--source")
+    if source.kind not in ("live", "replay"):
         return
-    if source_kind(config.source) == QUEUE:
-        check_queue(config.source, "--source")
-        return
-    parts = urlsplit(config.live_url)
+    parts = urlsplit(source.live_url)
     try:
         port = parts.port or (443 if parts.scheme == "wss" else 80)
         if not parts.hostname:
             raise ValueError("no host")
     except ValueError as exc:
-        raise UsageError(f"--live_url {config.live_url}: not a valid url ({exc})") from None
+        raise UsageError(f"--live_url {source.live_url}: not a valid url ({exc})") from None
     try:
         socket.create_connection((parts.hostname, port), timeout=5).close()
     except OSError as exc:
-        raise UsageError(f"--live_url {config.live_url}: cannot connect ({exc})") from None
-    if config.source == "replay" and config.control_port:
+        raise UsageError(f"--live_url {source.live_url}: cannot connect ({exc})") from None
+    if source.kind == "replay" and source.control_port:
         try:
             with socket.socket() as probe:
-                probe.bind((CONTROL_HOST, config.control_port))
+                probe.bind((CONTROL_HOST, source.control_port))
         except OSError as exc:
-            raise UsageError(f"--control_port {config.control_port}: cannot listen on it ({exc})") from None
-    if config.source == "replay" and config.state_dir:
-        PositionStore(config.state_dir, sources, replay_layout(config.block_bytes)).load()
+            raise UsageError(f"--control_port {source.control_port}: cannot listen on it ({exc})") from None
 
 
-def open_webhook(config: QuoteOptions) -> WebhookServer:
-    """Bind ``--port`` on 127.0.0.1 now, so a port in use is a usage error before anything runs, and
-    set ``--port`` to the port bound (``--port 0``: a free one). :func:`steering` serves it."""
+def open_webhook(job: QuotesJob) -> tuple[WebhookServer, QuotesJob]:
+    """Bind ``--port`` on 127.0.0.1 now, so a port in use is a usage error before anything runs; the
+    server and the job with the port bound (``--port 0``: a free one). :func:`steering` serves it."""
+    source = job.source
     policy = WebhookPolicy(
-        options_module.quote_prices(),  # the rules build_pipeline normalizes with
-        default_symbol=config.symbol.strip(),
-        token=config.webhook_token,
-        max_body=config.webhook_max_body,
+        job.quotes.prices,  # the rules build_pipeline normalizes with
+        default_symbol=source.default_symbol,
+        token=source.webhook_token,
+        max_body=source.webhook_max_body,
     )
     try:
-        server = WebhookServer(WebhookInbox(config.webhook_buffer), policy, config.port)
+        server = WebhookServer(WebhookInbox(source.webhook_buffer), policy, source.port)
     except OSError as exc:
-        raise UsageError(f"--port {config.port}: cannot listen on it ({exc})") from None
-    config.port = server.port
-    return server
+        raise UsageError(f"--port {source.port}: cannot listen on it ({exc})") from None
+    return server, replace(job, source=replace(source, port=server.port))
 
 
 @contextmanager
-def steering(config: QuoteOptions, run_id: str, webhook: WebhookServer | None = None,
+def steering(source: SourceConfig, run_id: str, webhook: WebhookServer | None = None,
              metrics: MetricsServer | None = None) -> Iterator[None]:
     """For a live run: signals stop it; for a replay, the control endpoint and stdin switch it;
     for a webhook run, ``webhook`` serves (and feeds the run) until the run ends; ``metrics``
     serves the counters until then."""
-    if source_kind(config.source) not in UNBOUNDED_SOURCES:
+    if not source.unbounded:
         yield
         return
     control = run_control(run_id)
@@ -331,9 +267,9 @@ def steering(config: QuoteOptions, run_id: str, webhook: WebhookServer | None = 
             stack.callback(metrics.close)
             print(f"{PROG}: metrics endpoint {metrics.url} (the Beam counters, Prometheus text format)",
                   file=sys.stderr, flush=True)
-        if config.source == "replay":
-            if config.control_port is not None:
-                server = stack.enter_context(ControlServer(control, config.control_port))
+        if source.kind == "replay":
+            if source.control_port is not None:
+                server = stack.enter_context(ControlServer(control, source.control_port))
                 print(f"{PROG}: control endpoint {server.url} (GET /status, POST /mode)", file=sys.stderr, flush=True)
             start_stdin_commands(control)
         if webhook is not None:
@@ -352,22 +288,27 @@ def open_metrics(port: int) -> MetricsServer:
         raise UsageError(f"--metrics_port {port}: cannot listen on it ({exc})") from None
 
 
-def _products(options: PipelineOptions, started_at: float) -> int:
-    """``--job products``: check its flags, then run it (see :mod:`beam_pipeline.products`)."""
+def _products(job: ProductsJob, started_at: float) -> int:
+    """``--job products``, resolved: run it (see :mod:`beam_pipeline.products`)."""
     from beam_pipeline import products
 
-    problems = products.check(options) + runners.check(options) + shared_files_problems(options, {})
-    if options.view_as(QuoteOptions).report:
-        problems.append("--report draws the quotes job's outputs; the products job has summary.json")
-    if problems:
-        raise UsageError("; ".join(problems))
-    prepare_output_dir(options.view_as(QuoteOptions).output_dir)
     try:
-        return products.run(options, started_at, PROG)
+        prepare_output_dir(job.output_dir)
+    except UsageError as exc:
+        return usage_error([str(exc)])
+    try:
+        return products.run(job, started_at, PROG)
     except Exception as exc:  # the run itself failed: show why, with the trace for a bug report
         traceback.print_exc()
         print(f"{PROG}: run failed: {exc}", file=sys.stderr)
         return 1
+
+
+def usage_error(problems: Sequence[str]) -> int:
+    """Print each problem on a line of its own (``beam_pipeline: error: ...``); the exit code, 2."""
+    for problem in problems:
+        print(f"{PROG}: error: {problem}", file=sys.stderr)
+    return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -376,92 +317,60 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(help_text())
         return 0
     started_at = time.time()
-    webhook: WebhookServer | None = None
-    metrics_server: MetricsServer | None = None
     try:
         options = parse_options(argv)
-        config = options.view_as(QuoteOptions)
-        if config.list_plugins:
+        if options.view_as(QuoteOptions).list_plugins:
             print(list_plugins())
             return 0
-        logs.use_format(config.log_format)
-        if config.job == "products":
-            return _products(options, started_at)
-        check_plugins()  # a broken normalizer plugin is a usage error, before anything is created
-        standard = options.view_as(StandardOptions)
-        live = source_kind(config.source) in UNBOUNDED_SOURCES
-        problems = options_module.check(config, streaming=live or bool(standard.streaming))
-        if live and not is_direct(standard.runner):
-            problems.append(
-                f"--source {config.source} runs on the DirectRunner here (got --runner {standard.runner}): "
-                "its stop signal, control endpoint and file sink live in this process"
-            )
-        elif standard.streaming and not is_direct(standard.runner):
-            problems.append(
-                f"--streaming replays history through Beam's TestStream, which only the DirectRunner runs "
-                f"(got --runner {standard.runner}); on Flink or Dataflow, WindowQuotes reads a real unbounded source"
-            )
-        inputs = {"--input": config.input, **({"--trades": config.trades} if config.trades else {})}
-        problems += runners.check(options) + shared_files_problems(options, inputs)
-        if problems:
-            raise UsageError("; ".join(problems))
-        sources = ([] if source_kind(config.source) in ("live", "webhook", QUEUE)
-                   else expand_inputs(config.input or bundled_sample()))
-        if config.reader_schema_version is not None:
-            if not any(path.endswith(AVRO_SUFFIX) for path in sources):
-                raise UsageError("--reader_schema_version applies to .avro inputs, and --input has none")
-            load_schema("quote", config.reader_schema_version)  # a SchemaError names what exists
-        opener = input_opener(config)
-        for path in sources:  # one by one: an unreadable file's error says which plugin (if any) reads it
-            try:
-                check_headers([path], opener)
-            except InputError as exc:
-                raise InputError(f"{exc}{input_hint(path)}") from None
-        trade_sources = expand_inputs(config.trades, "--trades") if config.trades else None
-        if config.report:
-            check_matplotlib()  # --report without matplotlib is a usage error before the run, not after it
-        if trade_sources:
-            check_trade_headers(trade_sources, FileSystems.open)  # a wrong file fails before the run
-            model = options_module.analytics_config(config).model
-            if model:
-                load_model(model)  # a missing or broken model is a usage error, not a failed run
-        if config.sink:
-            check_queue(config.sink, "--sink")
-        if live:
-            check_live(config, sources)
-            standard.streaming = True  # an unbounded source: say so to the runner
-        if config.source == "webhook":
-            webhook = open_webhook(config)  # before the output folder: a port in use leaves none behind
-        if config.metrics_port is not None:
-            metrics_server = open_metrics(config.metrics_port)
-        runner = make_runner(options, unbounded_source=live)
-        prepare_output_dir(config.output_dir)  # the last checks: a usage error leaves no folder behind
-        if config.avro_output:
-            prepare_output_dir(config.avro_output, "--avro_output")
+        logs.use_format(options.view_as(QuoteOptions).log_format)
+        job = resolve(options)
+    except OptionsError as exc:
+        return usage_error(exc.problems)
+    except UsageError as exc:
+        return usage_error([str(exc)])
+    if isinstance(job, ProductsJob):
+        return _products(job, started_at)
+    return _quotes(job, started_at)
+
+
+def _quotes(job: QuotesJob, started_at: float) -> int:
+    """Run the resolved quotes job: reach what it needs, build it, run it, print its summary."""
+    webhook: WebhookServer | None = None
+    metrics_server: MetricsServer | None = None
+    source, deliver = job.source, job.deliver
+    try:
+        preflight(job)
+        if source.kind == "webhook":
+            webhook, job = open_webhook(job)  # before the output folder: a port in use leaves none behind
+        if deliver.metrics_port is not None:
+            metrics_server = open_metrics(deliver.metrics_port)
+        if source.unbounded:
+            job.options.view_as(StandardOptions).streaming = True  # an unbounded source: say so to the runner
+        runner = make_runner(job.options, unbounded_source=source.unbounded)
+        prepare_output_dir(deliver.root_dir)  # the last checks: a usage error leaves no folder behind
+        if deliver.avro_output:
+            prepare_output_dir(deliver.avro_output, "--avro_output")
         run_id = uuid.uuid4().hex[:12]
         logs.set_run_id(run_id)
-        pipeline = build_pipeline(options, sources, trade_sources=trade_sources, runner=runner, run_id=run_id,
-                                  started_at=started_at)
-        problems = runners.portability_problems(pipeline, options)
+        pipeline = build_pipeline(job, runner=runner, run_id=run_id, started_at=started_at)
+        problems = runners.portability_problems(pipeline, job.options)
         if problems:
-            raise UsageError("; ".join(problems))
-    except (UsageError, InputError, RunnerError, SchemaError, ModeError, TradeInputError, ModelError,
-            PluginError, ReportError) as exc:
+            raise OptionsError(problems)
+    except (UsageError, RunnerError, OptionsError) as exc:
         if webhook is not None:
             webhook.close()
         if metrics_server is not None:
             metrics_server.close()
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
+        return usage_error(exc.problems if isinstance(exc, OptionsError) else [str(exc)])
 
-    if live:
-        LOG.info("reading %s into %s until the feed ends or SIGINT/SIGTERM", config.source, config.output_dir)
+    if source.unbounded:
+        LOG.info("reading %s into %s until the feed ends or SIGINT/SIGTERM", source.source, deliver.output_dir)
     else:
-        LOG.info("replaying %d file(s) into %s", len(sources), config.output_dir)
+        LOG.info("replaying %d file(s) into %s", len(source.inputs), deliver.output_dir)
     try:
         telemetry.reset()  # /metrics counts this run from zero
-        with steering(config, run_id, webhook, metrics_server), \
-                tracing.run_span(run_id, config.job, type(pipeline.runner).__name__):
+        with steering(job.source, run_id, webhook, metrics_server), \
+                tracing.run_span(run_id, "quotes", type(pipeline.runner).__name__):
             pipeline.run().wait_until_finish()
     except Exception as exc:  # the run itself failed: show why, with the trace for a bug report
         traceback.print_exc()
@@ -469,14 +378,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         forget_run(run_id)
-    with FileSystems.open(FileSystems.join(output_dir(config), "metrics.json")) as stream:
+    with FileSystems.open(FileSystems.join(deliver.output_dir, "metrics.json")) as stream:
         metrics = json.load(stream)
     log_set_aside(metrics)
-    print(_summary(output_dir(config), metrics))
-    if config.report:
+    print(_summary(deliver.output_dir, metrics))
+    if deliver.report:
         try:
-            png, page = write_report(output_dir(config), default_symbol=config.symbol.strip(),
-                                     reader_schema_version=config.reader_schema_version)
+            png, page = write_report(deliver.output_dir, default_symbol=source.default_symbol,
+                                     reader_schema_version=source.reader_schema_version)
         except ReportError as exc:
             print(f"{PROG}: report: {exc}", file=sys.stderr)
             return 1

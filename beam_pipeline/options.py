@@ -1,4 +1,7 @@
-"""Command-line options of the beam_pipeline application (Beam ``PipelineOptions`` subclasses)."""
+"""Command-line options of the beam_pipeline application (Beam ``PipelineOptions`` subclasses),
+the one parser that reads them (:func:`parse_options`), and the checks of their values that need
+no file or network (:func:`check`). :func:`beam_pipeline.config.resolve` turns them into configs.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +10,9 @@ import os
 import re
 import socket
 from dataclasses import dataclass
+from typing import Sequence
 
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
 from schemas import FieldRule, field_rules, load_schema
 from transforms.queue.streams import QueueAddress, QueueError, is_queue_url
@@ -57,9 +61,6 @@ def consumer_name(options: QuoteOptions) -> str:
     return options.consumer or f"{socket.gethostname()}-{os.getpid()}"
 
 
-def consumer_dir(options: QuoteOptions) -> str:
-    """Where a queue consumer writes: ``OUTPUT_DIR/consumer=<name>`` (one writer per file)."""
-    return os.path.join(options.output_dir, f"consumer={consumer_name(options)}")
 JOBS = ("quotes", "products")
 
 
@@ -530,3 +531,40 @@ class ProductOptions(PipelineOptions):
         deliver.add_argument(
             "--deliver_batch_size", type=int, default=20, help="records per request (default: 20)"
         )
+
+
+#: The command's name in usage lines and messages.
+PROG = "beam_pipeline"
+
+
+class UsageError(ValueError):
+    """A flag is unknown or has an invalid value."""
+
+
+class _StrictParser(_BeamArgumentParser):
+    """Beam's argument parser, raising instead of printing Beam's whole usage and exiting."""
+
+    def error(self, message: str):
+        raise UsageError(message)
+
+
+def option_parser(add_help: bool = False) -> _StrictParser:
+    """Every flag ``python -m beam_pipeline`` accepts: those of every ``PipelineOptions`` subclass
+    imported, Beam's standard ones and the project's (``-h``/``--help`` only with ``add_help``:
+    :func:`main` answers those before parsing)."""
+    parser = _StrictParser(prog=PROG, allow_abbrev=False, add_help=add_help)
+    for cls in PipelineOptions.__subclasses__():
+        cls._add_argparse_args(parser)  # pylint: disable=protected-access
+    return parser
+
+
+def parse_options(argv: Sequence[str]) -> PipelineOptions:
+    """Beam options from ``argv``; unknown flags and bad values raise :class:`UsageError`.
+
+    Beam itself only warns about unknown flags and drops them, so a typo such as
+    ``--latency_treshold_ms 5`` would silently run with the default.
+    """
+    _, unknown = option_parser().parse_known_args(list(argv))
+    if unknown:
+        raise UsageError(f"unrecognized arguments: {' '.join(unknown)} (see --help)")
+    return PipelineOptions(list(argv))

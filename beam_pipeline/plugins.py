@@ -174,10 +174,16 @@ def forget() -> None:
     _discover.cache_clear()
 
 
+def plugin_problems() -> list[str]:
+    """One line for each installed normalizer plugin that does not load, breaks the protocol or
+    claims a suffix another one claims (empty when all is well)."""
+    return list(_discover().problems)
+
+
 def check_plugins() -> None:
-    """Raise :class:`PluginError` (one line, naming each broken plugin) if any installed normalizer
-    plugin does not load, breaks the protocol or claims a suffix another one claims."""
-    problems = _discover().problems
+    """Raise :class:`PluginError` (one line, naming each broken plugin) if :func:`plugin_problems`
+    finds any."""
+    problems = plugin_problems()
     if problems:
         raise PluginError("; ".join(problems))
 

@@ -23,62 +23,18 @@ from typing import Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_pipeline import logs
-from beam_pipeline.options import ProductOptions, QuoteOptions
+from beam_pipeline.config import ProductsJob
 from runners import make_runner
 from schemas import load_schema
 from transforms import tracing
 from transforms.products.normalize import DEAD_LETTERS, PRODUCTS, product_record
-from transforms.products.paginate import Endpoint, FetchConfig, parse_endpoints
+from transforms.products.paginate import Endpoint, parse_endpoints
 from transforms.products.stage import FetchPaginated, NormalizeProducts, WriteSummary
 from transforms.sinks.stage import DeliverToApi
 
 LOG = logging.getLogger(__name__)
-
-#: Quote-job flags that mean nothing to the products job (a one-line usage error if given).
-QUOTE_ONLY = ("input", "avro_output", "reader_schema_version", "live_url", "window", "port")
-
-
-def fetch_config(options: ProductOptions) -> FetchConfig:
-    """The fetch settings of the flags; ValueError names a bad one."""
-    return FetchConfig(
-        rate=options.max_requests_per_second,
-        timeout=options.http_timeout,
-        max_retries=options.max_retries,
-        breaker_failures=options.breaker_failures,
-        breaker_cooldown=options.breaker_cooldown,
-    )
-
-
-def check(options: PipelineOptions) -> list[str]:
-    """Problems with the products job's flags (empty when all is well)."""
-    config, quote = options.view_as(ProductOptions), options.view_as(QuoteOptions)
-    problems = [f"--{flag} is a quotes-job flag, not for --job products"
-                for flag in QUOTE_ONLY if getattr(quote, flag) is not None]
-    if quote.source != "historical":
-        problems.append("--source is a quotes-job flag, not for --job products")
-    if config.mock == bool(config.endpoints):
-        problems.append("--job products needs either --endpoints URL[,URL...] or --mock")
-    if config.deliver_mock and config.deliver_url:
-        problems.append("--deliver_url and --deliver_mock do not go together")
-    if config.deliver_url and not config.deliver_url.startswith(("http://", "https://")):
-        problems.append(f"--deliver_url must be an http(s) url, got {config.deliver_url!r}")
-    if not config.deliver_rate > 0:
-        problems.append(f"--deliver_rate must be positive, got {config.deliver_rate:g}")
-    if config.deliver_batch_size < 1:
-        problems.append(f"--deliver_batch_size must be at least 1, got {config.deliver_batch_size}")
-    if config.endpoints:
-        try:
-            parse_endpoints(config.endpoints)
-        except ValueError as exc:
-            problems.append(str(exc))
-    try:
-        fetch_config(config)
-    except ValueError as exc:
-        problems.append(f"products job: {exc}")
-    return problems
 
 
 def product_key(product: dict) -> str:
@@ -86,17 +42,19 @@ def product_key(product: dict) -> str:
     return product["id"]
 
 
-def build_products_pipeline(options: PipelineOptions, endpoints: Sequence[Endpoint], *, run_id: str | None = None,
-                            started_at: float | None = None, runner=None,
+def build_products_pipeline(job: ProductsJob, endpoints: Sequence[Endpoint] | None = None, *,
+                            run_id: str | None = None, started_at: float | None = None, runner=None,
                             deliver_url: str | None = None) -> beam.Pipeline:
-    """The products pipeline (see the module docstring); runs nothing. With ``deliver_url``, the
-    products also go to that API through :class:`~transforms.sinks.stage.DeliverToApi`."""
-    config = options.view_as(ProductOptions)
-    output_dir = options.view_as(QuoteOptions).output_dir
+    """The products pipeline of a resolved ``job`` (see the module docstring); runs nothing.
+    ``endpoints`` and ``deliver_url`` default to the job's (the mocks': given once they listen).
+    With a ``deliver_url``, the products also go to that API through
+    :class:`~transforms.sinks.stage.DeliverToApi`."""
+    endpoints = job.endpoints if endpoints is None else endpoints
+    deliver_url = job.deliver_url if deliver_url is None else deliver_url
     run_id = run_id or uuid.uuid4().hex[:12]
     started_at = time.time() if started_at is None else started_at
-    pipeline = beam.Pipeline(runner=runner or make_runner(options), options=options)
-    fetched = pipeline | "FetchPaginated" >> FetchPaginated(endpoints, fetch_config(config))
+    pipeline = beam.Pipeline(runner=runner or make_runner(job.options), options=job.options)
+    fetched = pipeline | "FetchPaginated" >> FetchPaginated(endpoints, job.fetch)
     normalized = fetched["pages"] | "NormalizeProducts" >> NormalizeProducts(load_schema("product", 1))
     extra = {"run": {"run_id": run_id, "endpoints": {e.name: e.url for e in endpoints}}}
     inputs = {
@@ -109,33 +67,32 @@ def build_products_pipeline(options: PipelineOptions, endpoints: Sequence[Endpoi
         delivered = (
             normalized[PRODUCTS]
             | "ProductsAsJson" >> beam.Map(product_record)
-            | "DeliverToApi" >> DeliverToApi(deliver_url, batch_size=config.deliver_batch_size,
-                                             rate=config.deliver_rate, key_fn=product_key)
+            | "DeliverToApi" >> DeliverToApi(deliver_url, batch_size=job.deliver_batch_size,
+                                             rate=job.deliver_rate, key_fn=product_key)
         )
         inputs["delivery"] = delivered["report"]
         inputs["delivery_dead_letters"] = delivered["dead_letters"]
         extra["run"]["deliver_url"] = deliver_url
-    _ = inputs | "WriteSummary" >> WriteSummary(output_dir, run_id, started_at, extra=extra)
+    _ = inputs | "WriteSummary" >> WriteSummary(job.output_dir, run_id, started_at, extra=extra)
     return pipeline
 
 
-def run(options: PipelineOptions, started_at: float, prog: str) -> int:
+def run(job: ProductsJob, started_at: float, prog: str) -> int:
     """Run the products job; the exit code (0 done and balanced, 1 run failed or unbalanced)."""
     import json
 
-    config = options.view_as(ProductOptions)
-    output_dir = options.view_as(QuoteOptions).output_dir
+    output_dir = job.output_dir
     with ExitStack() as stack:
-        if config.mock:
+        if job.mock:
             from beam_pipeline.devtools.mock_api import start_product_apis
 
             servers = stack.enter_context(start_product_apis())
             endpoints = parse_endpoints(",".join(server.url for server in servers))
             print(f"{prog}: mock product APIs: {','.join(e.url for e in endpoints)}", file=sys.stderr, flush=True)
         else:
-            endpoints = parse_endpoints(config.endpoints)
-        deliver_url = config.deliver_url
-        if config.deliver_mock:
+            endpoints = list(job.endpoints)
+        deliver_url = job.deliver_url
+        if job.deliver_mock:
             from beam_pipeline.devtools.mock_api import MockDownstreamApi
 
             deliver_url = stack.enter_context(MockDownstreamApi()).url
@@ -143,7 +100,7 @@ def run(options: PipelineOptions, started_at: float, prog: str) -> int:
         LOG.info("fetching %d endpoint(s) into %s", len(endpoints), output_dir)
         run_id = uuid.uuid4().hex[:12]
         logs.set_run_id(run_id)
-        pipeline = build_products_pipeline(options, endpoints, run_id=run_id, started_at=started_at,
+        pipeline = build_products_pipeline(job, endpoints, run_id=run_id, started_at=started_at,
                                            deliver_url=deliver_url)
         with tracing.run_span(run_id, "products", type(pipeline.runner).__name__):
             pipeline.run().wait_until_finish()

@@ -1,7 +1,7 @@
 """Beam YAML: the quotes pipeline's composite transforms, for ``python -m apache_beam.yaml.main``.
 
-Each transform here takes plain keyword arguments (strings, ints, bools), checks them with the
-command line's own checks (:func:`beam_pipeline.options.check`), and wraps the project's composite
+Each transform here takes plain keyword arguments (strings, ints, bools), resolves them as the
+command line does (:func:`beam_pipeline.config.resolve`), and wraps the project's composite
 of the same stage, so a YAML pipeline and ``python -m beam_pipeline`` run the same code::
 
     ReadQuotes         -> blocks, counts          transforms.sources.stage.ReplayHistorical
@@ -57,28 +57,21 @@ from collections import deque
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineRunner
 
-from beam_pipeline import options as quote_options
-from beam_pipeline.options import QuoteOptions
+from beam_pipeline.config import QuotesJob, resolve
+from beam_pipeline.options import parse_options
 from beam_pipeline.pipeline import (
     OUTPUTS,
     TALLY_NAMES,
     WINDOW_OUTPUTS,
-    bundled_sample,
-    check_headers,
-    expand_inputs,
-    input_opener,
     merge_counts,
     write_files,
 )
-from schemas import load_schema
 from transforms.quotes import normalize
 from transforms.quotes import stage as quote_stage
 from transforms.sinks.stage import WriteRunMetrics
 from transforms.sources import stage as source_stage
-from transforms.sources.avro_input import AVRO_SUFFIX
 from transforms.sources.replay import DEFAULT_BLOCK_BYTES
 from transforms.windows import stage as window_stage
 from transforms.windows.logic import duration_text
@@ -94,19 +87,10 @@ __all__ = [
     "providers",
 ]
 
-def _checked_options(**flags) -> QuoteOptions:
-    """The CLI's options for these flags (None: the default), after the CLI's own value checks;
-    raises ValueError with every problem on one line."""
-    argv = [f"--{name}={value}" for name, value in flags.items() if value is not None]
-    config = PipelineOptions(argv).view_as(QuoteOptions)
-    problems = quote_options.check(config)
-    if problems:
-        raise ValueError("; ".join(problems))
-    return config
-
-
-def _price_scale() -> int:
-    return quote_options.quote_prices().scale
+def _resolved(**flags) -> QuotesJob:
+    """The CLI's job for these flags (None: the default), resolved as the CLI resolves it; raises
+    ValueError (:class:`beam_pipeline.config.OptionsError`) with every problem on one line."""
+    return resolve(parse_options([f"--{name}={value}" for name, value in flags.items() if value is not None]))
 
 
 def _upstream(pcoll: beam.PCollection, kind: type):
@@ -149,22 +133,16 @@ class ReadQuotes(beam.PTransform):
                  block_bytes: int = DEFAULT_BLOCK_BYTES, reader_schema_version: int | None = None,
                  dedup_horizon: str | None = None, progress: bool = False):
         super().__init__()
-        config = _checked_options(input=input, symbol=symbol, block_bytes=block_bytes,
-                                  reader_schema_version=reader_schema_version, dedup_horizon=dedup_horizon)
-        self.sources = expand_inputs(config.input or bundled_sample())
-        if reader_schema_version is not None:
-            if not any(path.endswith(AVRO_SUFFIX) for path in self.sources):
-                raise ValueError("reader_schema_version applies to .avro inputs, and input has none")
-            load_schema("quote", reader_schema_version)  # a SchemaError names the versions that exist
-        opener = input_opener(config)
-        check_headers(self.sources, opener)  # a wrong file fails now, not in the middle of the run
-        self.dedup_horizon_us = quote_options.dedup_horizon(config)
+        source = _resolved(input=input, symbol=symbol, block_bytes=block_bytes,
+                           reader_schema_version=reader_schema_version, dedup_horizon=dedup_horizon).source
+        self.sources = list(source.inputs)  # a wrong file has failed already, not in the middle of the run
+        self.dedup_horizon_us = source.dedup_horizon_us
         self._replay = source_stage.ReplayHistorical(
             self.sources,
-            default_symbol=config.symbol.strip(),
-            block_bytes=config.block_bytes,
+            default_symbol=source.default_symbol,
+            block_bytes=source.block_bytes,
             show_progress=bool(progress),
-            open_file=opener,
+            open_file=source.opener(),
             dedup_horizon_us=self.dedup_horizon_us,
         )
 
@@ -181,7 +159,7 @@ class NormalizeQuotes(beam.PTransform):
 
     def __init__(self):
         super().__init__()
-        self._normalize = quote_stage.NormalizeQuotes(quote_options.quote_rules())
+        self._normalize = quote_stage.NormalizeQuotes(_resolved().quotes.rules)
 
     def expand(self, blocks):
         normalized = blocks | "NormalizeQuotes" >> self._normalize
@@ -197,9 +175,9 @@ class ComputeMidPrices(beam.PTransform):
 
     def __init__(self, latency_threshold_ms: int = 20):
         super().__init__()
-        config = _checked_options(latency_threshold_ms=latency_threshold_ms)
-        self.latency_threshold_ms = config.latency_threshold_ms
-        self._compute = quote_stage.ComputeMidPrices(self.latency_threshold_ms, scale=_price_scale())
+        quotes = _resolved(latency_threshold_ms=latency_threshold_ms).quotes
+        self.latency_threshold_ms = quotes.latency_threshold_ms
+        self._compute = quote_stage.ComputeMidPrices(self.latency_threshold_ms, scale=quotes.scale)
 
     def expand(self, valid):
         priced = valid | "ComputeMidPrices" >> self._compute
@@ -221,10 +199,8 @@ def WindowQuotes(window: str = "fixed:1s", allowed_lateness: str | None = None, 
         trigger: watermark (a batch run fires each window once, on time).
         accumulation: discarding (default) or accumulating.
     """
-    config = _checked_options(window=window, allowed_lateness=allowed_lateness, trigger=trigger,
-                              accumulation=accumulation)
-    windowing = quote_options.window_config(config, streaming=False)
-    return window_stage.WindowQuotes(windowing, _price_scale(), sources=_read_sources)  # lag None: batch
+    job = _resolved(window=window, allowed_lateness=allowed_lateness, trigger=trigger, accumulation=accumulation)
+    return window_stage.WindowQuotes(job.window, job.quotes.scale, sources=_read_sources)  # lag None: batch
 
 
 def _read_sources(valid: beam.PCollection) -> list[str]:
@@ -251,8 +227,7 @@ class WriteQuoteOutputs(beam.PTransform):
 
     def __init__(self, output_dir: str = "output"):
         super().__init__()
-        config = _checked_options(output_dir=output_dir)
-        self.output_dir = config.output_dir
+        self.output_dir = _resolved(output_dir=output_dir).deliver.output_dir
         self._started_at = time.time()
         self._run_id = uuid.uuid4().hex[:12]
 

@@ -6,13 +6,15 @@ import io
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
 import pytest
 
-from beam_pipeline.cli import parse_options
-from beam_pipeline.pipeline import build_pipeline, expand_inputs
+from beam_pipeline.config import expand_inputs, resolve
+from beam_pipeline.options import parse_options
+from beam_pipeline.pipeline import build_pipeline
 from tests.redis_server import redis_server, redis_url  # noqa: F401  (fixtures)
 
 WORKED_EXAMPLE = (
@@ -42,8 +44,9 @@ def run_quotes(tmp_path: Path) -> Callable[..., dict]:
     def run(*inputs: Path | str, args: tuple[str, ...] = (), output_dir: Path | None = None) -> dict:
         out = output_dir or tmp_path / "out"
         argv = ["--output_dir", str(out), "--progress", "off", *args]
-        sources = [p for pattern in inputs for p in expand_inputs(str(pattern))]
-        build_pipeline(parse_options(argv), sources).run().wait_until_finish()
+        job = resolve(parse_options(argv))
+        sources = tuple(p for pattern in inputs for p in expand_inputs(str(pattern)))
+        build_pipeline(replace(job, source=replace(job.source, inputs=sources))).run().wait_until_finish()
         files = {name: (out / name).read_text() for name in ("mid_prices.log", "errors.log", "dead_letter.jsonl")}
         files["metrics"] = json.loads((out / "metrics.json").read_text())
         return files
@@ -54,13 +57,20 @@ def run_quotes(tmp_path: Path) -> Callable[..., dict]:
 USAGE_ERROR_PREFIX = "beam_pipeline: error:"
 
 
-def assert_one_line_usage_error(rc: int, err: str) -> str:
-    """The contract of a bad usage: exit 2, exactly one stderr line with the prefix, no traceback."""
+def assert_usage_errors(rc: int, err: str) -> list[str]:
+    """The contract of a bad usage: exit 2, one stderr line a problem, each with the prefix, no
+    traceback; the lines."""
     assert rc == 2, err
     lines = err.splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith(USAGE_ERROR_PREFIX), err
+    assert lines and all(line.startswith(USAGE_ERROR_PREFIX) for line in lines), err
     assert "Traceback" not in err
+    return lines
+
+
+def assert_one_line_usage_error(rc: int, err: str) -> str:
+    """A bad usage with exactly one problem (see :func:`assert_usage_errors`): its line."""
+    lines = assert_usage_errors(rc, err)
+    assert len(lines) == 1, err
     return lines[0]
 
 

@@ -191,9 +191,9 @@ def _parser_built_by(run: Callable[[], object], source: str, what: str) -> argpa
 @functools.cache
 def pipeline_parser() -> argparse.ArgumentParser:
     """Every flag ``python -m beam_pipeline`` accepts: the parser the CLI checks its arguments with."""
-    from beam_pipeline import cli
+    from beam_pipeline import cli, options  # noqa: F401 (cli's imports define every PipelineOptions subclass)
 
-    return cli.option_parser(add_help=True)
+    return options.option_parser(add_help=True)
 
 
 @functools.cache

@@ -11,8 +11,8 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from beam_pipeline.config import bundled_sample
 from beam_pipeline.devtools.feed import FeedConfig, FeedServer, frames, load_messages, main, resume_position
-from beam_pipeline.pipeline import bundled_sample
 
 MESSAGES = [{"timestamp": f"2024-06-03 07:00:00.{i:03d}", "symbol": "EURUSD", "bid": "1.1", "ask": "1.2"} for i in range(50)]
 

@@ -30,10 +30,10 @@ from pathlib import Path
 import pytest
 
 from beam_pipeline import cli
+from beam_pipeline.config import bundled_sample
 from beam_pipeline.devtools.feed import FeedConfig, FeedServer, frame_text, load_messages
 from beam_pipeline.devtools.reference import run_reference
-from beam_pipeline.pipeline import bundled_sample
-from tests.conftest import assert_one_line_usage_error
+from tests.conftest import assert_one_line_usage_error, assert_usage_errors
 from tests.waiting import wait_for
 from transforms.sources.modes import stop_all
 from transforms.windows.logic import parse_window
@@ -699,15 +699,15 @@ def closed_port_url() -> str:
         pytest.param(["--source", "sideways"], ["--source", "sideways"], id="unknown-source"),
     ],
 )
-def test_live_usage_errors_exit_2_with_one_line(args, expected, tmp_path, capsys):
+def test_live_usage_errors_exit_2_with_a_line_each(args, expected, tmp_path, capsys):
     closed = closed_port_url()
     args = [closed if a == "CLOSED" else str(tmp_path / "state") if a == "STATE" else a for a in args]
     out = tmp_path / "out"
     rc = cli.main(["--output_dir", str(out), *args])
     captured = capsys.readouterr()
-    line = assert_one_line_usage_error(rc, captured.err)
+    lines = assert_usage_errors(rc, captured.err)
     for text in expected:
-        assert text in line, line
+        assert any(text in line for line in lines), (text, lines)
     assert captured.out == ""
     assert not out.exists(), "a usage error must not start the pipeline"
     assert not (tmp_path / "state").exists()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from beam_pipeline import logs
-from beam_pipeline.pipeline import bundled_sample
+from beam_pipeline.config import bundled_sample
 
 REPO = Path(__file__).resolve().parents[2]
 KEYS = {"timestamp", "level", "logger", "message", "run_id", "stage"}

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 from apache_beam.metrics.metric import MetricsFilter
 
-from beam_pipeline.cli import parse_options
+from beam_pipeline.config import bundled_sample, resolve
 from beam_pipeline.devtools.reference import run_reference
 from beam_pipeline.devtools.samples import MALFORMED, generate
-from beam_pipeline.pipeline import OUTPUTS, build_pipeline, bundled_sample
+from beam_pipeline.options import parse_options
+from beam_pipeline.pipeline import OUTPUTS, build_pipeline
 from tests.conftest import WORKED_EXAMPLE
 
 #: The reason code each row of samples.MALFORMED must get, in the same order.
@@ -32,7 +33,7 @@ class TestBundledSample:
     @pytest.fixture(scope="class")
     def outputs(self, tmp_path_factory):
         out = tmp_path_factory.mktemp("sample")
-        build_pipeline(parse_options(["--output_dir", str(out), "--progress", "off"])).run().wait_until_finish()
+        build_pipeline(resolve(parse_options(["--output_dir", str(out), "--progress", "off"]))).run().wait_until_finish()
         files = {name: (out / name).read_text() for name in OUTPUTS}
         return files, json.loads((out / "metrics.json").read_text()), out
 
@@ -173,7 +174,7 @@ def test_identical_to_the_reference_on_messy_files_and_several_inputs(write_csv,
 
 def test_beam_counters_agree_with_metrics_json(tmp_path):
     out = tmp_path / "out"
-    result = build_pipeline(parse_options(["--output_dir", str(out), "--progress", "off"])).run()
+    result = build_pipeline(resolve(parse_options(["--output_dir", str(out), "--progress", "off"]))).run()
     result.wait_until_finish()
     counters = {r.key.metric.name: r.committed for r in result.metrics().query(MetricsFilter())["counters"]}
     metrics = json.loads((out / "metrics.json").read_text())

@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 
 from beam_pipeline import cli, plugins
-from beam_pipeline.pipeline import bundled_sample
+from beam_pipeline.config import bundled_sample
 from beam_pipeline.plugins import GROUP, PluginError, PluginFormats
 from tests.conftest import assert_one_line_usage_error
 from transforms.sources.avro_input import InputOpener

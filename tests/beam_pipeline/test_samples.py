@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from beam_pipeline.config import bundled_sample
 from beam_pipeline.devtools.samples import generate, with_malformed
-from beam_pipeline.pipeline import bundled_sample
 from transforms.quotes import rules as quotes
 
 

@@ -18,7 +18,7 @@ from apache_beam.yaml import main as yaml_main
 from apache_beam.yaml.yaml_transform import YamlTransform, expand_jinja
 
 from beam_pipeline import cli, yaml_transforms
-from beam_pipeline.pipeline import bundled_sample
+from beam_pipeline.config import bundled_sample
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "quotes.yaml"

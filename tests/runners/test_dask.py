@@ -24,8 +24,9 @@ from apache_beam.transforms.window import FixedWindows, GlobalWindow, Timestampe
 from apache_beam.utils.windowed_value import WindowedValue
 
 import runners.dask as dask_preset
-from beam_pipeline.cli import parse_options
-from beam_pipeline.pipeline import build_pipeline, bundled_sample
+from beam_pipeline.config import bundled_sample, resolve
+from beam_pipeline.options import parse_options
+from beam_pipeline.pipeline import build_pipeline
 from runners.common import RunnerError
 from tests.beam_pipeline.test_tenants import clean_rows, flood_rows, write
 from tests.waiting import wait_for
@@ -49,7 +50,7 @@ def run_job(out: Path, args: list[str], runner_flags: list[str] = ()) -> None:
     """The quotes job as the CLI builds it, on the DirectRunner or (``runner_flags``) on Dask."""
     options = parse_options(["--output_dir", str(out), "--progress", "off", *args, *runner_flags])
     runner = dask_preset.create(options) if runner_flags else None
-    build_pipeline(options, runner=runner, run_id=RUN_ID).run().wait_until_finish()
+    build_pipeline(resolve(options), runner=runner, run_id=RUN_ID).run().wait_until_finish()
 
 
 def output_files(out: Path) -> dict[str, bytes]:

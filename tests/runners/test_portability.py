@@ -30,8 +30,9 @@ from apache_beam.runners.worker.bundle_processor import BeamTransformFactory
 from apache_beam.testing import test_stream
 from apache_beam.transforms import window
 
-from beam_pipeline.cli import parse_options
-from beam_pipeline.pipeline import build_pipeline, bundled_sample
+from beam_pipeline.config import bundled_sample, resolve
+from beam_pipeline.options import parse_options
+from beam_pipeline.pipeline import build_pipeline
 from beam_pipeline.products import build_products_pipeline
 from runners.portability import (
     PORTABLE_URNS,
@@ -42,7 +43,6 @@ from runners.portability import (
     portable_proto,
 )
 from tests.beam_pipeline.test_avro_input import write_with_apache_avro
-from transforms.products.paginate import parse_endpoints
 
 PAR_DO = common_urns.primitives.PAR_DO.urn
 GROUP_BY_KEY = common_urns.primitives.GROUP_BY_KEY.urn
@@ -83,7 +83,7 @@ def assert_portable(pipeline: beam.Pipeline, options: PipelineOptions) -> Counte
 
 def quotes(tmp_path, *args: str) -> tuple[beam.Pipeline, PipelineOptions]:
     options = parse_options(["--output_dir", str(tmp_path / "out"), "--progress", "off", *args])
-    return build_pipeline(options), options
+    return build_pipeline(resolve(options)), options
 
 
 # --------------------------------------------------------------------------- our pipelines
@@ -114,7 +114,7 @@ def test_an_avro_input_is_portable(tmp_path, no_network):
 @pytest.mark.parametrize("deliver_url", [None, "http://127.0.0.1:9/ingest"], ids=["summary", "deliver"])
 def test_the_products_job_is_portable_and_building_it_contacts_nothing(tmp_path, no_network, deliver_url):
     options = parse_options(["--job", "products", "--endpoints", ENDPOINTS, "--output_dir", str(tmp_path)])
-    pipeline = build_products_pipeline(options, parse_endpoints(ENDPOINTS), deliver_url=deliver_url)
+    pipeline = build_products_pipeline(resolve(options), deliver_url=deliver_url)
     assert_portable(pipeline, options)
     names = {t.unique_name for t in portable_proto(pipeline, options).components.transforms.values()}
     assert ("DeliverToApi" in names) == bool(deliver_url)

@@ -21,8 +21,8 @@ import pytest
 from apache_beam.runners.portability.portable_runner import PortableRunner
 
 from beam_pipeline import cli
+from beam_pipeline.config import bundled_sample
 from beam_pipeline.devtools.mock_api import start_product_apis
-from beam_pipeline.pipeline import bundled_sample
 from tests.beam_pipeline.test_avro_input import write_with_apache_avro
 from tests.beam_pipeline.test_tenants import clean_rows, flood_rows, write
 

@@ -20,8 +20,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode  # noqa: E402
 
 from beam_pipeline import logs  # noqa: E402
-from beam_pipeline.cli import main, parse_options  # noqa: E402
+from beam_pipeline.cli import main
 from beam_pipeline.devtools.mock_api import MockDownstreamApi, start_product_apis  # noqa: E402
+from beam_pipeline.options import parse_options  # noqa: E402
 from runners import make_runner  # noqa: E402
 from transforms import telemetry, tracing  # noqa: E402
 from transforms.products.paginate import FetchConfig  # noqa: E402

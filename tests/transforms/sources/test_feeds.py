@@ -9,7 +9,7 @@ from functools import lru_cache
 import pyarrow as pa
 import pytest
 
-from beam_pipeline.pipeline import bundled_sample
+from beam_pipeline.config import bundled_sample
 from transforms.quotes.rules import HISTORICAL
 from transforms.sources.feeds import FeedBlock, HistoricalFeed, Pacer, slices
 from transforms.sources.replay import BLOCK_SCHEMA, HistoricalReplay

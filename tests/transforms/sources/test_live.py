@@ -18,8 +18,8 @@ import pytest
 from websockets.asyncio.server import serve
 
 import transforms.sources.live as live
+from beam_pipeline.config import bundled_sample
 from beam_pipeline.devtools.feed import FeedConfig, FeedServer, load_messages
-from beam_pipeline.pipeline import bundled_sample
 from transforms.quotes.rules import LIVE, reject_code
 from transforms.sources.feeds import FeedBlock
 from transforms.sources.live import (

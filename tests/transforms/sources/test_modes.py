@@ -12,8 +12,8 @@ import uuid
 import pyarrow as pa
 import pytest
 
+from beam_pipeline.config import bundled_sample
 from beam_pipeline.devtools.feed import FeedConfig, FeedServer, load_messages
-from beam_pipeline.pipeline import bundled_sample
 from transforms.quotes.rules import HISTORICAL, LIVE
 from transforms.sources import modes
 from transforms.sources.feeds import FeedBlock, HistoricalFeed

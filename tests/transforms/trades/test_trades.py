@@ -195,8 +195,8 @@ def test_a_last_line_without_newline_is_a_row():
 
 @pytest.mark.parametrize("block_bytes", [40, 1 << 20])
 def test_block_size_and_split_path_do_not_change_the_result(block_bytes):
+    from beam_pipeline.config import bundled_sample
     from beam_pipeline.devtools.samples import make_trades
-    from beam_pipeline.pipeline import bundled_sample
 
     data = make_trades(bundled_sample(), 400, seed=5, malformed=True)
     reference = read(**{"t.csv": data})
