@@ -30,22 +30,17 @@ from beam_pipeline.config import OptionsError, ProductsJob, QuotesJob, SourceCon
 from beam_pipeline.control import HOST as CONTROL_HOST
 from beam_pipeline.control import ControlServer, start_stdin_commands, stop_on_signals
 from beam_pipeline.options import PROG, QUEUE, ProductOptions, QuoteOptions, UsageError, parse_options, source_kind
-from beam_pipeline.pipeline import (
-    OUTPUTS,
-    WINDOW_OUTPUTS,
-    build_pipeline,
-)
+from beam_pipeline.pipeline import build_pipeline, run_accounting
 from beam_pipeline.plugins import list_plugins
-from beam_pipeline.report import ReportError, write_report
+from beam_pipeline.report import ReportError, check_matplotlib, write_report
 from runners import RunnerError, make_runner
 from transforms import telemetry, tracing
+from transforms.accounting import RECORDS_IN, Accounting, combine, render
 from transforms.sinks.files import balance
 from transforms.sources.modes import forget_run, run_control
 from transforms.sources.webhook import PATH as WEBHOOK_PATH
 from transforms.sources.webhook import WebhookInbox, WebhookPolicy, WebhookServer, registered_inbox
 from transforms.telemetry import MetricsServer
-from transforms.trades.stage import OUTPUTS as ANALYTICS_OUTPUTS
-from transforms.trades.stage import SCORE_OUTPUTS
 
 LOG = logging.getLogger("beam_pipeline")
 
@@ -78,33 +73,42 @@ def prepare_output_dir(path: str, flag: str = "--output_dir") -> None:
         raise UsageError(f"{flag} {path}: not a directory")
 
 
-_CHECK_LABELS = {
-    "balanced": "mid-price counts",
-    "windows_balanced": "window counts",
-    "trades_balanced": "trade counts",
-    "scores_balanced": "score counts",
-}
-
-
-def _summary(output_dir: str, metrics: dict) -> str:
+def _summary(output_dir: str, metrics: dict, parts: Sequence[Accounting]) -> str:
+    """What the CLI prints after a run: where the quotes came from, then stage by stage the lines
+    and files the stages declare (:mod:`transforms.accounting`), then each balance check."""
+    summed = combine(parts)
     partitions = metrics.get("partitions", {})
     where = "tenant=*/" if partitions else ""
-    names = {metric: where + name
-             for name, metric in {**OUTPUTS, **WINDOW_OUTPUTS, **ANALYTICS_OUTPUTS, **SCORE_OUTPUTS}.items()}
-    width = max(len(FileSystems.join(output_dir, name)) for name in [*names.values(), "metrics.json"])
+    width = max(len(FileSystems.join(output_dir, name))
+                for name in [*(where + output.file for output in summed.outputs), "metrics.json"])
 
-    def row(metric: str, text: str) -> str:
-        name = names.get(metric, metric)
+    def row(name: str, text: str) -> str:
         return f"  {FileSystems.join(output_dir, name):<{width}}  {text}"
 
-    def balance_text(terms: list[str], total: str) -> str:
-        parts = " + ".join(f"{metrics.get(m, 0):,}" for m in terms)
+    lines = [_origin(metrics)]
+    for part in parts:
+        lines += [render(note, metrics) for note in part.notes]
+        lines += [row(where + output.file, render(output.summary, metrics)) for output in part.outputs]
+    if partitions:
+        tenants = ", ".join(partition.split("=", 1)[1] for partition in partitions)
+        lines.append(f"  {len(partitions)} tenant partitions in {output_dir}: {tenants}")
+    checks = metrics["balance_terms"]
+    for check, terms in checks.items():
+        label = summed.labels.get(check, check) if len(checks) > 1 else "counts"
+        total = metrics.get("balance_totals", {}).get(check, RECORDS_IN)
         ok = "balance" if balance(metrics, terms, total) else "DO NOT BALANCE"
-        return f"{ok}: {metrics.get(total, 0):,} in = {parts}"
+        sums = " + ".join(f"{metrics.get(term, 0):,}" for term in terms)
+        lines.append(row("metrics.json", f"{label} {ok}: {metrics.get(total, 0):,} in = {sums}"))
+    return "\n".join(lines)
 
+
+def _origin(metrics: dict) -> str:
+    """The summary's first line(s): how many quotes came from where, in how long."""
     source = metrics.get("source", "historical")
+    seconds = f"in {metrics['run_seconds']:.1f} s{' (streaming)' if metrics.get('streaming') else ''}"
     if "sink" in metrics:
-        return _sink_summary(output_dir, metrics)
+        return (f"Published {metrics.get('queued', 0):,} of {metrics['records_in']:,} quotes to {metrics['sink']} "
+                f"(group {metrics['group']}) {seconds}")
     if source_kind(source) == QUEUE:
         origin = f"from the queue {source} (group {metrics['group']}, consumer {metrics['consumer']})"
     elif source == "live":
@@ -116,78 +120,20 @@ def _summary(output_dir: str, metrics: dict) -> str:
         origin = f"from the webhook {metrics['webhook_url']}"
     else:
         origin = f"from {len(metrics['inputs'])} file(s)"
-    lines = [
-        f"{'Replayed' if source == 'historical' else 'Read'} {metrics['records_in']:,} quotes {origin} "
-        f"in {metrics['run_seconds']:.1f} s{' (streaming)' if metrics.get('streaming') else ''}",
-        row("mid_prices", f"{metrics['mid_prices']:,} mid prices"),
-        row("latency_filtered",
-            f"{metrics['latency_filtered']:,} quotes over the {metrics['latency_threshold_ms']} ms latency threshold"),
-        row("dead_lettered", f"{metrics['dead_lettered']:,} rejected rows, each with its reason"),
-    ]
+    line = f"{'Replayed' if source == 'historical' else 'Read'} {metrics['records_in']:,} quotes {origin} {seconds}"
     if source == "webhook":
         refused = metrics.get("webhook_requests_rejected", {})
         by_status = ", ".join(f"{count:,} x {status}" for status, count in refused.items())
-        lines.insert(1, f"  webhook: {metrics.get('webhook_requests_accepted', 0):,} requests accepted (202), "
-                        f"{sum(refused.values()):,} refused{f' ({by_status})' if by_status else ''}")
-    if "windowing" in metrics:
-        timing = ", ".join(f"{count:,} {name}" for name, count in metrics.get("panes_by_timing", {}).items())
-        lines += [
-            row("windows_emitted",
-                f"{metrics['windows_emitted']:,} panes ({timing or 'none'}), {metrics['windowing']['window']}"),
-            row("late_dropped", f"{metrics['late_dropped']:,} quotes past their window's allowed lateness"),
-        ]
-    if "duplicates" in metrics:
-        lines.append(f"  {metrics['duplicates']:,} duplicate quotes dropped (same line within "
-                     f"{metrics['dedup_horizon']})")
-    if "trades" in metrics:
-        lines += [
-            f"Read {metrics['trades_in']:,} trades from {len(metrics['trade_inputs'])} file(s); "
-            f"{metrics.get('trades_duplicates', 0):,} duplicates dropped",
-            row("trades_enriched", f"{metrics['trades_enriched']:,} trades joined with the prevailing mid "
-                                   f"(at most {metrics['max_quote_age']} old)"),
-            row("trades_unmatched", f"{metrics['trades_unmatched']:,} trades without a quote, each with its reason"),
-            row("trades_dead_lettered", f"{metrics['trades_dead_lettered']:,} rejected trade rows, each with its reason"),
-            row("feature_windows", f"{metrics['feature_windows']:,} feature windows, {metrics['features']}"),
-        ]
-        if "windows_scored" in metrics:
-            flagged = metrics.get("scores_by_flag", {}).get("anomalies", 0)
-            lines.append(row("windows_scored", f"{metrics['windows_scored']:,} windows scored by model "
-                                               f"{metrics['model_id']}, {flagged:,} flagged as anomalies"))
-    if partitions:
-        tenants = ", ".join(partition.split("=", 1)[1] for partition in partitions)
-        lines.append(f"  {len(partitions)} tenant partitions in {output_dir}: {tenants}")
-    checks = metrics["balance_terms"]
-    for check, terms in checks.items():
-        label = _CHECK_LABELS.get(check, check) if len(checks) > 1 else "counts"
-        total = metrics.get("balance_totals", {}).get(check, "records_in")
-        lines.append(row("metrics.json", f"{label} {balance_text(terms, total)}"))
-    return "\n".join(lines)
+        line += (f"\n  webhook: {metrics.get('webhook_requests_accepted', 0):,} requests accepted (202), "
+                 f"{sum(refused.values()):,} refused{f' ({by_status})' if by_status else ''}")
+    return line
 
 
-def _sink_summary(output_dir: str, metrics: dict) -> str:
-    """The summary of a publisher run (``--sink``)."""
-    balanced = "balance" if balance(metrics, ["queued", "dead_lettered"]) else "DO NOT BALANCE"
-    return "\n".join([
-        f"Published {metrics.get('queued', 0):,} of {metrics['records_in']:,} quotes to {metrics['sink']} "
-        f"(group {metrics['group']}) in {metrics['run_seconds']:.1f} s",
-        f"  {FileSystems.join(output_dir, 'dead_letter.jsonl')}  {metrics['dead_lettered']:,} rejected rows, "
-        "each with its reason",
-        f"  backpressure: waited {metrics.get('backpressure_waits', 0):,} times for the group (high water "
-        f"{metrics['queue_high_water']:,}); {metrics.get('trimmed_unread', 0):,} unread entries trimmed",
-        f"  {FileSystems.join(output_dir, 'metrics.json')}  counts {balanced}: {metrics['records_in']:,} in = "
-        f"{metrics.get('queued', 0):,} queued + {metrics['dead_lettered']:,} dead letters",
-    ])
-
-
-#: metrics.json counts of records that did not reach the main outputs (mid prices, joined trades).
-SET_ASIDE = ("dead_lettered", "latency_filtered", "late_dropped", "duplicates", "trades_dead_lettered",
-             "trades_unmatched", "trades_duplicates")
-
-
-def log_set_aside(metrics: dict) -> None:
+def log_set_aside(metrics: dict, names: Sequence[str]) -> None:
     """One warning with the counts of everything dead-lettered, filtered, late or dropped as a
-    duplicate (never a line per record): JSON logs carry them as ``counts``."""
-    counts = {name: metrics[name] for name in SET_ASIDE if metrics.get(name)}
+    duplicate (``names``: what the run's stages set aside; never a line per record): JSON logs
+    carry them as ``counts``."""
+    counts = {name: metrics[name] for name in names if metrics.get(name)}
     if counts:
         LOG.warning("records set aside, each counted in metrics.json and written with its reason: %s",
                     ", ".join(f"{count:,} {name}" for name, count in counts.items()),
@@ -206,10 +152,12 @@ def check_queue(url: str, flag: str) -> None:
 
 
 def preflight(job: QuotesJob) -> None:
-    """What a run must reach before it starts, once its flags are resolved: the queue's Redis, the
-    live feed, the replay's control port. Raises UsageError. (A webhook run's port is bound by
-    :func:`open_webhook`.)"""
+    """What a run must reach before it starts, once its flags are resolved: matplotlib for
+    ``--report``, the queue's Redis, the live feed, the replay's control port. Raises UsageError
+    or ReportError. (A webhook run's port is bound by :func:`open_webhook`.)"""
     source = job.source
+    if job.deliver.report:
+        check_matplotlib()  # --report without matplotlib is a usage error before the run, not after it
     if job.deliver.sink:
         check_queue(job.deliver.sink, "--sink")
     if source.kind == QUEUE:
@@ -356,7 +304,7 @@ def _quotes(job: QuotesJob, started_at: float) -> int:
         problems = runners.portability_problems(pipeline, job.options)
         if problems:
             raise OptionsError(problems)
-    except (UsageError, RunnerError, OptionsError) as exc:
+    except (UsageError, RunnerError, ReportError, OptionsError) as exc:
         if webhook is not None:
             webhook.close()
         if metrics_server is not None:
@@ -380,12 +328,14 @@ def _quotes(job: QuotesJob, started_at: float) -> int:
         forget_run(run_id)
     with FileSystems.open(FileSystems.join(deliver.output_dir, "metrics.json")) as stream:
         metrics = json.load(stream)
-    log_set_aside(metrics)
-    print(_summary(deliver.output_dir, metrics))
+    parts = run_accounting(job)
+    log_set_aside(metrics, combine(parts).set_aside)
+    print(_summary(deliver.output_dir, metrics, parts))
     if deliver.report:
         try:
             png, page = write_report(deliver.output_dir, default_symbol=source.default_symbol,
-                                     reader_schema_version=source.reader_schema_version)
+                                     reader_schema_version=source.reader_schema_version,
+                                     accounting=parts)
         except ReportError as exc:
             print(f"{PROG}: report: {exc}", file=sys.stderr)
             return 1

@@ -11,10 +11,10 @@ both call it; :func:`beam_pipeline.pipeline.build_pipeline` and
 What it checks, all of it before anything is created: the flags' values and how they go together
 (:func:`beam_pipeline.options.check`), the runner's own flags, the installed normalizer plugins,
 the input files (they exist; their headers, Avro writer schemas and normalizer plugins read),
-the trade files' headers, the scoring model, the schemas' decimals, saved replay state, and
-whether ``--report`` can draw. What it does not do is reach or bind anything on the network
-(the live feed, Redis, the ports to listen on): the CLI does that next (``cli.preflight``), since
-a YAML pipeline built elsewhere must not.
+the trade files' headers, the scoring model, the schemas' decimals and saved replay state. What
+it does not do is reach or bind anything on the network (the live feed, Redis, the ports to
+listen on) or look for optional packages (matplotlib for ``--report``): the CLI does that next
+(``cli.preflight``), since a YAML pipeline built elsewhere must not.
 """
 
 from __future__ import annotations
@@ -199,8 +199,6 @@ def _resolve_quotes(options: PipelineOptions) -> QuotesJob:
     problems += runners.check(options) + shared_files_problems(options, inputs)
     if unbounded and FileSystems.get_scheme(config.output_dir) is not None:
         problems.append(f"--output_dir {config.output_dir}: a live run appends to local files only")
-    if config.report:
-        problems += _report_problems()
     if problems:  # the values are wrong: their configs cannot be made, nor the files judged by them
         raise OptionsError(problems)
 
@@ -322,17 +320,6 @@ def _schema_problems(check, *args) -> list[str]:
     try:
         check(*args)
     except SchemaError as exc:
-        return [str(exc)]
-    return []
-
-
-def _report_problems() -> list[str]:
-    """``--report`` without matplotlib is a problem before the run, not after it."""
-    from beam_pipeline.report import ReportError, check_matplotlib
-
-    try:
-        check_matplotlib()
-    except ReportError as exc:
         return [str(exc)]
     return []
 

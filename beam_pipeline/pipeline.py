@@ -24,6 +24,7 @@ from beam_pipeline.options import (
 )
 from runners import make_runner
 from schemas import latest_version, load_schema
+from transforms.accounting import Accounting, combine
 from transforms.queue.stage import WriteToQueue
 from transforms.queue.streams import QueueAddress, QueueFeed
 from transforms.quotes.stage import ComputeMidPrices, NormalizeQuotes
@@ -41,35 +42,11 @@ from transforms.sources.live import LiveFeed
 from transforms.sources.modes import SwitchingFeed
 from transforms.sources.stage import ReadFeed, ReplayAsStream, ReplayHistorical, plan_stream_replay
 from transforms.sources.webhook import WebhookFeed, endpoint_url
-from transforms.trades.stage import OUTPUTS as ANALYTICS_OUTPUTS
-from transforms.trades.stage import SCORE_BALANCE, SCORE_OUTPUTS, TRADE_BALANCE, AnalyseTrades
-from transforms.windows.logic import duration_text
+from transforms.trades.stage import AnalyseTrades
+from transforms.windows.logic import WindowConfig, duration_text, parse_window
 from transforms.windows.stage import WindowQuotes
 
 LOG = logging.getLogger(__name__)
-
-#: Output file -> the metrics.json count of its lines. records_in must equal their sum.
-OUTPUTS = {
-    "mid_prices.log": "mid_prices",
-    "errors.log": "latency_filtered",
-    "dead_letter.jsonl": "dead_lettered",
-}
-#: The files of a publisher (--sink): records_in = quotes queued + dead letters.
-SINK_OUTPUTS = {"dead_letter.jsonl": "dead_lettered"}
-#: The same for the window stage (with --window); records_in = quotes in panes + late + dead letters.
-WINDOW_OUTPUTS = {
-    "windows.jsonl": "windows_emitted",
-    "late.jsonl": "late_dropped",
-}
-
-
-#: metrics.json names of the files' tallies (the others are ``<metric>_by_reason``).
-TALLY_NAMES = {
-    "windows.jsonl": "panes_by_timing",
-    "trades_dead_letter.jsonl": "trades_dead_lettered_by_reason",
-    "scores.jsonl": "scores_by_flag",
-}
-
 
 #: What one step of a streaming replay costs on the BundleBasedDirectRunner (2 cores, measured by
 #: benchmarks/window_throughput.py): only used to tell the user how long to expect.
@@ -166,23 +143,15 @@ def build_pipeline(
         "errors.log": priced.errors,
         "dead_letter.jsonl": normalized.dead_letters,
     }
-    metric_names = dict(OUTPUTS)
-    balances = {"balanced": list(OUTPUTS.values())}
-    totals = {}
     counts = [replay["counts"]]
-    horizon_us = source.dedup_horizon_us
-    if horizon_us:
-        balances["balanced"].append("duplicates")  # records_in = out + filtered + dead letters + duplicates
-        extra["dedup_horizon"] = duration_text(horizon_us)
+    if source.dedup_horizon_us:
+        extra["dedup_horizon"] = duration_text(source.dedup_horizon_us)
     if windowing:
         late_sources = sources if not live else list(feed.sources)
         windowed = normalized.valid | "WindowQuotes" >> WindowQuotes(
             windowing, scale, lag_us=lag_us, sources=late_sources, partition_by_tenant=per_tenant)
         outputs["windows.jsonl"] = windowed["windows"]
         outputs["late.jsonl"] = windowed["late"]
-        metric_names.update(WINDOW_OUTPUTS)
-        in_panes = "quotes_in_panes" if windowing.accumulation == "discarding" else "windowed_quotes"
-        balances["windows_balanced"] = [in_panes, "late_dropped", "dead_lettered"]
         counts.append(windowed["counts"])
         extra["windowing"] = windowing.as_dict()
         if streaming:
@@ -194,29 +163,47 @@ def build_pipeline(
         analysed = normalized.valid | "AnalyseTrades" >> stage
         counts.append(analysed.pop("counts"))
         outputs.update(analysed)
-        metric_names.update(ANALYTICS_OUTPUTS)
-        balances["trades_balanced"] = list(TRADE_BALANCE)
-        totals["trades_balanced"] = "trades_in"
         extra.update(analytics.as_extra(), trade_inputs=list(job.trade_inputs))
         if stage.model_id:
-            metric_names.update(SCORE_OUTPUTS)
-            balances["scores_balanced"] = list(SCORE_BALANCE)
-            totals["scores_balanced"] = "feature_windows"
             extra["model_id"] = stage.model_id
     if per_tenant:
         extra["partition_by_tenant"] = True
+    accounting = combine(run_accounting(job))
+    if set(outputs) != set(accounting.metric_names):  # the wiring above and the stages' declarations
+        raise RuntimeError(f"the stages wire {sorted(outputs)} but declare {sorted(accounting.metric_names)}")
     published = write_files(outputs, deliver.output_dir, live, run_id, per_tenant)
     _ = published | "WriteMetrics" >> WriteRunMetrics(
         deliver.output_dir,
         merge_counts(*counts) if len(counts) > 1 else counts[0],
-        metric_names,
+        accounting,
         extra=extra,
         started_at=started_at,
-        balances=balances,
-        tally_names=TALLY_NAMES,
-        totals=totals,
     )
     return pipeline
+
+
+def run_accounting(job: QuotesJob) -> tuple[Accounting, ...]:
+    """The declarations of the stages ``job`` wires, in the order of its outputs: added up, they
+    are what ``metrics.json`` counts and checks; the CLI's summary shows them stage by stage."""
+    if job.deliver.sink:
+        return WriteToQueue.ACCOUNTING, NormalizeQuotes.ACCOUNTING
+    parts = [ComputeMidPrices.ACCOUNTING, NormalizeQuotes.ACCOUNTING]
+    if job.source.dedup_horizon_us:
+        parts.append(ReplayHistorical.DEDUP_ACCOUNTING)
+    if job.window:
+        parts.append(WindowQuotes.accounting_for(job.window))
+    if job.analytics:
+        parts.append(AnalyseTrades.accounting_for(scored=job.analytics.model is not None))
+    return tuple(parts)
+
+
+def every_stage_accounting() -> tuple[Accounting, ...]:
+    """The declarations of every stage a quotes job can wire, in the order of its outputs: the
+    words for whatever a finished run's ``metrics.json`` has, for a reader that has only the
+    folder (the run report)."""
+    return (ComputeMidPrices.ACCOUNTING, NormalizeQuotes.ACCOUNTING, ReplayHistorical.DEDUP_ACCOUNTING,
+            WriteToQueue.ACCOUNTING, WindowQuotes.accounting_for(WindowConfig(parse_window("fixed:1s"))),
+            AnalyseTrades.accounting_for(scored=True))
 
 
 def analyse_trades(job: QuotesJob) -> AnalyseTrades:
@@ -267,8 +254,7 @@ def _publish(pipeline, job: QuotesJob, normalized, read_counts, extra: dict, run
                             job.quotes.partition_by_tenant)
     extra.update(sink=deliver.sink, group=deliver.group, queue_high_water=deliver.queue_high_water)
     _ = published | "WriteMetrics" >> WriteRunMetrics(
-        deliver.output_dir, counts, SINK_OUTPUTS, extra=extra, started_at=started_at,
-        balances={"balanced": ["queued", "dead_lettered"]},
+        deliver.output_dir, counts, combine(run_accounting(job)), extra=extra, started_at=started_at,
     )
     return pipeline
 

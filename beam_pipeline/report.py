@@ -42,6 +42,7 @@ from apache_beam.io.filesystems import FileSystems
 from beam_pipeline.options import quote_prices
 from beam_pipeline.plugins import PluginFormats
 from schemas import SchemaError, latest_version
+from transforms.accounting import RECORDS_IN, Accounting, combine, render
 from transforms.quotes.midprice import split_by_latency
 from transforms.quotes.normalize import normalize_batch
 from transforms.quotes.tenants import partition_dir
@@ -73,12 +74,6 @@ _DPI = 100
 _ROW_PX = 300  # one symbol's row
 _BOTTOM_PX = 420  # latency histogram and counts table
 _HEAD_PX = 110  # title and notes
-_CHECK_LABELS = {
-    "balanced": "mid prices",
-    "windows_balanced": "windows",
-    "trades_balanced": "trades",
-    "scores_balanced": "scores",
-}
 
 
 class ReportError(Exception):
@@ -132,6 +127,7 @@ class ReportData:
     candles_source: str = ""
     dead_letters: int = 0  # rows the report's replay rejected (metrics.json: dead_lettered)
     notes: list[str] = field(default_factory=list)
+    accounting: Sequence[Accounting] = ()  # the run's stages' declarations (see count_rows)
     row_keys: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # symbol -> input file and line
 
     @property
@@ -151,7 +147,7 @@ class ReportData:
         return sum(int(np.count_nonzero(s.late)) for s in self.series.values())
 
     def count_rows(self) -> list[tuple[str, str]]:
-        return count_rows(self.metrics)
+        return count_rows(self.metrics, self.accounting)
 
 
 # --------------------------------------------------------------------------- data
@@ -162,15 +158,21 @@ def report_data(
     *,
     default_symbol: str = "UNKNOWN",
     reader_schema_version: int | None = None,
+    accounting: Sequence[Accounting] | None = None,
 ) -> ReportData:
     """What the report of the run in ``output_dir`` shows (see the module docstring).
 
     ``default_symbol`` and ``reader_schema_version`` are the run's ``--symbol`` and
     ``--reader_schema_version`` (metrics.json does not record them); they matter only for inputs
-    without a symbol column and for ``.avro`` inputs.
+    without a symbol column and for ``.avro`` inputs. ``accounting``: the declarations of the
+    run's stages (``beam_pipeline.pipeline.run_accounting``); default: every stage's.
     """
     metrics = read_metrics(output_dir)
-    data = ReportData(output_dir, metrics)
+    if accounting is None:
+        from beam_pipeline.pipeline import every_stage_accounting
+
+        accounting = every_stage_accounting()
+    data = ReportData(output_dir, metrics, accounting=tuple(accounting))
     source = metrics.get("source", "historical")
     inputs = list(metrics.get("inputs") or [])
     if source != "historical":
@@ -396,31 +398,21 @@ def _check_counts(data: ReportData) -> None:
                               "(were the inputs changed, or run with --symbol or --reader_schema_version?)")
 
 
-def count_rows(metrics: Mapping) -> list[tuple[str, str]]:
-    """The counts table: (label, value) rows, numbers with thousands separators."""
-    threshold = metrics.get("latency_threshold_ms")
-    names = [
-        ("records in", "records_in"),
-        ("mid prices", "mid_prices"),
-        (f"latency filtered (> {threshold} ms)" if threshold is not None else "latency filtered", "latency_filtered"),
-        ("dead letters", "dead_lettered"),
-        ("duplicates", "duplicates"),
-        ("queued", "queued"),
-        ("window panes", "windows_emitted"),
-        ("late (past allowed lateness)", "late_dropped"),
-        ("trades in", "trades_in"),
-        ("trades enriched", "trades_enriched"),
-        ("trades unmatched", "trades_unmatched"),
-        ("feature windows", "feature_windows"),
-        ("windows scored", "windows_scored"),
-    ]
+def count_rows(metrics: Mapping, parts: Sequence[Accounting]) -> list[tuple[str, str]]:
+    """The counts table: (label, value) rows, numbers with thousands separators; the counts and
+    their words are those the stages declare (``parts``, stage by stage), for each count the run has."""
+    names = [("records in", RECORDS_IN)]
+    for part in parts:
+        names += [(label, metric) for metric, label in part.counts]
+        names += [(render(output.label, metrics), output.metric) for output in part.outputs]
     rows = [(label, f"{metrics[name]:,}") for label, name in names if isinstance(metrics.get(name), int)]
+    labels = combine(parts).labels
     totals = metrics.get("balance_totals", {})
     for check, terms in metrics.get("balance_terms", {}).items():
-        total = totals.get(check, "records_in")
+        total = totals.get(check, RECORDS_IN)
         ok = balance(metrics, terms, total)
         sums = " + ".join(f"{metrics.get(term, 0):,}" for term in terms)
-        rows.append((f"balance ({_CHECK_LABELS.get(check, check)})",
+        rows.append((f"balance ({labels.get(check, check)})",
                      f"{'yes' if ok else 'NO'}: {metrics.get(total, 0):,} = {sums}"))
     return rows
 
@@ -715,14 +707,16 @@ def write_report(
     max_candles: int = MAX_CANDLES,
     default_symbol: str = "UNKNOWN",
     reader_schema_version: int | None = None,
+    accounting: Sequence[Accounting] | None = None,
 ) -> tuple[str, str]:
     """Write ``report.png`` and ``report.html`` into ``output_dir``; returns their paths.
 
     Raises :class:`ReportError` when the folder has no metrics.json or matplotlib is missing.
-    ``height_px`` None: :func:`figure_height_px`. See :func:`report_data` for the last two.
+    ``height_px`` None: :func:`figure_height_px`. See :func:`report_data` for the last three.
     """
     check_matplotlib()  # fail before the replay, not after it
-    data = report_data(output_dir, default_symbol=default_symbol, reader_schema_version=reader_schema_version)
+    data = report_data(output_dir, default_symbol=default_symbol, reader_schema_version=reader_schema_version,
+                       accounting=accounting)
     png = render_png(data, width_px=width_px, height_px=height_px, max_points=max_points, max_markers=max_markers,
                      max_symbols=max_symbols, max_candles=max_candles)
     png_path = FileSystems.join(output_dir, REPORT_PNG)

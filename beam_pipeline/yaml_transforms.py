@@ -61,13 +61,8 @@ from apache_beam.runners.runner import PipelineRunner
 
 from beam_pipeline.config import QuotesJob, resolve
 from beam_pipeline.options import parse_options
-from beam_pipeline.pipeline import (
-    OUTPUTS,
-    TALLY_NAMES,
-    WINDOW_OUTPUTS,
-    merge_counts,
-    write_files,
-)
+from beam_pipeline.pipeline import merge_counts, write_files
+from transforms.accounting import combine
 from transforms.quotes import normalize
 from transforms.quotes import stage as quote_stage
 from transforms.sinks.stage import WriteRunMetrics
@@ -245,8 +240,7 @@ class WriteQuoteOutputs(beam.PTransform):
         if read is None or mids is None:
             raise ValueError("WriteQuoteOutputs: counts must come from ReadQuotes and errors from ComputeMidPrices")
         outputs = {name: inputs[key] for key, name in self._INPUTS.items()}
-        metric_names = dict(OUTPUTS)
-        balances = {"balanced": list(OUTPUTS.values())}
+        parts = [quote_stage.ComputeMidPrices.ACCOUNTING, quote_stage.NormalizeQuotes.ACCOUNTING]
         counts = [inputs["counts"]]
         extra = {
             "source": "historical",
@@ -255,16 +249,14 @@ class WriteQuoteOutputs(beam.PTransform):
             "streaming": False,
         }
         if read.dedup_horizon_us:
-            balances["balanced"].append("duplicates")
+            parts.append(source_stage.ReplayHistorical.DEDUP_ACCOUNTING)
             extra["dedup_horizon"] = duration_text(read.dedup_horizon_us)
         if windowed:
             stage = _upstream(inputs["windows"], window_stage.WindowQuotes)
             if stage is None:
                 raise ValueError("WriteQuoteOutputs: windows must come from WindowQuotes")
             outputs.update({name: inputs[key] for key, name in self._WINDOW_INPUTS.items()})
-            metric_names.update(WINDOW_OUTPUTS)
-            in_panes = "quotes_in_panes" if stage.config.accumulation == "discarding" else "windowed_quotes"
-            balances["windows_balanced"] = [in_panes, "late_dropped", "dead_lettered"]
+            parts.append(stage.accounting)
             counts.append(inputs["window_counts"])
             extra["windowing"] = stage.config.as_dict()
         if not FileSystems.exists(self.output_dir):
@@ -273,11 +265,9 @@ class WriteQuoteOutputs(beam.PTransform):
         summary = published | "WriteMetrics" >> WriteRunMetrics(
             self.output_dir,
             merge_counts(*counts) if len(counts) > 1 else counts[0],
-            metric_names,
+            combine(parts),
             extra=extra,
             started_at=self._started_at,
-            balances=balances,
-            tally_names=TALLY_NAMES,
         )
         return {"summary": summary}
 

@@ -2,22 +2,27 @@
 
 Every stage states, next to its composite, an :class:`Accounting`: the output files it writes and
 the metric that counts each one's lines, the balance checks its counts take part in (a total, by
-default ``records_in``, equals the sum of the terms), the words a reader sees for each check, and
-which of its counts are records set aside (dead-lettered, filtered, late, duplicates). A run adds
-up the accountings of the stages it wires (``a + b``, in the order its outputs are listed):
-``WriteRunMetrics`` writes ``metrics.json`` from the sum, and the summary and the report read it::
+default ``records_in``, equals the sum of the terms), the words a reader sees for each of them,
+and which of its counts are records set aside (dead-lettered, filtered, late, duplicates). A run
+adds up the accountings of the stages it wires (``a + b``, in the order its outputs are listed):
+``WriteRunMetrics`` writes ``metrics.json`` from the sum, and the summary and the report read
+the same declarations::
 
     ComputeMidPrices.ACCOUNTING + NormalizeQuotes.ACCOUNTING
         outputs   mid_prices.log -> mid_prices, errors.log -> latency_filtered, dead_letter.jsonl -> dead_lettered
         balanced  records_in = mid_prices + latency_filtered + dead_lettered
+
+A reader's words are templates over ``metrics.json`` (:func:`render`), e.g.
+``"{latency_filtered:,} quotes over the {latency_threshold_ms} ms latency threshold"``.
 
 Pure Python: no Beam here.
 """
 
 from __future__ import annotations
 
+import string
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Mapping
 
 #: The check every quotes run has: each quote read is in exactly one of the main outputs.
 RECORDS_CHECK = "balanced"
@@ -31,6 +36,8 @@ class Output:
 
     file: str  # e.g. "errors.log"
     metric: str  # e.g. "latency_filtered"
+    label: str  # the count's name in the report's table, e.g. "latency filtered (> {latency_threshold_ms} ms)"
+    summary: str  # the CLI summary's words beside the file, e.g. "{dead_lettered:,} rejected rows, ..."
     tally: str | None = None  # the metrics.json name of its lines' tally (default: <metric>_by_reason)
 
     @property
@@ -42,7 +49,7 @@ class Output:
 class Check:
     """A balance of ``metrics.json``: ``total`` equals the sum of ``terms``; ``name`` is its flag.
 
-    Stages that add terms to another's check name it and give only their terms: the total and
+    A stage that adds terms to another's check names it and gives only its terms: the total and
     the label come from the stage that owns the check."""
 
     name: str
@@ -58,6 +65,8 @@ class Accounting:
     outputs: tuple[Output, ...] = ()
     checks: tuple[Check, ...] = ()
     set_aside: tuple[str, ...] = ()  # counts of records kept out of the main outputs, each with its reason
+    counts: tuple[tuple[str, str], ...] = ()  # (metric, report label) of counts that are not a file's lines
+    notes: tuple[str, ...] = ()  # summary lines of the stage that are not a file's, before its files' rows
 
     def __add__(self, other: Accounting) -> Accounting:
         files = {output.file for output in self.outputs}
@@ -70,18 +79,15 @@ class Accounting:
         return Accounting(
             self.outputs + other.outputs,
             tuple(checks.values()),
-            self.set_aside + tuple(name for name in other.set_aside if name not in self.set_aside),
+            _union(self.set_aside, other.set_aside),
+            _union(self.counts, other.counts),
+            self.notes + other.notes,
         )
 
     @property
     def metric_names(self) -> dict[str, str]:
         """Output file -> the metric counting its lines."""
         return {output.file: output.metric for output in self.outputs}
-
-    @property
-    def files(self) -> dict[str, str]:
-        """Metric -> the output file whose lines it counts."""
-        return {output.metric: output.file for output in self.outputs}
 
     @property
     def tally_names(self) -> dict[str, str]:
@@ -100,6 +106,7 @@ class Accounting:
 
     @property
     def labels(self) -> dict[str, str]:
+        """Check -> how a reader sees it named (its name when no stage gave it words)."""
         return {check.name: check.label or check.name for check in self.checks}
 
 
@@ -109,6 +116,35 @@ def combine(parts: Iterable[Accounting]) -> Accounting:
     for part in parts:
         summed = summed + part
     return summed
+
+
+def render(template: str, metrics: Mapping) -> str:
+    """``template`` filled in from ``metrics``: ``{name:,}`` a count (0 when the run has none),
+    ``{name[key]}`` an entry of a dict, ``{name:tally}`` a tally as ``3 ON_TIME, 1 LATE`` (``none``
+    when empty), ``{name:len}`` how many items a list has."""
+    return _FORMATTER.vformat(template, (), metrics)
+
+
+class _MetricsFormatter(string.Formatter):
+    def get_field(self, field_name, args, kwargs):
+        try:
+            return super().get_field(field_name, args, kwargs)
+        except (KeyError, IndexError):  # a count the run did not make: none of them
+            return 0, field_name
+
+    def format_field(self, value, format_spec):
+        if format_spec == "tally":
+            return ", ".join(f"{count:,} {name}" for name, count in (value or {}).items()) or "none"
+        if format_spec == "len":
+            return str(len(value or ()))
+        return super().format_field(value, format_spec)
+
+
+_FORMATTER = _MetricsFormatter()
+
+
+def _union(first: tuple, second: tuple) -> tuple:
+    return first + tuple(item for item in second if item not in first)
 
 
 def _merge(owner: Check, extra: Check) -> Check:

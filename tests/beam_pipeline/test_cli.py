@@ -349,3 +349,25 @@ def test_an_output_folder_another_process_creates_first_is_fine(tmp_path, monkey
     blocked.write_text("x")
     with pytest.raises(cli.UsageError, match="not a directory"):
         cli.prepare_output_dir(str(blocked))
+
+
+def test_the_summary_has_a_row_for_every_file_the_stages_declare(tmp_path, capsys):
+    """The rows, their counts and the balance lines come from the stages' declarations."""
+    from beam_pipeline.config import resolve
+    from beam_pipeline.options import parse_options
+    from beam_pipeline.pipeline import run_accounting
+    from transforms.accounting import combine
+
+    argv = ["--output_dir", str(tmp_path / "out"), "--progress", "off", "--window", "fixed:1s",
+            "--trades", bundled_sample("trades_sample.csv")]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    declared = combine(run_accounting(resolve(parse_options(argv))))
+    assert len(declared.outputs) == 10  # mid prices, errors, dead letters, windows, late, 4 trade files, scores
+    for output in declared.outputs:
+        row = next(line for line in out.splitlines() if f"{output.file} " in line)
+        assert f"{metrics[output.metric]:,}" in row, row
+    for check in ("mid-price counts", "window counts", "trade counts", "score counts"):
+        assert f"{check} balance: " in out
+    assert "Read 1,500 trades from 1 file(s)" in out

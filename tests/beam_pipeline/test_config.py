@@ -81,3 +81,13 @@ def test_the_pipeline_is_built_from_the_job_alone(tmp_path, write_csv):
     build_pipeline(job).run().wait_until_finish()
     metrics = json.loads(Path(tmp_path / "out" / "metrics.json").read_text())
     assert metrics["latency_threshold_ms"] == 20 and not (tmp_path / "elsewhere").exists()
+
+
+def test_a_stage_whose_declaration_misses_a_file_it_wires_fails_the_build(tmp_path, monkeypatch):
+    from transforms.accounting import Accounting
+    from transforms.quotes.stage import ComputeMidPrices
+
+    declared = ComputeMidPrices.ACCOUNTING
+    monkeypatch.setattr(ComputeMidPrices, "ACCOUNTING", Accounting(declared.outputs[:1], declared.checks))
+    with pytest.raises(RuntimeError, match="errors.log"):
+        build_pipeline(resolved("--output_dir", str(tmp_path)))

@@ -13,8 +13,11 @@ from beam_pipeline.config import bundled_sample, resolve
 from beam_pipeline.devtools.reference import run_reference
 from beam_pipeline.devtools.samples import MALFORMED, generate
 from beam_pipeline.options import parse_options
-from beam_pipeline.pipeline import OUTPUTS, build_pipeline
+from beam_pipeline.pipeline import build_pipeline
 from tests.conftest import WORKED_EXAMPLE
+
+#: The default job's output files (besides metrics.json), as docs/contract.md gives them.
+OUTPUTS = ("mid_prices.log", "errors.log", "dead_letter.jsonl")
 
 #: The reason code each row of samples.MALFORMED must get, in the same order.
 MALFORMED_CODES = [

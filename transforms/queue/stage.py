@@ -12,6 +12,7 @@ import pyarrow as pa
 
 from schemas import fingerprint, latest_version, load_schema
 from schemas.single_object import SingleObjectEncoder, single_object_header
+from transforms.accounting import RECORDS_CHECK, Accounting, Check
 from transforms.queue.streams import (
     _PRICE_SCALE,
     QUOTE_V3_FINGERPRINT,
@@ -55,6 +56,14 @@ class WriteToQueue(beam.PTransform):
     """Valid quote blocks (``NormalizeQuotes.valid``) published to ``url``'s stream, with
     ``group``'s backpressure (``settings``: :class:`Publisher`'s high_water, max_len, batch_size);
     outputs one counts dict per block (``queued``, ``backpressure_waits``, ``trimmed_unread``)."""
+
+    #: A publisher's quotes are queued or dead letters (NormalizeQuotes'): records_in is their sum.
+    ACCOUNTING = Accounting(
+        checks=(Check(RECORDS_CHECK, ("queued",)),),
+        counts=(("queued", "queued"),),
+        notes=("  backpressure: waited {backpressure_waits:,} times for the group (high water {queue_high_water:,}); "
+               "{trimmed_unread:,} unread entries trimmed",),
+    )
 
     def __init__(self, url: str, group: str, *, scale: int, **settings):
         super().__init__()

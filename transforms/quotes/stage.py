@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from schemas import FieldRule
 from transforms import telemetry
+from transforms.accounting import RECORDS_CHECK, Accounting, Check, Output
 from transforms.blocks import QuoteBlock, TextChunk
 from transforms.quotes.midprice import ERRORS, latency_error_text, mid_price_text, split_by_latency
 from transforms.quotes.normalize import DEAD_LETTERS, dead_letter_chunks, normalize_batch, price_rule
@@ -53,6 +54,14 @@ class NormalizeQuotes(beam.PTransform):
         rules: the quote schema compiled with :func:`schemas.field_rules`.
         partition_by_tenant: dead letters in one chunk per tenant (``tenant=<t>`` partitions).
     """
+
+    #: Every rejected row is a line of dead_letter.jsonl with its reason: a term of the quotes' balance.
+    ACCOUNTING = Accounting(
+        outputs=(Output("dead_letter.jsonl", "dead_lettered", "dead letters",
+                        "{dead_lettered:,} rejected rows, each with its reason"),),
+        checks=(Check(RECORDS_CHECK, ("dead_lettered",)),),
+        set_aside=("dead_lettered",),
+    )
 
     def __init__(self, rules: Mapping[str, FieldRule], partition_by_tenant: bool = False):
         super().__init__()
@@ -105,6 +114,17 @@ class ComputeMidPrices(beam.PTransform):
         scale: the prices' decimal scale (from the schema).
         partition_by_tenant: one chunk per tenant of each block (``tenant=<t>`` partitions).
     """
+
+    #: Each valid quote is a mid price or a latency error: with the dead letters, every quote read.
+    ACCOUNTING = Accounting(
+        outputs=(
+            Output("mid_prices.log", "mid_prices", "mid prices", "{mid_prices:,} mid prices"),
+            Output("errors.log", "latency_filtered", "latency filtered (> {latency_threshold_ms} ms)",
+                   "{latency_filtered:,} quotes over the {latency_threshold_ms} ms latency threshold"),
+        ),
+        checks=(Check(RECORDS_CHECK, ("mid_prices", "latency_filtered"), label="mid-price counts"),),
+        set_aside=("latency_filtered",),
+    )
 
     def __init__(self, latency_threshold_ms: int | None, scale: int = 8, partition_by_tenant: bool = False):
         super().__init__()

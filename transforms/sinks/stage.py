@@ -39,6 +39,7 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms import telemetry
+from transforms.accounting import Accounting
 from transforms.blocks import TextChunk
 from transforms.quotes.tenants import partition_dir, split_by_tenant
 from transforms.sinks.deliver import (
@@ -253,25 +254,22 @@ class WriteRunMetrics(beam.PTransform):
 
     The input is the single summary element of :class:`WriteOrderedText`; ``read_counts`` is a
     PCollection with one dict (``records_in`` and other counts, e.g. merged with
-    :class:`MergeCounts`). ``metric_names`` maps an output file to the metric that counts its
-    lines, e.g. ``{"errors.log": "latency_filtered"}``; a file's tally goes under
-    ``tally_names[file]`` (default ``<metric>_by_reason``). Each entry of ``balances`` names a
-    check that ``records_in`` (or the metric ``totals[check]`` names, e.g. ``trades_in``) equals
-    the sum of the listed metrics (default: all file metrics, as ``balanced``); ``balanced`` is true
-    when every check holds.
+    :class:`MergeCounts`). ``accounting`` is the run's stages' declarations added up
+    (:mod:`transforms.accounting`): each output file's lines are counted under its metric, e.g.
+    ``errors.log`` as ``latency_filtered``, and its tally under its tally name; each check says
+    that ``records_in`` (or its own total, e.g. ``trades_in``) equals the sum of its terms;
+    ``balanced`` is true when every check holds.
     """
 
-    def __init__(self, output_dir: str, read_counts, metric_names: Mapping[str, str], extra: Mapping,
-                 started_at: float | None = None, clock: Callable[[], float] = time.time, *,
-                 balances: Mapping[str, Sequence[str]] | None = None, tally_names: Mapping[str, str] | None = None,
-                 totals: Mapping[str, str] | None = None):
+    def __init__(self, output_dir: str, read_counts, accounting: Accounting, extra: Mapping,
+                 started_at: float | None = None, clock: Callable[[], float] = time.time):
         super().__init__()
         self._path = FileSystems.join(output_dir, "metrics.json")
         self._read_counts = read_counts
-        self._metric_names = metric_names
-        self._balances = balances if balances is not None else {"balanced": list(metric_names.values())}
-        self._tally_names = tally_names or {}
-        self._totals = dict(totals or {})
+        self._metric_names = accounting.metric_names
+        self._balances = accounting.balances
+        self._tally_names = accounting.tally_names
+        self._totals = accounting.totals
         self._extra = extra
         self._started_at = clock() if started_at is None else started_at
         self._clock = clock

@@ -43,6 +43,7 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
 
 from schemas.single_object import DecodeError, SingleObjectDecoder
 from transforms import telemetry
+from transforms.accounting import RECORDS_CHECK, Accounting, Check
 from transforms.blocks import QuoteBlock, QuoteBlockCoder
 from transforms.progress import Progress
 from transforms.sources.avro_input import DEAD_LETTERS, dead_letter, match_files, read_avro_file
@@ -116,6 +117,14 @@ class ReplayHistorical(beam.PTransform):
         dedup_horizon_us: drop a quote whose CSV line was replayed within this many microseconds
             before (see ``HistoricalReplay``); ``counts`` then has ``duplicates`` (0: off).
     """
+
+    #: With a dedup horizon, a quote read is also accounted for as a duplicate dropped.
+    DEDUP_ACCOUNTING = Accounting(
+        checks=(Check(RECORDS_CHECK, ("duplicates",)),),
+        set_aside=("duplicates",),
+        counts=(("duplicates", "duplicates"),),
+        notes=("  {duplicates:,} duplicate quotes dropped (same line within {dedup_horizon})",),
+    )
 
     def __init__(self, sources: Sequence[str], *, default_symbol: str = "UNKNOWN",
                  block_bytes: int = DEFAULT_BLOCK_BYTES, show_progress: bool = False, open_file=None,

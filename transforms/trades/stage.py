@@ -6,7 +6,7 @@
                            by_symbol (quotes, enriched, unmatched) --> ComputeFeatures -> ScoreFeatures
 
 ``AnalyseTrades`` returns one PCollection of :class:`~transforms.blocks.TextChunk` s per output file
-(see :data:`OUTPUTS`) plus ``counts`` for ``metrics.json``. The quotes joined are the ones that make
+(see :data:`ACCOUNTING`) plus ``counts`` for ``metrics.json``. The quotes joined are the ones that make
 ``mid_prices.log``: valid, and not over the latency threshold. The rules are in the pure modules
 (:mod:`~transforms.trades.read`, :mod:`~transforms.trades.asof`, :mod:`~transforms.trades.features`,
 :mod:`~transforms.trades.scoring`).
@@ -80,6 +80,7 @@ from apache_beam.transforms import userstate, window
 from apache_beam.utils.timestamp import Timestamp
 
 from transforms import telemetry
+from transforms.accounting import Accounting, Check, Output
 from transforms.blocks import QuoteBlock
 from transforms.quotes import columns
 from transforms.quotes.normalize import dead_letter_chunk
@@ -543,24 +544,32 @@ class ScoreFeatures(beam.PTransform):
         )
 
 
-#: Output file -> the metrics.json count of its lines.
-OUTPUTS = {
-    "trades_enriched.jsonl": "trades_enriched",
-    "unmatched_trades.jsonl": "trades_unmatched",
-    "trades_dead_letter.jsonl": "trades_dead_lettered",
-    "features.jsonl": "feature_windows",
-}
+#: The analytics' files, and their balance: every trade read is joined, unmatched, dead-lettered
+#: or a duplicate (trades_in is their sum).
+ACCOUNTING = Accounting(
+    outputs=(
+        Output("trades_enriched.jsonl", "trades_enriched", "trades enriched",
+               "{trades_enriched:,} trades joined with the prevailing mid (at most {max_quote_age} old)"),
+        Output("unmatched_trades.jsonl", "trades_unmatched", "trades unmatched",
+               "{trades_unmatched:,} trades without a quote, each with its reason"),
+        Output("trades_dead_letter.jsonl", "trades_dead_lettered", "trade dead letters",
+               "{trades_dead_lettered:,} rejected trade rows, each with its reason"),
+        Output("features.jsonl", "feature_windows", "feature windows", "{feature_windows:,} feature windows, {features}"),
+    ),
+    checks=(Check("trades_balanced", ("trades_enriched", "trades_unmatched", "trades_dead_lettered",
+                                      "trades_duplicates"), total="trades_in", label="trade counts"),),
+    set_aside=("trades_dead_lettered", "trades_unmatched", "trades_duplicates"),
+    counts=(("trades_in", "trades in"),),
+    notes=("Read {trades_in:,} trades from {trade_inputs:len} file(s); {trades_duplicates:,} duplicates dropped",),
+)
 
-
-SCORE_OUTPUTS = {"scores.jsonl": "windows_scored"}
-
-
-#: Every trade read is joined, unmatched, dead-lettered or a duplicate: trades_in is their sum.
-TRADE_BALANCE = ["trades_enriched", "trades_unmatched", "trades_dead_lettered", "trades_duplicates"]
-
-
-#: Every feature window gets one score.
-SCORE_BALANCE = ["windows_scored"]
+#: With a model: every feature window gets one score.
+SCORE_ACCOUNTING = Accounting(
+    outputs=(Output("scores.jsonl", "windows_scored", "windows scored",
+                    "{windows_scored:,} windows scored by model {model_id}, {scores_by_flag[anomalies]:,} flagged as "
+                    "anomalies", tally="scores_by_flag"),),
+    checks=(Check("scores_balanced", ("windows_scored",), total="feature_windows", label="score counts"),),
+)
 
 
 class AnalyseTrades(beam.PTransform):
@@ -600,6 +609,15 @@ class AnalyseTrades(beam.PTransform):
     def model_id(self) -> str | None:
         """``name:version`` of the scoring model (None: no scoring)."""
         return self._scorer.model_id if self._scorer else None
+
+    @staticmethod
+    def accounting_for(scored: bool) -> Accounting:
+        """Its files and balances: :data:`ACCOUNTING`, and :data:`SCORE_ACCOUNTING` with a model."""
+        return ACCOUNTING + SCORE_ACCOUNTING if scored else ACCOUNTING
+
+    @property
+    def accounting(self) -> Accounting:
+        return self.accounting_for(self._scorer is not None)
 
     def expand(self, valid_blocks):
         scale = self._scale

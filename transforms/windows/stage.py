@@ -40,6 +40,7 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
 from apache_beam.utils.windowed_value import PaneInfoTiming, WindowedValue
 
 from transforms import telemetry
+from transforms.accounting import Accounting, Check, Output
 from transforms.blocks import QuoteBlock, TextChunk
 from transforms.quotes.tenants import group_by_partition
 from transforms.sinks.stage import when_input_ends
@@ -490,11 +491,29 @@ class WindowQuotes(beam.PTransform):
         partition_by_tenant: write each tenant's lines to its own partition.
     """
 
+    @staticmethod
+    def accounting_for(config: WindowConfig) -> Accounting:
+        """Its files, and its balance: every quote read is in a pane (once, when discarding; or
+        counted as windowed, when accumulating panes repeat it), late, or a dead letter."""
+        in_panes = "quotes_in_panes" if config.accumulation == "discarding" else "windowed_quotes"
+        return Accounting(
+            outputs=(
+                Output("windows.jsonl", "windows_emitted", "window panes",
+                       "{windows_emitted:,} panes ({panes_by_timing:tally}), {windowing[window]}",
+                       tally="panes_by_timing"),
+                Output("late.jsonl", "late_dropped", "late (past allowed lateness)",
+                       "{late_dropped:,} quotes past their window's allowed lateness"),
+            ),
+            checks=(Check("windows_balanced", (in_panes, "late_dropped", "dead_lettered"), label="window counts"),),
+            set_aside=("late_dropped",),
+        )
+
     def __init__(self, config: WindowConfig, scale: int, *, lag_us: int | float | None = None,
                  sources: Sequence[str] | Callable[[beam.PCollection], Sequence[str]] = (),
                  partition_by_tenant: bool = False):
         super().__init__()
         self.config = config
+        self.accounting = self.accounting_for(config)
         self._scale = scale
         self._lag_us = lag_us
         self._sources = sources

@@ -11,6 +11,7 @@ import apache_beam as beam
 import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
+from transforms.accounting import Accounting, Check, Output
 from transforms.blocks import TextChunk
 from transforms.sinks import files as sinks
 from transforms.sinks.files import PartFile, balance, publish
@@ -93,8 +94,9 @@ def test_write_ordered_text_and_metrics_in_a_pipeline(tmp_path):
         dead = p | "Dead" >> beam.Create([TextChunk(0, b"", 0)])
         counts = p | "Counts" >> beam.Create([{"records_in": 4, "files": 1}])
         summary = {"m.log": mids, "d.jsonl": dead} | WriteOrderedText(str(out), "run2")
-        _ = summary | WriteRunMetrics(str(out), counts, {"m.log": "mids", "d.jsonl": "dead"}, {"extra": 1},
-                                      started_at=100.0, clock=lambda: 102.5)
+        accounting = Accounting(outputs=(Output("m.log", "mids", "mids", ""), Output("d.jsonl", "dead", "dead", "")),
+                                checks=(Check("balanced", ("mids", "dead")),))
+        _ = summary | WriteRunMetrics(str(out), counts, accounting, {"extra": 1}, started_at=100.0, clock=lambda: 102.5)
     assert (out / "m.log").read_text() == "0\n1\n2\n3\n"
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics == {"records_in": 4, "mids": 4, "dead": 0, "balanced": True, "files": 1, "extra": 1,
@@ -109,11 +111,11 @@ def test_metrics_with_two_balances_name_the_one_that_fails(tmp_path, caplog):
         counts = p | "Counts" >> beam.Create([{"records_in": 3, "quotes_in_panes": 2}, {"quotes_in_panes": 0}])
         merged = counts | beam.CombineGlobally(MergeCounts())
         summary = {"m.log": mids, "w.jsonl": panes} | WriteOrderedText(str(out), "run3")
-        _ = summary | WriteRunMetrics(
-            str(out), merged, {"m.log": "mids", "w.jsonl": "panes"}, {},
-            balances={"balanced": ["mids"], "windows_balanced": ["quotes_in_panes"]},
-            tally_names={"w.jsonl": "panes_by_timing"},
+        accounting = Accounting(
+            outputs=(Output("m.log", "mids", "mids", ""), Output("w.jsonl", "panes", "panes", "", tally="panes_by_timing")),
+            checks=(Check("balanced", ("mids",)), Check("windows_balanced", ("quotes_in_panes",))),
         )
+        _ = summary | WriteRunMetrics(str(out), merged, accounting, {})
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["panes_by_timing"] == {"ON_TIME": 1}
     assert metrics["quotes_in_panes"] == 2  # the count dicts were added up
