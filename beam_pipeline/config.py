@@ -8,10 +8,11 @@ both call it; :func:`beam_pipeline.pipeline.build_pipeline` and
                                                      \\-> ProductsJob(...)
                                                      \\-> OptionsError(problems): exit 2, one line each
 
-What it checks, all of it before anything is created: the flags' values and how they go together
-(:func:`beam_pipeline.options.check`), the runner's own flags, the installed normalizer plugins,
-the input files (they exist; their headers, Avro writer schemas and normalizer plugins read),
-the trade files' headers, the scoring model, the schemas' decimals and saved replay state. What
+What it checks, all of it before anything is created: the flags' values and how they go
+together (:func:`beam_pipeline.options.check`, which parses each into its config once), the
+runner's own flags, the installed normalizer plugins, the input files (they exist; their headers,
+Avro writer schemas and normalizer plugins read), the trade files' headers, the scoring model,
+the schemas' decimals and saved replay state. What
 it does not do is reach or bind anything on the network (the live feed, Redis, the ports to
 listen on) or look for optional packages (matplotlib for ``--report``): the CLI does that next
 (``cli.preflight``), since a YAML pipeline built elsewhere must not.
@@ -183,8 +184,8 @@ def _resolve_quotes(options: PipelineOptions) -> QuotesJob:
     kind = source_kind(config.source)
     unbounded = kind in UNBOUNDED_SOURCES
     streaming = unbounded or bool(standard.streaming)
-    problems = plugin_problems()  # a broken normalizer plugin first: it may explain the others
-    problems += flags.check(config, streaming)
+    checked = flags.check(config, streaming)
+    problems = plugin_problems() + checked.problems  # a broken normalizer plugin first: it may explain the others
     if unbounded and not is_direct(standard.runner):
         problems.append(
             f"--source {config.source} runs on the DirectRunner here (got --runner {standard.runner}): "
@@ -204,18 +205,18 @@ def _resolve_quotes(options: PipelineOptions) -> QuotesJob:
 
     rules = flags.quote_rules()
     quotes = QuoteConfig(rules, price_rule(rules), config.latency_threshold_ms, config.partition_by_tenant)
-    analytics = flags.analytics_config(config)
+    analytics = checked.analytics
     group = config.group or DEFAULT_GROUP
     consumer = flags.consumer_name(config) if kind == QUEUE else None
     source = SourceConfig(
         source=config.source,
         inputs=(),
         streaming=streaming,
-        watermark_lag_us=flags.watermark_lag(config) if streaming else None,
+        watermark_lag_us=checked.watermark_lag_us if streaming else None,
         default_symbol=config.symbol.strip(),
         block_bytes=config.block_bytes,
         reader_schema_version=config.reader_schema_version,
-        dedup_horizon_us=flags.dedup_horizon(config) if not streaming else 0,
+        dedup_horizon_us=checked.dedup_horizon_us if not streaming else 0,
         show_progress=config.progress == "auto",
         live_url=config.live_url,
         control_port=config.control_port,
@@ -252,7 +253,7 @@ def _resolve_quotes(options: PipelineOptions) -> QuotesJob:
             metrics_port=config.metrics_port,
             report=config.report,
         ),
-        window=flags.window_config(config, streaming),
+        window=checked.window,
         analytics=analytics,
         trade_inputs=tuple(trade_files),
         log_format=config.log_format,

@@ -352,12 +352,25 @@ def watermark_lag(options: QuoteOptions) -> int | float:
     return parse_duration(options.watermark_lag or "0ms", "--watermark_lag", allow_infinite=True)
 
 
-def check(options: QuoteOptions, streaming: bool = False) -> list[str]:
-    """Problems with option values that argparse cannot see (empty list when all is well)."""
+@dataclass(frozen=True)
+class Checked:
+    """The flags' values judged by :func:`check`: every problem argparse cannot see (empty when all
+    is well), and what the flags that parse into configs gave (None where they could not)."""
+
+    problems: list[str]
+    window: WindowConfig | None = None  # None also: no --window
+    watermark_lag_us: int | float | None = None
+    analytics: AnalyticsConfig | None = None  # None also: no --trades
+    dedup_horizon_us: int | None = None
+
+
+def check(options: QuoteOptions, streaming: bool = False) -> Checked:
+    """Judge every value of the quotes job's flags, parsing each once."""
     problems = []
+    window = lag_us = None
     try:
-        window_config(options, streaming)
-        watermark_lag(options)
+        window = window_config(options, streaming)
+        lag_us = watermark_lag(options)
     except WindowingError as exc:
         problems.append(str(exc))
     if not 0 <= options.latency_threshold_ms < MAX_LATENCY_MS:
@@ -374,7 +387,14 @@ def check(options: QuoteOptions, streaming: bool = False) -> list[str]:
         problems.append("--avro_output must not be empty")
     problems += _live_problems(options)
     problems += _webhook_problems(options)
-    problems += _analytics_problems(options, streaming)
+    analytics = horizon_us = None
+    try:
+        analytics = analytics_config(options)
+        horizon_us = dedup_horizon(options)
+    except WindowingError as exc:
+        problems.append(str(exc))
+    else:
+        problems += _analytics_problems(options, streaming, horizon_us)
     if options.metrics_port is not None:
         if source_kind(options.source) not in UNBOUNDED_SOURCES:
             problems.append("--metrics_port needs a long-running source (--source live, replay, webhook or "
@@ -382,17 +402,12 @@ def check(options: QuoteOptions, streaming: bool = False) -> list[str]:
         if not 0 <= options.metrics_port <= 65535:
             problems.append(f"--metrics_port must be from 0 to 65535, got {options.metrics_port}")
     problems += _queue_problems(options)
-    return problems
+    return Checked(problems, window, lag_us, analytics, horizon_us)
 
 
-def _analytics_problems(options: QuoteOptions, streaming: bool) -> list[str]:
+def _analytics_problems(options: QuoteOptions, streaming: bool, horizon_us: int) -> list[str]:
     problems = []
-    try:
-        analytics_config(options)
-        dedup_horizon(options)
-    except WindowingError as exc:
-        return [str(exc)]
-    if dedup_horizon(options) and (streaming or options.source != "historical"):
+    if horizon_us and (streaming or options.source != "historical"):
         problems.append("--dedup_horizon applies to batch runs of historical files (--source historical, "
                         "no --streaming)")
     if options.trades is None:
