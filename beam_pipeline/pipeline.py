@@ -1,4 +1,5 @@
-"""Build the quotes pipeline of a resolved job (:mod:`beam_pipeline.config`). Builds only: running is the caller's business.
+"""Build the quotes pipeline of a resolved job (:mod:`beam_pipeline.config`). Builds only: running
+is the caller's business.
 
 Each stage is one composite from its ``transforms/<stage>/stage.py`` (see docs/architecture.md):
 
