@@ -223,3 +223,23 @@ def test_the_pipeline_takes_each_composite_from_a_stage_module_in_one_hop():
     assert {name: module for name, module in taken.items() if not module.endswith(".stage")} == {}
     assert all(importlib.import_module(module).__dict__[name].__module__ == module
                for name, module in taken.items()), "a composite re-exported, not defined, by a stage module"
+
+
+def private_imports(root: Path) -> list[str]:
+    """``module:line name`` for each ``from <walked module> import _name`` of a walked module: a
+    name with a leading underscore is its module's own, so a neighbour needing it needs a public one."""
+    known = modules(root)
+    found = []
+    for module, path in known.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if isinstance(node, ast.ImportFrom) and not node.level and _owner(node.module or "", known):
+                found += [f"{module}:{node.lineno} {alias.name}" for alias in node.names
+                          if alias.name.startswith("_") and not alias.name.startswith("__")]
+    return found
+
+
+def test_no_module_imports_another_modules_private_names(tree):
+    assert private_imports(REPO) == []
+    root = tree({"transforms/a.py": "_hidden = 1\nshown = 2\n",
+                 "transforms/b.py": "from transforms.a import _hidden, shown\n"})
+    assert private_imports(root) == ["transforms.b:1 _hidden"]

@@ -151,7 +151,7 @@ def split_page(page: Page, schema: Mapping | None = None) -> tuple[list[dict], l
         except ProductError as exc:
             dead.append(dead_letter(page, index, item, str(exc)))
             continue
-        if schema is not None and not validate(_avro_datum(product), schema, raise_errors=False):
+        if schema is not None and not validate(avro_datum(product), schema, raise_errors=False):
             dead.append(dead_letter(page, index, item, "schema: the record does not match the product schema"))
             continue
         product["_at"] = (page.number, index)
@@ -159,7 +159,8 @@ def split_page(page: Page, schema: Mapping | None = None) -> tuple[list[dict], l
     return products, dead
 
 
-def _avro_datum(product: Mapping) -> dict:
+def avro_datum(product: Mapping) -> dict:
+    """The product as its Avro record: without the pipeline's own ``_`` keys."""
     return {key: value for key, value in product.items() if not key.startswith("_")}
 
 
@@ -246,11 +247,13 @@ def dead_letter_sort_key(line: str) -> tuple:
     return record["source"], record["line"], record["reason"]
 
 
-def _product_line(product: Mapping) -> tuple[str, str]:
+def product_line(product: Mapping) -> tuple[str, str]:
+    """``(sort key, products.jsonl line)``: products are written in id order."""
     return product["id"], product_json(product)
 
 
-def _dead_letter_line(letter: Mapping) -> tuple[tuple, str]:
+def dead_letter_line(letter: Mapping) -> tuple[tuple, str]:
+    """``(sort key, dead_letter.jsonl line)``: by source, line and reason."""
     return (letter["source"], letter["line"], letter["reason"]), json.dumps(letter, separators=(",", ":"))
 
 
@@ -275,7 +278,7 @@ def summary_head(reports: Sequence[Mapping], products: int, seconds: float) -> d
     }
 
 
-def _stream_summary(stream, document: Mapping, product_lines: Iterator[str], errors: Sequence[Mapping]) -> None:
+def stream_summary(stream, document: Mapping, product_lines: Iterator[str], errors: Sequence[Mapping]) -> None:
     """``summary.json`` with ``summary`` first, then ``products`` streamed, then ``errors`` and the rest."""
     write = lambda text: stream.write(text.encode("utf-8"))  # noqa: E731  (one short projection)
     write('{"summary": ' + json.dumps(document["summary"], indent=2) + ',\n"products": [')
@@ -288,7 +291,8 @@ def _stream_summary(stream, document: Mapping, product_lines: Iterator[str], err
     write("\n}\n")
 
 
-def _write_lines(output_dir: str, name: str, lines: Iterator[str]) -> None:
+def write_lines(output_dir: str, name: str, lines: Iterator[str]) -> None:
+    """Write ``lines`` (each without its newline) as ``output_dir/name``."""
     with FileSystems.create(FileSystems.join(output_dir, name)) as stream:
         for line in lines:
             stream.write(line.encode("utf-8") + b"\n")

@@ -27,21 +27,21 @@ from transforms import telemetry
 from transforms.products.normalize import (
     DEAD_LETTERS,
     PRODUCTS,
-    _avro_datum,
-    _dead_letter_line,
-    _product_line,
-    _stream_summary,
-    _write_lines,
+    avro_datum,
     counts_balance,
+    dead_letter_line,
     dead_letter_sort_key,
     delivery_block,
     first_of_id,
     merged_lines,
     product_json,
+    product_line,
     product_sort_key,
     split_page,
     stats_of,
+    stream_summary,
     summary_head,
+    write_lines,
 )
 from transforms.products.paginate import (
     Endpoint,
@@ -218,9 +218,9 @@ class _FirstOfIdFn(TracedDoFn):
     def process(self, keyed: tuple[str, Iterable[dict]]) -> Iterator:
         kept, duplicates = first_of_id(keyed[1])
         self.duplicates.inc(len(duplicates))
-        yield _avro_datum(kept)
+        yield avro_datum(kept)
         for product in duplicates:
-            raw = product_json(_avro_datum(product))
+            raw = product_json(avro_datum(product))
             yield beam.pvalue.TaggedOutput(DEAD_LETTERS, {
                 "source": product["source"], "line": product["_at"][1] + 1, "raw": raw,
                 "reason": f"duplicate_id: {product['id']} already came from page {kept['_at'][0]}",
@@ -290,8 +290,8 @@ class _WriteSummaryFn(TracedDoFn):
         dead_paths = [path for path, _ in dead_parts]
         products = sum(count for _, count in product_parts)
         dead = sum(count for _, count in dead_parts)
-        _write_lines(self.output_dir, "products.jsonl", merged_lines(product_paths, product_sort_key))
-        _write_lines(self.output_dir, "dead_letter.jsonl", merged_lines(dead_paths, dead_letter_sort_key))
+        write_lines(self.output_dir, "products.jsonl", merged_lines(product_paths, product_sort_key))
+        write_lines(self.output_dir, "dead_letter.jsonl", merged_lines(dead_paths, dead_letter_sort_key))
         reports = sorted(reports, key=lambda report: report["source"])
         errors = sorted(errors, key=lambda error: (error["source"], error["page"]))
         counts = counts_balance(reports, products, dead)
@@ -303,7 +303,7 @@ class _WriteSummaryFn(TracedDoFn):
         with FileSystems.create(path) as stream:
             with FileSystems.open(FileSystems.join(self.output_dir, "products.jsonl")) as products_file:
                 lines = (line.decode("utf-8").rstrip("\n") for line in products_file)
-                _stream_summary(stream, document, lines, errors)
+                stream_summary(stream, document, lines, errors)
         if FileSystems.exists(self.tmp_dir):
             FileSystems.delete([self.tmp_dir])  # the part files with it
         LOG.info("products: %s products, %s dead letters, %s failed pages in %s", products, dead,
@@ -330,9 +330,9 @@ class WriteSummary(beam.PTransform):
         self.started_at, self.clock, self.extra = started_at, clock, extra or {}
 
     def expand(self, inputs: Mapping[str, beam.PCollection]):
-        product_parts = inputs[PRODUCTS] | "ProductParts" >> beam.ParDo(_SortedPartFn(self.tmp_dir, _product_line))
+        product_parts = inputs[PRODUCTS] | "ProductParts" >> beam.ParDo(_SortedPartFn(self.tmp_dir, product_line))
         dead_parts = inputs[DEAD_LETTERS] | "DeadLetterParts" >> beam.ParDo(
-            _SortedPartFn(self.tmp_dir, _dead_letter_line))
+            _SortedPartFn(self.tmp_dir, dead_letter_line))
         stats = inputs[PRODUCTS] | "ProductStats" >> beam.CombineGlobally(ProductStats())
         pipeline = inputs[PRODUCTS].pipeline
         nothing = pipeline | "NoDelivery" >> beam.Create([])

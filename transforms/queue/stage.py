@@ -14,8 +14,8 @@ from schemas import fingerprint, latest_version, load_schema
 from schemas.single_object import SingleObjectEncoder, single_object_header
 from transforms.accounting import RECORDS_CHECK, Accounting, Check
 from transforms.queue.streams import (
-    _PRICE_SCALE,
     QUOTE_V3_FINGERPRINT,
+    QUOTE_V3_PRICE_SCALE,
     Publisher,
     QueueAddress,
     fast_quote_messages,
@@ -37,7 +37,7 @@ class _PublishFn(TracedDoFn):
         self._publisher = Publisher(QueueAddress.parse(self._url), self._group, **self._settings)
         schema = load_schema("quote", latest_version("quote"))
         self._encoder = SingleObjectEncoder(schema)
-        self._fast = fingerprint(schema) == QUOTE_V3_FINGERPRINT and self._scale <= _PRICE_SCALE
+        self._fast = fingerprint(schema) == QUOTE_V3_FINGERPRINT and self._scale <= QUOTE_V3_PRICE_SCALE
         self._header = single_object_header(schema)
 
     def messages(self, batch: pa.RecordBatch) -> list[tuple[bytes, str]]:

@@ -318,7 +318,7 @@ def quote_messages(records: Sequence[dict], modes: Sequence[str], encoder: Singl
 # route (Arrow -> dicts with Decimals -> fastavro) costs ~15 us a quote, this one ~4 us; a test
 # checks that both give the same bytes, and the generic route is used for any other schema.
 QUOTE_V3_FINGERPRINT = 0x8A5A187239DFD0D8
-_PRICE_SCALE = 8
+QUOTE_V3_PRICE_SCALE = 8  # the decimal scale of quote v3's prices
 
 
 def _long(value: int) -> bytes:
@@ -360,7 +360,7 @@ def fast_quote_messages(valid: pa.RecordBatch, scale: int, header: bytes) -> lis
     fingerprint) and their modes, without building records; prices are the block's unscaled
     integers at ``scale`` (at most the schema's 8 digits). The latency goes in twice, as
     :func:`transforms.sinks.stage.avro_output.quote_records` writes it: whole ms rounded up, then exact µs."""
-    factor = 10 ** (_PRICE_SCALE - scale)
+    factor = 10 ** (QUOTE_V3_PRICE_SCALE - scale)
     columns = valid.select(["event_us", "symbol", "bid", "bid_size", "ask", "ask_size", "latency_us", "tenant",
                             "mode"]).to_pydict()
     rows = zip(*columns.values())

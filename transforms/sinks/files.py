@@ -35,7 +35,7 @@ class PartFile:
     partition: str = ""
 
 
-def _staged_name(partition: str, name: str) -> str:
+def staged_name(partition: str, name: str) -> str:
     """A file's name in the flat staging folder: ``<partition>.<name>``, or ``<name>``."""
     return f"{partition}.{name}" if partition else name
 
@@ -121,12 +121,12 @@ def publish(
             FileSystems.mkdirs(target_dir)
         for name in names:
             group = sorted(groups.get((partition, name), []), key=lambda p: p.seq)
-            staging = FileSystems.join(tmp_dir, f"{_staged_name(partition, name)}.staging")
+            staging = FileSystems.join(tmp_dir, f"{staged_name(partition, name)}.staging")
             with FileSystems.create(staging, compression_type=CompressionTypes.UNCOMPRESSED) as target:
                 _copy_in_order(group, target)
             lines = sum(p.lines for p in group)
             tally = [pair for part in group for pair in part.tally]
-            _add_counts(summary[name], lines, tally, {partition: lines} if partitioned else {})
+            add_counts(summary[name], lines, tally, {partition: lines} if partitioned else {})
             staged.append((staging, FileSystems.join(target_dir, name)))
     for entry in summary.values():
         entry["tally"] = dict(sorted(entry["tally"].items()))
@@ -148,7 +148,8 @@ def strip_sort_keys(data: bytes) -> bytes:
     return b"".join(line[_KEY_WIDTH + 1 :] for line in data.splitlines(keepends=True))
 
 
-def _add_counts(entry: dict, lines: int, tally: Iterable[tuple[str, int]], partitions: Mapping[str, int]) -> None:
+def add_counts(entry: dict, lines: int, tally: Iterable[tuple[str, int]], partitions: Mapping[str, int]) -> None:
+    """Add one chunk's line count, tally and per-partition counts to its file's ``entry``."""
     entry["lines"] += lines
     for key, count in tally:
         entry["tally"][key] = entry["tally"].get(key, 0) + count

@@ -54,7 +54,7 @@ from transforms.sinks.deliver import (
     format_report,
     merge_figures,
 )
-from transforms.sinks.files import PartFile, _add_counts, _staged_name, balance, publish, staging_dir, strip_sort_keys
+from transforms.sinks.files import PartFile, add_counts, balance, publish, staged_name, staging_dir, strip_sort_keys
 from transforms.sinks.staging import staging_for
 from transforms.tracing import TracedDoFn
 
@@ -114,7 +114,7 @@ class _WritePartFn(TracedDoFn):
         # bundle still rewrites the same path with the same bytes: writing is idempotent.
         digest = zlib.crc32(chunk.data)
         path = FileSystems.join(
-            self._tmp_dir, f"{_staged_name(chunk.partition, self._name)}.{chunk.seq:012d}.{digest:08x}.part"
+            self._tmp_dir, f"{staged_name(chunk.partition, self._name)}.{chunk.seq:012d}.{digest:08x}.part"
         )
         with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as part:
             part.write(chunk.data)
@@ -349,14 +349,14 @@ class SummarizeAppends(beam.CombineFn):
         if written == _NO_PARTS:
             return accumulator
         name, lines, tally, partition = written
-        _add_counts(accumulator[name], lines, tally, {partition: lines} if partition else {})
+        add_counts(accumulator[name], lines, tally, {partition: lines} if partition else {})
         return accumulator
 
     def merge_accumulators(self, accumulators: Iterable[dict]) -> dict:
         merged = self.create_accumulator()
         for accumulator in accumulators:
             for name, entry in accumulator.items():
-                _add_counts(merged[name], entry["lines"], entry["tally"].items(), entry.get("partitions", {}))
+                add_counts(merged[name], entry["lines"], entry["tally"].items(), entry.get("partitions", {}))
         return merged
 
     def extract_output(self, accumulator: dict) -> dict:
