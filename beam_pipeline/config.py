@@ -214,21 +214,13 @@ def _resolve_quotes(options: PipelineOptions) -> QuotesJob:
         streaming=streaming,
         watermark_lag_us=checked.watermark_lag_us if streaming else None,
         default_symbol=config.symbol.strip(),
-        block_bytes=config.block_bytes,
-        reader_schema_version=config.reader_schema_version,
         dedup_horizon_us=checked.dedup_horizon_us if not streaming else 0,
         show_progress=config.progress == "auto",
-        live_url=config.live_url,
-        control_port=config.control_port,
-        state_dir=config.state_dir,
-        replay_rate=config.replay_rate,
-        port=config.port,
-        webhook_token=config.webhook_token,
-        webhook_max_body=config.webhook_max_body,
-        webhook_buffer=config.webhook_buffer,
         group=group,
         consumer=consumer,
-        queue_dead_after_ms=config.queue_dead_after_ms,
+        **_as_given(config, "block_bytes", "reader_schema_version", "live_url", "control_port", "state_dir",
+                    "replay_rate", "port", "webhook_token", "webhook_max_body", "webhook_buffer",
+                    "queue_dead_after_ms"),
     )
     quote_files, problems = _quote_files(config, source)
     trade_files, trade_problems = _trade_files(analytics, quotes.prices)
@@ -245,19 +237,19 @@ def _resolve_quotes(options: PipelineOptions) -> QuotesJob:
         deliver=DeliverConfig(
             output_dir=os.path.join(config.output_dir, f"consumer={consumer}") if consumer else config.output_dir,
             root_dir=config.output_dir,
-            avro_output=config.avro_output,
-            sink=config.sink,
             group=group,
-            queue_high_water=config.queue_high_water,
-            queue_max_len=config.queue_max_len,
-            metrics_port=config.metrics_port,
-            report=config.report,
+            **_as_given(config, "avro_output", "sink", "queue_high_water", "queue_max_len", "metrics_port", "report"),
         ),
         window=checked.window,
         analytics=analytics,
         trade_inputs=tuple(trade_files),
         log_format=config.log_format,
     )
+
+
+def _as_given(options: PipelineOptions, *flags: str) -> dict:
+    """``{flag: value}`` of flags a config takes as they are, under the same name."""
+    return {flag: getattr(options, flag) for flag in flags}
 
 
 def _quote_files(config: QuoteOptions, source: SourceConfig) -> tuple[list[str], list[str]]:
@@ -368,12 +360,8 @@ def _resolve_products(options: PipelineOptions) -> ProductsJob:
         output_dir=quote.output_dir,
         fetch=fetch,
         endpoints=tuple(endpoints),
-        mock=config.mock,
-        deliver_url=config.deliver_url,
-        deliver_mock=config.deliver_mock,
-        deliver_rate=config.deliver_rate,
-        deliver_batch_size=config.deliver_batch_size,
         log_format=quote.log_format,
+        **_as_given(config, "mock", "deliver_url", "deliver_mock", "deliver_rate", "deliver_batch_size"),
     )
 
 

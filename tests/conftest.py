@@ -8,7 +8,7 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import pytest
 
@@ -57,13 +57,15 @@ def run_quotes(tmp_path: Path) -> Callable[..., dict]:
 USAGE_ERROR_PREFIX = "beam_pipeline: error:"
 
 
-def assert_usage_errors(rc: int, err: str) -> list[str]:
+def assert_usage_errors(rc: int, err: str, mentions: Sequence[str] = ()) -> list[str]:
     """The contract of a bad usage: exit 2, one stderr line a problem, each with the prefix, no
-    traceback; the lines."""
+    traceback; each of ``mentions`` in one of the lines. Returns the lines."""
     assert rc == 2, err
     lines = err.splitlines()
     assert lines and all(line.startswith(USAGE_ERROR_PREFIX) for line in lines), err
     assert "Traceback" not in err
+    for text in mentions:
+        assert any(text in line for line in lines), (text, lines)
     return lines
 
 
