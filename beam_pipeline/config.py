@@ -148,11 +148,6 @@ class QuotesJob:
     window: WindowConfig | None  # None: no --window
     analytics: AnalyticsConfig | None  # None: no --trades
     trade_inputs: tuple[str, ...]  # --trades' files, sorted
-    log_format: str
-
-    @property
-    def streaming(self) -> bool:
-        return self.source.streaming
 
 
 @dataclass(frozen=True)
@@ -168,7 +163,6 @@ class ProductsJob:
     deliver_mock: bool
     deliver_rate: float
     deliver_batch_size: int
-    log_format: str
 
 
 def resolve(options: PipelineOptions) -> QuotesJob | ProductsJob:
@@ -243,7 +237,6 @@ def _resolve_quotes(options: PipelineOptions) -> QuotesJob:
         window=checked.window,
         analytics=analytics,
         trade_inputs=tuple(trade_files),
-        log_format=config.log_format,
     )
 
 
@@ -360,7 +353,6 @@ def _resolve_products(options: PipelineOptions) -> ProductsJob:
         output_dir=quote.output_dir,
         fetch=fetch,
         endpoints=tuple(endpoints),
-        log_format=quote.log_format,
         **_as_given(config, "mock", "deliver_url", "deliver_mock", "deliver_rate", "deliver_batch_size"),
     )
 
