@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat setup.py | cksum | cut -d' ' -f1)
 
-.PHONY: demo test test-portable install bench clean model
+.PHONY: demo test test-portable install bench clean model prism
 
 $(STAMP):
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
+
+# Beam's Prism runner built with Go at the version of the installed apache-beam (--runner PrismRunner).
+prism: install
+	scripts/build_prism.sh $(PY)
 
 # The suite again, with every batch pipeline on the PortableRunner (Fn API over gRPC).
 test-portable: install

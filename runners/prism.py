@@ -5,8 +5,9 @@ Prism is a binary Beam downloads from a GitHub release on first use (into
 back after a failed download with the reason at INFO; here ``--runner DirectRunner`` never tries
 it (:mod:`runners.direct`), and ``--runner PrismRunner`` decides before the run:
 
-1. a local binary or zip (``--prism_location PATH``, or Beam's cache for this Beam version and
-   platform): run on Prism;
+1. a local binary or zip: ``--prism_location PATH``, else the one ``make prism`` builds from the Beam
+   Go SDK at this Beam version (:func:`built_binary`, no download at run time), else Beam's cache
+   for this Beam version and platform: run on Prism;
 2. otherwise, if the download host answers within :data:`PROBE_SECONDS`: run on Prism, which
    downloads it;
 3. otherwise: one warning saying why, and the run goes on on the DirectRunner's local runner.
@@ -33,6 +34,11 @@ LOG = logging.getLogger(__name__)
 #: How long to wait for the download host before falling back: offline, a DNS failure is immediate.
 PROBE_SECONDS = 3.0
 BIN_CACHE = os.path.expanduser("~/.apache_beam/cache/prism/bin")
+#: Where ``make prism`` installs the binary it builds: ``<root>/v<beam version>/prism``
+#: (``BEAM_PIPELINE_PRISM_DIR`` overrides the root).
+BUILD_ROOT = os.environ.get("BEAM_PIPELINE_PRISM_DIR") or os.path.expanduser("~/.cache/beam_pipeline/prism")
+#: The Go command ``make prism`` installs, at the tag of the pinned apache-beam.
+GO_PACKAGE = "github.com/apache/beam/sdks/v2/go/cmd/prism"
 _warned: set[str] = set()
 
 
@@ -44,13 +50,22 @@ def release_url(version: str = BEAM_VERSION) -> str:
     return PrismJobServer._construct_download_url(tag, tag, platform.system(), platform.machine())  # pylint: disable=protected-access
 
 
-def local_binary(options: PipelineOptions, cache: str = BIN_CACHE) -> str | None:
+def built_binary(version: str = BEAM_VERSION, root: str | None = None) -> str | None:
+    """The binary ``make prism`` built for this Beam version, or None if it has not been built."""
+    path = os.path.join(root or BUILD_ROOT, f"v{version}", "prism")
+    return path if os.access(path, os.X_OK) else None
+
+
+def local_binary(options: PipelineOptions, cache: str = BIN_CACHE, build_root: str | None = None) -> str | None:
     """A Prism binary or zip on this machine for these options, or None (it would be downloaded)."""
     location = options.view_as(PrismRunnerOptions).prism_location
     if location and not urlsplit(location).scheme:
         return location if os.path.exists(location) else None
     if location:
         return None  # a URL: Beam downloads it every time
+    built = built_binary(root=build_root)
+    if built:
+        return built
     try:
         cached = os.path.join(cache, os.path.basename(release_url()))
     except ValueError:  # no release for this platform
@@ -82,7 +97,11 @@ def create(
     :func:`reachable`), else the DirectRunner's local runner (one warning per process and reason)."""
     from apache_beam.runners.portability.prism_runner import PrismRunner
 
-    if local_binary(options):
+    binary = local_binary(options)
+    if binary:
+        # Beam reads only --prism_location: point it at the binary found (it would look in its own cache)
+        options.view_as(PrismRunnerOptions).prism_location = binary
+        LOG.info("--runner PrismRunner: Prism binary %s", binary)
         return PrismRunner()
     location = options.view_as(PrismRunnerOptions).prism_location
     try:
@@ -92,7 +111,8 @@ def create(
     else:
         if (can_download or reachable)(url):
             return PrismRunner()
-        reason = f"no local Prism binary and {urlsplit(url).hostname} is unreachable (offline?)"
+        reason = (f"no local Prism binary (make prism builds one) and {urlsplit(url).hostname} "
+                  "is unreachable (offline?)")
     fallback = direct.create(options, unbounded_source)
     if reason not in _warned:
         _warned.add(reason)

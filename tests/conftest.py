@@ -15,7 +15,7 @@ import pytest
 from beam_pipeline.config import expand_inputs, resolve
 from beam_pipeline.options import parse_options
 from beam_pipeline.pipeline import build_pipeline
-from tests.redis_server import redis_server, redis_url  # noqa: F401  (fixtures)
+from tests.redis_server import in_ci, redis_server, redis_url  # noqa: F401  (fixtures)
 
 WORKED_EXAMPLE = (
     "timestamp,bid,ask,latency\n"
@@ -52,6 +52,20 @@ def run_quotes(tmp_path: Path) -> Callable[..., dict]:
         return files
 
     return run
+
+
+@pytest.fixture(scope="session")
+def prism_binary() -> str:
+    """The Prism binary ``make prism`` built for this Beam version: skipped without it, failed
+    under CI (``.ci/run`` runs ``make prism``, so a missing binary there is a broken CI)."""
+    from runners.prism import built_binary
+
+    path = built_binary()
+    if path:
+        return path
+    if in_ci():
+        pytest.fail("CI must have Prism: .ci/run runs make prism", pytrace=False)
+    pytest.skip("Prism is not built: make prism (needs Go and the Go module proxy)")
 
 
 USAGE_ERROR_PREFIX = "beam_pipeline: error:"

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 import pytest
-from apache_beam.options.pipeline_options import PipelineOptions, PortableOptions, SetupOptions
+from apache_beam.options.pipeline_options import PipelineOptions, PortableOptions, PrismRunnerOptions, SetupOptions
 from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiRunner
 from apache_beam.runners.portability.prism_runner import PrismRunner
 
@@ -224,11 +224,50 @@ def test_prism_uses_a_local_binary(tmp_path):
     assert isinstance(prism.create(options, can_download=pytest.fail), PrismRunner)
 
 
-def test_prism_uses_beams_cache(tmp_path):
+def test_prism_uses_beams_cache(tmp_path, monkeypatch):
+    monkeypatch.setattr(prism, "BUILD_ROOT", str(tmp_path / "not-built"))
     options = _options("--runner", "PrismRunner")
     assert prism.local_binary(options, cache=str(tmp_path)) is None
     (tmp_path / Path(prism.release_url()).name).write_bytes(b"PK")
     assert prism.local_binary(options, cache=str(tmp_path)) == str(tmp_path / Path(prism.release_url()).name)
+
+
+def _fake_binary(path: Path, mode: int = 0o755) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x7fELF")
+    path.chmod(mode)
+    return path
+
+
+def test_prism_uses_the_binary_make_prism_built(tmp_path, monkeypatch):
+    monkeypatch.setattr(prism, "BUILD_ROOT", str(tmp_path))
+    options = _options("--runner", "PrismRunner")
+    assert prism.local_binary(options, cache=str(tmp_path / "beam")) is None
+    built = _fake_binary(tmp_path / f"v{prism.BEAM_VERSION}" / "prism")
+    _fake_binary(tmp_path / "v2.0.0" / "prism")  # another Beam version's: never taken
+    assert prism.local_binary(options, cache=str(tmp_path / "beam")) == str(built)
+    runner = prism.create(options, can_download=pytest.fail)
+    assert isinstance(runner, PrismRunner)
+    # Beam reads only --prism_location: it must name the binary found, or Beam would download one
+    assert options.view_as(PrismRunnerOptions).prism_location == str(built)
+
+
+def test_prism_location_wins_over_the_built_binary(tmp_path, monkeypatch):
+    monkeypatch.setattr(prism, "BUILD_ROOT", str(tmp_path))
+    _fake_binary(tmp_path / f"v{prism.BEAM_VERSION}" / "prism")
+    mine = _fake_binary(tmp_path / "mine" / "prism")
+    assert prism.local_binary(_options("--prism_location", str(mine))) == str(mine)
+
+
+def test_a_built_file_that_is_not_executable_is_not_taken(tmp_path):
+    _fake_binary(tmp_path / f"v{prism.BEAM_VERSION}" / "prism", mode=0o644)
+    assert prism.built_binary(root=str(tmp_path)) is None
+
+
+def test_make_prism_builds_the_go_command_the_preset_names_at_beams_version():
+    script = (Path(__file__).parents[2] / "scripts" / "build_prism.sh").read_text()
+    assert f"package={prism.GO_PACKAGE} " in script
+    assert 'go install "$package@v$version"' in script and "from apache_beam.version import __version__" in script
 
 
 def test_prism_release_url_names_this_beam_version():
@@ -242,6 +281,7 @@ def test_prism_missing_local_location_is_a_problem(tmp_path):
 
 def test_prism_downloads_when_the_host_answers(monkeypatch, tmp_path):
     monkeypatch.setattr(prism, "BIN_CACHE", str(tmp_path))
+    monkeypatch.setattr(prism, "BUILD_ROOT", str(tmp_path / "not-built"))
     asked = []
     runner = prism.create(_options("--runner", "PrismRunner"), can_download=lambda url: asked.append(url) or True)
     assert isinstance(runner, PrismRunner)
