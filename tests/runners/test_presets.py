@@ -266,8 +266,11 @@ def test_a_built_file_that_is_not_executable_is_not_taken(tmp_path):
 
 def test_make_prism_builds_the_go_command_the_preset_names_at_beams_version():
     script = (Path(__file__).parents[2] / "scripts" / "build_prism.sh").read_text()
-    assert f"package={prism.GO_PACKAGE} " in script
-    assert 'go install "$package@v$version"' in script and "from apache_beam.version import __version__" in script
+    module, package = prism.GO_PACKAGE.split("/go/cmd/")[0], prism.GO_PACKAGE
+    assert f"module={module}\n" in script and "package=$module/go/cmd/prism " in script
+    assert package == "github.com/apache/beam/sdks/v2/go/cmd/prism"
+    assert 'go install "$package@v$version"' in script and "go build -o \"$target/prism\" ./go/cmd/prism" in script
+    assert "from apache_beam.version import __version__" in script
 
 
 def test_prism_release_url_names_this_beam_version():
@@ -307,3 +310,27 @@ def test_prism_probe_of_a_closed_port_is_quick_and_false():
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
         assert prism.reachable(f"https://127.0.0.1:{port}/prism.zip", timeout=1) is False
+
+
+def _load_no_spin():
+    import importlib.util
+
+    path = Path(__file__).parents[2] / "scripts" / "prism" / "no-spin.py"
+    spec = importlib.util.spec_from_file_location("no_spin", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_prism_fix_stops_the_spin_once_and_refuses_changed_source(tmp_path):
+    no_spin = _load_no_spin()
+    stage = tmp_path / no_spin.STAGE
+    stage.parent.mkdir(parents=True)
+    loop = "\tfor {\n\t\tselect {\n" + no_spin.BEFORE + "\t\t}\n\t}\n"
+    stage.write_text(loop)
+    assert no_spin.main(str(tmp_path)) == 0
+    patched = stage.read_text()
+    assert "dataReady = nil" in patched and patched.count("dataFinished = true") == 1
+    assert no_spin.main(str(tmp_path)) == 0 and stage.read_text() == patched  # applied once
+    stage.write_text(loop.replace("dataFinished = true", "finished = true"))
+    assert no_spin.main(str(tmp_path)) == 1  # Beam changed the loop: say so, do not build a guess
