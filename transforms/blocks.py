@@ -26,11 +26,16 @@ class QuoteBlock:
         seq: position of the block in the replay; output order follows it.
         batch: the rows (schema depends on the stage: raw, normalized, ...).
         sources: the input names, indexed by the batch's ``file`` column.
+        watermark_us: the watermark its source had reported when it emitted the block (a source
+            whose watermark advances between bundles, :func:`transforms.sources.watermarks.interval_pieces`),
+            which the window stage routes late quotes by; None: each quote's own
+            (:func:`transforms.windows.logic.watermark_after` its arrival).
     """
 
     seq: int
     batch: pa.RecordBatch
     sources: tuple[str, ...]
+    watermark_us: int | None = None
 
     @property
     def num_rows(self) -> int:
@@ -60,25 +65,27 @@ class TextChunk:
     partition: str = ""
 
 
-_HEADER = struct.Struct("<qI")
+_HEADER = struct.Struct("<qIq")
+_NO_WATERMARK = -(2**63)
 
 
 class QuoteBlockCoder(beam.coders.Coder):
-    """Arrow IPC for the batch, with ``seq`` and ``sources`` in a small header."""
+    """Arrow IPC for the batch, with ``seq``, ``sources`` and ``watermark_us`` in a small header."""
 
     def encode(self, value: QuoteBlock) -> bytes:
         sources = json.dumps(value.sources).encode("utf-8")
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, value.batch.schema) as writer:
             writer.write_batch(value.batch)
-        return _HEADER.pack(value.seq, len(sources)) + sources + sink.getvalue().to_pybytes()
+        watermark = _NO_WATERMARK if value.watermark_us is None else value.watermark_us
+        return _HEADER.pack(value.seq, len(sources), watermark) + sources + sink.getvalue().to_pybytes()
 
     def decode(self, encoded: bytes) -> QuoteBlock:
-        seq, size = _HEADER.unpack_from(encoded)
+        seq, size, watermark = _HEADER.unpack_from(encoded)
         start = _HEADER.size
         sources = tuple(json.loads(encoded[start : start + size]))
         reader = pa.ipc.open_stream(pa.py_buffer(encoded)[start + size :])
-        return QuoteBlock(seq, reader.read_next_batch(), sources)
+        return QuoteBlock(seq, reader.read_next_batch(), sources, None if watermark == _NO_WATERMARK else watermark)
 
     def is_deterministic(self) -> bool:
         return True

@@ -44,7 +44,7 @@ class _NormalizeFn(TracedDoFn):
             for chunk in dead_letter_chunks(block.seq, dead, block.sources, self._partitioned):
                 yield beam.pvalue.TaggedOutput(DEAD_LETTERS, chunk)
         if valid.num_rows:
-            yield QuoteBlock(block.seq, valid, block.sources)
+            yield QuoteBlock(block.seq, valid, block.sources, block.watermark_us)
 
 
 class NormalizeQuotes(beam.PTransform):

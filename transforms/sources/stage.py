@@ -30,6 +30,7 @@ import copy
 import logging
 import sys
 import uuid
+from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
 import apache_beam as beam
@@ -52,6 +53,7 @@ from transforms.sources.live import LiveFeed, newest_arrival
 from transforms.sources.modes import run_control
 from transforms.sources.replay import DEFAULT_BLOCK_BYTES, HistoricalReplay
 from transforms.sources.stream_replay import StreamPlan, plan_steps
+from transforms.sources.watermarks import NO_WATERMARK_YET, interval_pieces, newest, reported_watermark
 from transforms.tracing import TracedDoFn
 from transforms.windows.logic import WindowSpec, watermark_after
 
@@ -246,18 +248,40 @@ def next_watermark(current_us: int | None, batch, lag_us: int | float) -> int | 
     return candidate if current_us is None else max(current_us, candidate)
 
 
+@dataclass
+class _OpenFeed:
+    """A feed part-read by a bundle that ended at an interval's end, kept for the bundle that resumes
+    it at ``position`` in this process (else the resuming bundle reopens the feed there)."""
+
+    feed: QuoteFeed
+    blocks: Iterator
+    pending: list  # Pieces read but not emitted yet, with their feed positions
+    interval: int | None
+    newest_arrival: int | None
+
+
+#: Feeds waiting for their resuming bundle, by (run id, position).
+_OPEN_FEEDS: dict[tuple[str, int], _OpenFeed] = {}
+
+
 class _ReadFeedFn(TracedDoFn):
-    """A splittable DoFn over a feed's positions; runs until the feed ends or the run stops."""
+    """A splittable DoFn over a feed's positions; runs until the feed ends or the run stops.
+
+    With ``interval_us`` its bundles end on the rule of :mod:`transforms.sources.watermarks`, so that
+    a runner with real watermarks (Prism, Flink) fires windows while the feed runs.
+    """
 
     STAGE = "read_feed"
 
-    def __init__(self, feed: QuoteFeed, run_id: str, lag_us: int | float):
+    def __init__(self, feed: QuoteFeed, run_id: str, lag_us: int | float, interval_us: int | None = None):
         self._feed = feed
         self._run_id = run_id
         self._lag_us = lag_us
+        self._interval_us = interval_us
         self._records = telemetry.counter(self.__class__, "records_in")
         self._blocks = telemetry.counter(self.__class__, "blocks")
         self._reconnects = telemetry.counter(self.__class__, "reconnects")
+        self._checkpoints = telemetry.counter(self.__class__, "watermark_reports")
 
     @beam.DoFn.unbounded_per_element()
     def process(
@@ -266,11 +290,13 @@ class _ReadFeedFn(TracedDoFn):
         tracker=beam.DoFn.RestrictionParam(_FeedPositions()),
         watermark=beam.DoFn.WatermarkEstimatorParam(ManualWatermarkEstimator.default_provider()),
     ) -> Iterator[QuoteBlock | beam.pvalue.TaggedOutput]:
+        if self._interval_us:
+            yield from self._by_interval(tracker, watermark)
+            return
         feed = copy.deepcopy(self._feed)  # its own statistics for this call
         control = run_control(self._run_id)
         restriction = tracker.current_restriction()
         current: int | None = None
-        seq = 0
         claimed = restriction.start - 1
         blocks = feed.blocks(restriction.start, control.stopped)
         try:
@@ -278,11 +304,7 @@ class _ReadFeedFn(TracedDoFn):
                 if not tracker.try_claim(block.stop - 1):
                     break  # checkpointed at the previous block: the rest is the residual's
                 claimed = block.stop - 1
-                self._blocks.inc()
-                self._records.inc(block.batch.num_rows)
-                quotes = QuoteBlock(seq, block.batch, block.sources)
-                seq += 1
-                yield beam.window.TimestampedValue(quotes, block_timestamp(quotes))
+                yield self._emit(block.start, block.batch, block.sources)
                 current = next_watermark(current, block.batch, self._lag_us)
                 if current is not None:
                     watermark.set_watermark(Timestamp(micros=current))
@@ -290,10 +312,71 @@ class _ReadFeedFn(TracedDoFn):
             blocks.close()  # closes a live connection cleanly
         if claimed < tracker.current_restriction().stop - 1:
             tracker.try_claim(tracker.current_restriction().stop - 1)  # the feed ended: nothing more here
+        yield self._ended(feed)
+
+    def _emit(self, position: int, batch, sources, watermark_us: int | None = None):
+        self._blocks.inc()
+        self._records.inc(batch.num_rows)
+        quotes = QuoteBlock(position, batch, sources, watermark_us)  # seq: the position, unique in the feed
+        return beam.window.TimestampedValue(quotes, block_timestamp(quotes))
+
+    def _ended(self, feed: QuoteFeed) -> beam.pvalue.TaggedOutput:
         stats = feed.stats()
         self._reconnects.inc(stats.get("reconnects", 0))
         LOG.info("feed ended: %s", stats)
-        yield beam.pvalue.TaggedOutput(COUNTS, stats)
+        return beam.pvalue.TaggedOutput(COUNTS, stats)
+
+    def _open(self, position: int) -> _OpenFeed:
+        """The feed at ``position``: the one a bundle of this process left there, else reopened."""
+        kept = _OPEN_FEEDS.pop((self._run_id, position), None)
+        if kept is not None:
+            return kept
+        feed = copy.deepcopy(self._feed)
+        return _OpenFeed(feed, iter(feed.blocks(position, run_control(self._run_id).stopped)), [], None, None)
+
+    def _pieces(self, state: _OpenFeed) -> Iterator[tuple[int, object, tuple[str, ...]]]:
+        while True:
+            if state.pending:
+                yield state.pending.pop(0)
+                continue
+            block = next(state.blocks, None)
+            if block is None:
+                return
+            for piece in interval_pieces(block.batch, self._interval_us, state.interval):
+                state.pending.append((block.start + piece.offset, piece, block.sources))
+
+    def _by_interval(self, tracker, watermark) -> Iterator[QuoteBlock | beam.pvalue.TaggedOutput]:
+        position = tracker.current_restriction().start
+        state = self._open(position)
+        reported = watermark.current_watermark()
+        stamp = NO_WATERMARK_YET if reported is None or reported <= MIN_TIMESTAMP else reported.micros
+        emitted = False
+        for piece_start, piece, sources in self._pieces(state):
+            later = piece.interval is not None and state.interval is not None and piece.interval > state.interval
+            if later and emitted:  # the interval is over: report its watermark, end the bundle
+                state.pending.insert(0, (piece_start, piece, sources))
+                reported = reported_watermark(state.newest_arrival, self._lag_us)
+                if reported is not None:
+                    watermark.set_watermark(Timestamp(micros=reported))
+                state.interval = piece.interval
+                _OPEN_FEEDS[(self._run_id, piece_start)] = state
+                self._checkpoints.inc()
+                tracker.defer_remainder()
+                return
+            if not tracker.try_claim(piece_start + piece.rows.num_rows - 1):
+                # checkpointed by the runner here: the residual resumes at this piece, with this feed
+                state.pending.insert(0, (piece_start, piece, sources))
+                _OPEN_FEEDS[(self._run_id, piece_start)] = state
+                return
+            if piece.interval is not None:
+                state.interval = piece.interval if state.interval is None else max(state.interval, piece.interval)
+            state.newest_arrival = newest(piece.rows.column("arrival_us"), state.newest_arrival)
+            emitted = True
+            yield self._emit(piece_start, piece.rows, sources, stamp)
+        state.blocks.close()
+        rest = tracker.current_restriction()
+        tracker.try_claim(rest.stop - 1)  # the feed ended: nothing more here
+        yield self._ended(state.feed)
 
 
 class ReadFeed(beam.PTransform):
@@ -311,18 +394,20 @@ class ReadFeed(beam.PTransform):
     residual restarts at the next position, which every feed resumes exactly.
     """
 
-    def __init__(self, feed: QuoteFeed, *, run_id: str | None = None, lag_us: int | float = 0, start: int = 0):
+    def __init__(self, feed: QuoteFeed, *, run_id: str | None = None, lag_us: int | float = 0, start: int = 0,
+                 watermark_interval_us: int | None = None):
         super().__init__()
         self._feed = feed
         self.run_id = run_id or uuid.uuid4().hex[:12]
         self._lag_us = lag_us
         self._start = start
+        self._interval_us = watermark_interval_us
 
     def expand(self, pbegin):
         return (
             pbegin
             | "StartPosition" >> beam.Create([self._start])
-            | "ReadFeed" >> beam.ParDo(_ReadFeedFn(self._feed, self.run_id, self._lag_us))
+            | "ReadFeed" >> beam.ParDo(_ReadFeedFn(self._feed, self.run_id, self._lag_us, self._interval_us))
             .with_output_types(QuoteBlock)
             .with_outputs(COUNTS, main="blocks")
         )

@@ -152,3 +152,30 @@ def test_worked_example_through_read_feed_has_the_replay_order():
     assert_that(lines | when_input_ends() | beam.combiners.ToList() | beam.Map(lambda v: [line for _, line in sorted(v)]),
                 equal_to([_all_rows(WORKED_EXAMPLE)]))
     pipeline.run().wait_until_finish()
+
+
+@pytest.mark.parametrize("interval_us", [100_000, 1_000_000, 7_000])
+def test_with_a_watermark_interval_each_block_carries_the_watermark_the_rule_gives(interval_us):
+    # ReadFeed ends a bundle at each interval of arrival time (transforms.sources.watermarks); on the
+    # FnApiRunner too, which resumes each checkpoint. Every row is read once, in order, and its block
+    # carries the watermark the row-by-row reference gives; the counts come once, for the whole feed.
+    from transforms.sources.watermarks import NO_WATERMARK_YET, watermarks_in_force
+
+    pipeline = _pipeline()
+    read = pipeline | ReadFeed(_historical(CSV), lag_us=20_000, watermark_interval_us=interval_us)
+    rows = read["blocks"] | beam.FlatMap(
+        lambda block: [(block.seq + i, line, arrival, block.watermark_us) for i, (line, arrival) in enumerate(
+            zip(block.batch.column("line").to_pylist(), block.batch.column("arrival_us").to_pylist()))])
+
+    def check(items):
+        items = sorted(items)
+        assert [position for position, *_ in items] == list(range(200))
+        assert [line for _, line, _, _ in items] == _all_rows(CSV)
+        expected = watermarks_in_force([arrival for _, _, arrival, _ in items], interval_us, 20_000)
+        assert [mark for *_, mark in items] == [NO_WATERMARK_YET if m is None else m for m in expected]
+        return True
+
+    assert_that(rows | when_input_ends() | beam.combiners.ToList() | beam.Map(check), equal_to([True]), label="rows")
+    assert_that(read["counts"] | "CountsEnd" >> when_input_ends() | beam.Map(lambda c: c["records_in"]), equal_to([200]),
+                label="counts")
+    pipeline.run().wait_until_finish()
