@@ -39,7 +39,7 @@ from beam_pipeline.options import (
     source_kind,
 )
 from beam_pipeline.plugins import PluginError, PluginFormats, input_hint, plugin_problems
-from runners import is_direct
+from runners import is_direct, real_watermarks
 from schemas import FieldRule, SchemaError, latest_version, load_schema
 from transforms.products.paginate import Endpoint, FetchConfig, parse_endpoints
 from transforms.quotes.normalize import price_rule
@@ -76,6 +76,9 @@ class SourceConfig:
     inputs: tuple[str, ...]  # --input's files, sorted (the tie-break order): historical and replay runs
     streaming: bool  # an unbounded source, or --streaming over history
     watermark_lag_us: int | float | None  # --watermark_lag of a streaming run (None in batch)
+    #: --watermark_interval of a streaming run on a runner with real watermarks (Prism); None: the
+    #: DirectRunner, which replays history through TestStream and fires live windows at the end
+    watermark_interval_us: int | None
     default_symbol: str  # the symbol of rows in files without a symbol column
     block_bytes: int
     reader_schema_version: int | None  # of .avro inputs
@@ -172,6 +175,36 @@ def resolve(options: PipelineOptions) -> QuotesJob | ProductsJob:
     return _resolve_quotes(options)
 
 
+#: Unbounded sources a runner with real watermarks reads here (the others' control lives in this process
+#: and is tested on the DirectRunner only).
+REAL_WATERMARK_SOURCES = ("live",)
+
+
+def _runner_problems(options: PipelineOptions, kind: str, streaming: bool, interval_given: bool) -> list[str]:
+    """Which runners read which sources: the DirectRunner all of them; Prism history with --streaming
+    and the live feed, with real watermarks; the others batch only."""
+    runner = options.view_as(StandardOptions).runner
+    source = options.view_as(QuoteOptions).source
+    real = real_watermarks(runner)
+    problems = []
+    if kind in UNBOUNDED_SOURCES and not is_direct(runner) and not (real and kind in REAL_WATERMARK_SOURCES):
+        problems.append(
+            f"--source {source} runs on the DirectRunner here (got --runner {runner}): its stop signal, control "
+            "endpoint and file sink live in this process" + ("; PrismRunner reads --source live" if real else "")
+        )
+    elif streaming and kind not in UNBOUNDED_SOURCES and not is_direct(runner) and not real:
+        problems.append(
+            f"--streaming replays history through Beam's TestStream on the DirectRunner, or as a real unbounded "
+            f"source on PrismRunner (got --runner {runner})"
+        )
+    elif streaming and real:
+        problems += runners.prism.streaming_problems(options)
+    if interval_given and not (streaming and real):
+        problems.append("--watermark_interval needs a streaming run (--streaming or --source live) on --runner "
+                        "PrismRunner: the DirectRunner's watermark does not advance while a source runs")
+    return problems
+
+
 def _resolve_quotes(options: PipelineOptions) -> QuotesJob:
     config = options.view_as(QuoteOptions)
     standard = options.view_as(StandardOptions)
@@ -180,16 +213,7 @@ def _resolve_quotes(options: PipelineOptions) -> QuotesJob:
     streaming = unbounded or bool(standard.streaming)
     checked = flags.check(config, streaming)
     problems = plugin_problems() + checked.problems  # a broken normalizer plugin first: it may explain the others
-    if unbounded and not is_direct(standard.runner):
-        problems.append(
-            f"--source {config.source} runs on the DirectRunner here (got --runner {standard.runner}): "
-            "its stop signal, control endpoint and file sink live in this process"
-        )
-    elif standard.streaming and not is_direct(standard.runner):
-        problems.append(
-            f"--streaming replays history through Beam's TestStream, which only the DirectRunner runs "
-            f"(got --runner {standard.runner}); on Flink or Dataflow, WindowQuotes reads a real unbounded source"
-        )
+    problems += _runner_problems(options, kind, streaming, bool(config.watermark_interval))
     inputs = {"--input": config.input, **({"--trades": config.trades} if config.trades else {})}
     problems += runners.check(options) + shared_files_problems(options, inputs)
     if unbounded and FileSystems.get_scheme(config.output_dir) is not None:
@@ -207,6 +231,7 @@ def _resolve_quotes(options: PipelineOptions) -> QuotesJob:
         inputs=(),
         streaming=streaming,
         watermark_lag_us=checked.watermark_lag_us if streaming else None,
+        watermark_interval_us=checked.watermark_interval_us if streaming and real_watermarks(standard.runner) else None,
         default_symbol=config.symbol.strip(),
         dedup_horizon_us=checked.dedup_horizon_us if not streaming else 0,
         show_progress=config.progress == "auto",

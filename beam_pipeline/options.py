@@ -245,6 +245,12 @@ class QuoteOptions(PipelineOptions):
             help="with --streaming: the replay's watermark is arrival time minus this lag (default: 0ms; "
             "inf: never advance, everything on time)",
         )
+        windowing.add_argument(
+            "--watermark_interval", default=None,
+            help="on a runner with real watermarks (--runner PrismRunner): the source reports its watermark "
+            f"after each interval of arrival time this long (default: {DEFAULT_WATERMARK_INTERVAL}; "
+            "docs/event-time.md)",
+        )
 
 
 def window_config(options: QuoteOptions, streaming: bool) -> WindowConfig | None:
@@ -269,6 +275,9 @@ def window_config(options: QuoteOptions, streaming: bool) -> WindowConfig | None
         allowed_lateness_us=parse_duration(options.allowed_lateness or "0ms", "--allowed_lateness"),
     )
 
+
+#: How much arrival time a source with a real watermark reads between two reports of it.
+DEFAULT_WATERMARK_INTERVAL = "1s"
 
 #: Defaults of the analytics flags (see :func:`analytics_config`).
 DEFAULT_MAX_QUOTE_AGE = "1s"
@@ -347,6 +356,14 @@ def analytics_config(options: QuoteOptions) -> AnalyticsConfig | None:
     return AnalyticsConfig(options.trades, age, spec.size_us, spec.period_us, model)
 
 
+def watermark_interval(options: QuoteOptions) -> int:
+    """``--watermark_interval`` in microseconds (at least 1 ms: runners carry watermarks in ms)."""
+    interval = parse_duration(options.watermark_interval or DEFAULT_WATERMARK_INTERVAL, "--watermark_interval")
+    if interval < 1000:
+        raise WindowingError(f"--watermark_interval must be at least 1ms, got {options.watermark_interval}")
+    return interval
+
+
 def watermark_lag(options: QuoteOptions) -> int | float:
     """``--watermark_lag`` in microseconds (``transforms.windows.logic.INFINITE`` for ``inf``)."""
     return parse_duration(options.watermark_lag or "0ms", "--watermark_lag", allow_infinite=True)
@@ -360,6 +377,7 @@ class Checked:
     problems: list[str]
     window: WindowConfig | None = None  # None also: no --window
     watermark_lag_us: int | float | None = None
+    watermark_interval_us: int | None = None
     analytics: AnalyticsConfig | None = None  # None also: no --trades
     dedup_horizon_us: int | None = None
 
@@ -367,10 +385,11 @@ class Checked:
 def check(options: QuoteOptions, streaming: bool = False) -> Checked:
     """Judge every value of the quotes job's flags, parsing each once."""
     problems = []
-    window = lag_us = None
+    window = lag_us = interval_us = None
     try:
         window = window_config(options, streaming)
         lag_us = watermark_lag(options)
+        interval_us = watermark_interval(options)
     except WindowingError as exc:
         problems.append(str(exc))
     if not 0 <= options.latency_threshold_ms < MAX_LATENCY_MS:
@@ -402,7 +421,7 @@ def check(options: QuoteOptions, streaming: bool = False) -> Checked:
         if not 0 <= options.metrics_port <= 65535:
             problems.append(f"--metrics_port must be from 0 to 65535, got {options.metrics_port}")
     problems += _queue_problems(options)
-    return Checked(problems, window, lag_us, analytics, horizon_us)
+    return Checked(problems, window, lag_us, interval_us, analytics, horizon_us)
 
 
 def _analytics_problems(options: QuoteOptions, streaming: bool, horizon_us: int) -> list[str]:

@@ -102,7 +102,13 @@ def build_pipeline(
             extra.update(queue_url=source.source, group=feed.group, consumer=feed.consumer)
         else:
             extra["live_url"] = source.live_url
-        replay = pipeline | "ReadFeed" >> ReadFeed(feed, run_id=run_id, lag_us=lag_us)
+        replay = pipeline | "ReadFeed" >> ReadFeed(feed, run_id=run_id, lag_us=lag_us,
+                                                   watermark_interval_us=source.watermark_interval_us)
+    elif streaming and source.watermark_interval_us:  # a runner with real watermarks: history as a feed
+        history = HistoricalFeed(sources, default_symbol=source.default_symbol, block_bytes=source.block_bytes,
+                                 open_file=source.opener())
+        replay = pipeline | "ReplayHistoricalFeed" >> ReadFeed(
+            history, run_id=run_id, lag_us=lag_us, watermark_interval_us=source.watermark_interval_us)
     elif streaming:
         plan = plan_stream_replay(
             sources,
@@ -129,6 +135,8 @@ def build_pipeline(
             open_file=source.opener(),
             dedup_horizon_us=source.dedup_horizon_us,
         )
+    if source.watermark_interval_us:
+        extra["watermark_interval"] = duration_text(source.watermark_interval_us)
     per_tenant = quotes.partition_by_tenant
     normalized = replay["blocks"] | "NormalizeQuotes" >> NormalizeQuotes(quotes.rules, partition_by_tenant=per_tenant)
     if deliver.sink:
@@ -150,7 +158,9 @@ def build_pipeline(
     if windowing:
         late_sources = sources if not live else list(feed.sources)
         windowed = normalized.valid | "WindowQuotes" >> WindowQuotes(
-            windowing, scale, lag_us=lag_us, sources=late_sources, partition_by_tenant=per_tenant)
+            windowing, scale, lag_us=lag_us, sources=late_sources, partition_by_tenant=per_tenant,
+            as_they_fire=live and bool(source.watermark_interval_us),
+            source_watermarks=bool(source.watermark_interval_us))
         outputs["windows.jsonl"] = windowed["windows"]
         outputs["late.jsonl"] = windowed["late"]
         counts.append(windowed["counts"])

@@ -34,7 +34,7 @@ from runners import dask, dataflow, direct, flink, portable, prism
 from runners.common import RunnerError
 
 __all__ = ["PRESETS", "RunnerError", "add_help", "check", "is_direct", "make_runner", "portability_problems", "preset_for",
-           "remote_workers"]
+           "real_watermarks", "remote_workers"]
 
 LOG = logging.getLogger(__name__)
 
@@ -58,6 +58,17 @@ def preset_for(name: str | None) -> ModuleType | None:
 def is_direct(name: str | None) -> bool:
     """Whether a ``--runner`` value (None: the default) means the local DirectRunner."""
     return preset_for(name) is direct
+
+
+#: Presets whose runner moves the watermark while a source runs, so that streaming runs read
+#: history as a real unbounded source (:mod:`transforms.sources.watermarks`) and live windows fire
+#: as the feed goes on. Flink would be one; it cannot be run here (docs/deploy.md).
+REAL_WATERMARKS = (prism,)
+
+
+def real_watermarks(name: str | None) -> bool:
+    """Whether a ``--runner`` value names a runner in :data:`REAL_WATERMARKS`."""
+    return preset_for(name) in REAL_WATERMARKS
 
 
 #: Presets whose runner receives the portable proto, which :mod:`runners.portability` checks.

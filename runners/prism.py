@@ -22,7 +22,7 @@ import socket
 from typing import Callable
 from urllib.parse import urlsplit
 
-from apache_beam.options.pipeline_options import PipelineOptions, PrismRunnerOptions
+from apache_beam.options.pipeline_options import PipelineOptions, PortableOptions, PrismRunnerOptions
 from apache_beam.runners.runner import PipelineRunner
 from apache_beam.version import __version__ as BEAM_VERSION
 
@@ -88,6 +88,20 @@ def check(options: PipelineOptions) -> list[str]:
     if location and not urlsplit(location).scheme and not os.path.exists(location):
         return [f"--prism_location {location}: no such file"]
     return []
+
+
+def streaming_problems(options: PipelineOptions) -> list[str]:
+    """A streaming run needs Prism itself (the fallback has no real watermark) and its SDK workers in
+    this process (LOOPBACK, Beam's default for Prism), where the run's stop signal lives."""
+    problems = []
+    if not local_binary(options):
+        problems.append("--runner PrismRunner streams with real watermarks only on Prism itself: build it with "
+                        "make prism (or give --prism_location PATH); the DirectRunner it falls back to has none")
+    environment = options.view_as(PortableOptions).environment_type
+    if environment and environment.upper() != "LOOPBACK":
+        problems.append(f"--environment_type {environment}: a streaming run on Prism runs its SDK workers in this "
+                        "process (LOOPBACK), where its stop signal and sinks live")
+    return problems
 
 
 def create(

@@ -23,14 +23,17 @@ from transforms.quotes import rules
 from transforms.quotes.rules import PriceRule, Rejected
 from transforms.sources.arrival import ALL_READ, NOTHING_READ, RowArrivalHeap, out_of_order_reason
 from transforms.sources.csv_blocks import RejectedLine, read_header, split_line
+from transforms.sources.watermarks import watermarks_in_force
 from transforms.windows.format import pane_json, pane_sort_key
 from transforms.windows.logic import (
     ANY_WINDOW,
     Pane,
     PaneQuote,
     PaneStats,
+    WindowConfig,
     WindowSpec,
     add_quote,
+    is_expired,
     parse_window,
     window_time,
 )
@@ -71,8 +74,11 @@ def _records(path: str, index: int, default_symbol: str, counts: Counts) -> Iter
             yield line, fields, text
 
 
-def _arrival_ordered(path: str, index: int, default_symbol: str, counts: Counts) -> Iterator[tuple]:
-    """One file's valid quotes as ``(arrival, file, line, quote)``, in arrival order."""
+def _arrival_ordered(path: str, index: int, default_symbol: str, counts: Counts,
+                     with_rejected: bool = False) -> Iterator[tuple]:
+    """One file's valid quotes as ``(arrival, file, line, quote)``, in arrival order; ``with_rejected``:
+    also the rows with a readable arrival that the quote rules reject, with ``None`` for the quote
+    (they still move a streaming source's watermark)."""
     dead = counts.dead_letters[index]
     heap = RowArrivalHeap()
     newest = NOTHING_READ
@@ -86,16 +92,22 @@ def _arrival_ordered(path: str, index: int, default_symbol: str, counts: Counts)
                 dead.append(rules.dead_letter_json(path, line, raw, out_of_order_reason(arrival, newest)))
                 continue
             newest = max(newest, event_us)
-            symbol, bid, ask, bid_size, ask_size, tenant = rules.parse_content(fields, PRICES)
         except Rejected as rejected:
             dead.append(rules.dead_letter_json(path, line, raw, rejected.reason))
             continue
-        quote = rules.Quote(event_us, symbol, bid, ask, bid_size, ask_size, latency, tenant)
-        heap.push(arrival, index, line, (line, quote))
-        for line_of, ready in heap.pop_before(newest):
-            yield ready.arrival_us, index, line_of, ready
-    for line_of, ready in heap.pop_before(ALL_READ):
-        yield ready.arrival_us, index, line_of, ready
+        try:
+            symbol, bid, ask, bid_size, ask_size, tenant = rules.parse_content(fields, PRICES)
+        except Rejected as rejected:
+            dead.append(rules.dead_letter_json(path, line, raw, rejected.reason))
+            if with_rejected:
+                heap.push(arrival, index, line, (arrival, line, None))
+        else:
+            quote = rules.Quote(event_us, symbol, bid, ask, bid_size, ask_size, latency, tenant)
+            heap.push(arrival, index, line, (arrival, line, quote))
+        for arrival_of, line_of, ready in heap.pop_before(newest):
+            yield arrival_of, index, line_of, ready
+    for arrival_of, line_of, ready in heap.pop_before(ALL_READ):
+        yield arrival_of, index, line_of, ready
 
 
 def batch_panes(quoted: Sequence[tuple[int, int, rules.Quote]], window: WindowSpec) -> list[Pane]:
@@ -136,6 +148,49 @@ def batch_panes(quoted: Sequence[tuple[int, int, rules.Quote]], window: WindowSp
         Pane(symbol, start, end, "ON_TIME", 0, pane, tenant) for ((tenant, symbol), start, end), pane in stats.items()
     ]
     return sorted(panes, key=pane_sort_key)
+
+
+@dataclass
+class StreamOutcome:
+    """What a streaming run with real watermarks gives, by the rule of
+    :mod:`transforms.sources.watermarks` (fixed windows): the ON_TIME panes in full, how many quotes
+    each window's LATE panes hold (a runner may fire late quotes of one bundle as one pane or several),
+    and the quotes past allowed lateness, as ``(file, line)`` in arrival order."""
+
+    on_time: list[Pane]
+    late_counts: dict[tuple[str, str, int], int]  # (tenant, symbol, window start) -> quotes
+    dropped: list[tuple[int, int]]
+
+
+def stream_outcome(
+    sources: Sequence[str],
+    config: WindowConfig,
+    lag_us: int | float,
+    interval_us: int,
+    default_symbol: str = "UNKNOWN",
+) -> StreamOutcome:
+    """The reference of a streaming replay on a runner with real watermarks, one row at a time."""
+    if config.window.kind != "fixed":
+        raise ValueError("the streaming reference computes fixed windows only")
+    counts = Counts(dead_letters=[[] for _ in sources])
+    streams = [_arrival_ordered(path, i, default_symbol, counts, with_rejected=True) for i, path in enumerate(sources)]
+    rows = list(heapq.merge(*streams, key=lambda item: item[:2]))
+    marks = watermarks_in_force([arrival for arrival, *_ in rows], interval_us, lag_us)
+    on_time: list[tuple[int, int, rules.Quote]] = []
+    late: dict[tuple[str, str, int], int] = {}
+    dropped: list[tuple[int, int]] = []
+    for (_arrival, file, line, quote), mark in zip(rows, marks):
+        if quote is None:
+            continue
+        ((start, end),) = config.window.windows(quote.event_us)
+        if is_expired(end, mark, config.allowed_lateness_us):
+            dropped.append((file, line))
+        elif mark is not None and mark >= end:  # the window fired on time before this quote came
+            key = (quote.tenant, quote.symbol, start)
+            late[key] = late.get(key, 0) + 1
+        else:
+            on_time.append((file, line, quote))
+    return StreamOutcome(batch_panes(on_time, config.window), late, dropped)
 
 
 def run_reference(

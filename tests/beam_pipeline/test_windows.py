@@ -219,7 +219,16 @@ def test_streaming_replay_of_the_sample_classifies_every_quote_as_computed_by_ha
         pytest.param(["--streaming", "--window", "fixed:1s", "--trigger", "late:1"], ["--trigger", "late:1"], id="unknown-trigger"),
         pytest.param(["--window", "fixed:1s", "--accumulation", "sometimes"], ["--accumulation", "sometimes"], id="bad-accumulation"),
         pytest.param(["--streaming", "--window", "fixed:1s", "--watermark_lag", "soon"], ["--watermark_lag", "soon"], id="bad-lag"),
-        pytest.param(["--streaming", "--runner", "PortableRunner"], ["--streaming", "DirectRunner"], id="streaming-elsewhere"),
+        pytest.param(["--streaming", "--runner", "PortableRunner"], ["--streaming", "DirectRunner", "PrismRunner"],
+                     id="streaming-elsewhere"),
+        pytest.param(["--window", "fixed:1s", "--watermark_interval", "1s"], ["--watermark_interval", "PrismRunner"],
+                     id="interval-in-batch"),
+        pytest.param(["--streaming", "--window", "fixed:1s", "--watermark_interval", "1s"],
+                     ["--watermark_interval", "DirectRunner"], id="interval-on-the-direct-runner"),
+        pytest.param(["--streaming", "--runner", "PrismRunner", "--watermark_interval", "0ms"],
+                     ["--watermark_interval", "at least 1ms"], id="interval-zero"),
+        pytest.param(["--streaming", "--runner", "PrismRunner", "--watermark_interval", "soon"],
+                     ["--watermark_interval", "soon"], id="interval-unreadable"),
     ],
 )
 def test_bad_window_flags_exit_2_with_a_line_each(args, expected, tmp_path, capsys):

@@ -58,6 +58,7 @@ from transforms.windows.logic import (
     WindowSpec,
     block_sessions,
     bucket_stats,
+    bucket_width,
     home_window_start,
     is_dropped,
     merge_sessions,
@@ -116,12 +117,16 @@ def window_into(config: WindowConfig) -> beam.WindowInto:
 
 
 def stamped_quotes(block: QuoteBlock, lag_us: int | float) -> list[StampedQuote]:
-    """The quotes of a valid block, each stamped with the watermark after its arrival."""
+    """The quotes of a valid block, each stamped with the watermark its source emitted it under:
+    the block's own (``block.watermark_us``, a source whose watermark the runner follows), else the
+    watermark after the quote's arrival."""
     batch = block.batch
     names = ("symbol", "event_us", "arrival_us", "bid", "ask", "file", "line", "tenant")
     columns = [batch.column(name).to_pylist() for name in names]
+    given = block.watermark_us
     return [
-        StampedQuote(symbol, event, arrival, watermark_after(arrival, lag_us), bid, ask, file, line, tenant)
+        StampedQuote(symbol, event, arrival, watermark_after(arrival, lag_us) if given is None else given,
+                     bid, ask, file, line, tenant)
         for symbol, event, arrival, bid, ask, file, line, tenant in zip(*columns)
     ]
 
@@ -216,6 +221,35 @@ class _RouteLateFn(TracedDoFn):
         super().finish_bundle()
 
 
+class _StampedBucketFn(_RouteLateFn):
+    """A block emitted under one watermark (``block.watermark_us``, a source that reports its watermark
+    between bundles) -> late quotes, and the others pre-aggregated per key and time bucket.
+
+    Every quote of the block is judged by the same watermark, so the quotes of a bucket (which fall
+    in the same windows, :func:`transforms.windows.logic.bucket_width`) meet the same fired and unfired
+    windows: combined before Beam windows them, they give the same panes as one element per quote,
+    at a fraction of the cost (late quotes of a window in one block share one LATE pane).
+    """
+
+    STAGE = "window_stamped_bucket"
+
+    def process(self, block: QuoteBlock):
+        config = self._config
+        width = bucket_width(config.window)
+        buckets: dict[tuple, PaneStats] = {}
+        for quote in stamped_quotes(block, INFINITE):
+            if is_dropped(quote.event_us, quote.watermark_us, config):
+                self._late.inc()
+                yield beam.pvalue.TaggedOutput(LATE, quote)
+                continue
+            for key, stats in self._windowed_stats(quote):
+                moment = window_time(quote.event_us)
+                bucket = (key, moment - moment % width)
+                buckets[bucket] = merge_stats(buckets.get(bucket), stats)
+        for (key, start), stats in buckets.items():
+            yield windows.TimestampedValue((key, stats), Timestamp(micros=start))
+
+
 class _BucketFn(TracedDoFn):
     """Batch (no watermark, nothing late): a valid block -> pre-aggregated stats.
 
@@ -308,6 +342,9 @@ class WindowStampedQuotes(beam.PTransform):
         routed = quotes | "RouteLateQuotes" >> beam.ParDo(_RouteLateFn(self._config)).with_outputs(
             LATE, COUNTS, main="windowed"
         )
+        return self._windowed(routed)
+
+    def _windowed(self, routed) -> dict:
         panes = (
             routed.windowed
             | "Window" >> window_into(self._config)
@@ -315,6 +352,17 @@ class WindowStampedQuotes(beam.PTransform):
             | "WithPaneInfo" >> beam.ParDo(_PaneFn()).with_output_types(Pane)
         )
         return {"panes": panes, "late": routed[LATE], "counts": routed[COUNTS]}
+
+
+class WindowStampedBlocks(WindowStampedQuotes):
+    """Like :class:`WindowStampedQuotes`, from valid blocks that each carry the watermark their source
+    emitted them under (``QuoteBlock.watermark_us``), pre-aggregated per block (:class:`_StampedBucketFn`)."""
+
+    def expand(self, blocks):
+        routed = blocks | "RouteAndPreAggregate" >> beam.ParDo(_StampedBucketFn(self._config)).with_outputs(
+            LATE, COUNTS, main="windowed"
+        )
+        return self._windowed(routed)
 
 
 class WindowQuoteBlocks(beam.PTransform):
@@ -333,12 +381,15 @@ class WindowQuoteBlocks(beam.PTransform):
     streaming path and with the plain-Python reference.
     """
 
-    def __init__(self, config: WindowConfig, lag_us: int | float | None = None):
+    def __init__(self, config: WindowConfig, lag_us: int | float | None = None, source_watermarks: bool = False):
         super().__init__()
         self._config = config
         self._lag_us = lag_us
+        self._source_watermarks = source_watermarks
 
     def expand(self, blocks):
+        if self._source_watermarks:
+            return blocks | "WindowBlocks" >> WindowStampedBlocks(self._config)
         if self._lag_us is not None:
             return blocks | "StampWatermarks" >> StampQuotes(self._lag_us) | "WindowStampedQuotes" >> WindowStampedQuotes(self._config)
         buckets = blocks | "PreAggregate" >> beam.ParDo(_BucketFn(self._config.window)).with_outputs(
@@ -426,26 +477,38 @@ def _gathered(pcoll, label: str):
     )
 
 
+def _each(pcoll, label: str):
+    """Each element as a list of one, back in the global window, as it comes."""
+    return (
+        pcoll
+        | f"{label}AsTheyCome" >> beam.WindowInto(windows.GlobalWindows())
+        | f"Each{label}" >> beam.Map(lambda item: [item])
+    )
+
+
 class PanesToText(beam.PTransform):
     """Panes -> ``{"chunks": one windows.jsonl TextChunk, "counts": a dict}`` (see :func:`pane_counts`),
     both back in the global window under the default trigger, like the other outputs.
 
     Panes are few (one per window and symbol, not per quote), so they are gathered and sorted.
-    With ``partition_by_tenant``, one chunk per tenant.
+    With ``partition_by_tenant``, one chunk per tenant. ``as_they_fire``: each pane is a chunk of its
+    own as soon as the runner fires it (a live run on a runner with real watermarks appends it).
     """
 
-    def __init__(self, scale: int, accumulation: str, partition_by_tenant: bool = False):
+    def __init__(self, scale: int, accumulation: str, partition_by_tenant: bool = False, as_they_fire: bool = False):
         super().__init__()
         self._scale = scale
         self._accumulation = accumulation
         self._partitioned = partition_by_tenant
+        self._as_they_fire = as_they_fire
 
     def expand(self, panes):
         fn = _ChunkFn(
             functools.partial(panes_chunks, scale=self._scale, partitioned=self._partitioned),
             functools.partial(pane_counts, accumulation=self._accumulation),
         )
-        lines = _gathered(panes, "Panes") | "PanesToLines" >> beam.ParDo(fn).with_outputs(COUNTS, main="chunks")
+        items = _each(panes, "Panes") if self._as_they_fire else _gathered(panes, "Panes")
+        lines = items | "PanesToLines" >> beam.ParDo(fn).with_outputs(COUNTS, main="chunks")
         return {
             "chunks": lines.chunks | "PaneLinesInGlobalWindow" >> beam.WindowInto(windows.GlobalWindows()),
             "counts": lines[COUNTS] | "PaneCountsInGlobalWindow" >> beam.WindowInto(windows.GlobalWindows()),
@@ -453,17 +516,21 @@ class PanesToText(beam.PTransform):
 
 
 class LateToText(beam.PTransform):
-    """Late quotes -> one ``late.jsonl`` TextChunk (one per tenant with ``partition_by_tenant``)."""
+    """Late quotes -> one ``late.jsonl`` TextChunk (one per tenant with ``partition_by_tenant``), or
+    with ``as_they_fire`` one chunk per late quote as it comes."""
 
-    def __init__(self, sources: Sequence[str], config: WindowConfig, scale: int, partition_by_tenant: bool = False):
+    def __init__(self, sources: Sequence[str], config: WindowConfig, scale: int, partition_by_tenant: bool = False,
+                 as_they_fire: bool = False):
         super().__init__()
         self._to_chunks = functools.partial(
             late_chunks, sources=tuple(sources), config=config, scale=scale, partitioned=partition_by_tenant
         )
+        self._as_they_fire = as_they_fire
 
     def expand(self, late):
+        items = _each(late, "Late") if self._as_they_fire else _gathered(late, "Late")
         return (
-            _gathered(late, "Late")
+            items
             | "LateToLines" >> beam.ParDo(_ChunkFn(self._to_chunks))
             | "LateLinesInGlobalWindow" >> beam.WindowInto(windows.GlobalWindows())
         )
@@ -489,6 +556,10 @@ class WindowQuotes(beam.PTransform):
         sources: the input files' names, which late lines name by index; or a function that finds
             them from the input PCollection at expansion (Beam YAML reads them off its ReadQuotes).
         partition_by_tenant: write each tenant's lines to its own partition.
+        as_they_fire: write each pane and late quote as it comes (a live run on a runner with real
+            watermarks), instead of all of them sorted once the input ends.
+        source_watermarks: the blocks carry the watermark their source emitted them under (a source
+            with ``--watermark_interval``): judge and pre-aggregate them by it.
     """
 
     @staticmethod
@@ -510,10 +581,12 @@ class WindowQuotes(beam.PTransform):
 
     def __init__(self, config: WindowConfig, scale: int, *, lag_us: int | float | None = None,
                  sources: Sequence[str] | Callable[[beam.PCollection], Sequence[str]] = (),
-                 partition_by_tenant: bool = False):
+                 partition_by_tenant: bool = False, as_they_fire: bool = False, source_watermarks: bool = False):
         super().__init__()
         self.config = config
         self.accounting = self.accounting_for(config)
+        self._as_they_fire = as_they_fire
+        self._source_watermarks = source_watermarks
         self._scale = scale
         self._lag_us = lag_us
         self._sources = sources
@@ -521,9 +594,10 @@ class WindowQuotes(beam.PTransform):
 
     def expand(self, valid):
         sources = self._sources(valid) if callable(self._sources) else self._sources
-        windowed = valid | "WindowQuoteBlocks" >> WindowQuoteBlocks(self.config, self._lag_us)
-        to_text = PanesToText(self._scale, self.config.accumulation, self._per_tenant)
+        windowed = valid | "WindowQuoteBlocks" >> WindowQuoteBlocks(self.config, self._lag_us, self._source_watermarks)
+        to_text = PanesToText(self._scale, self.config.accumulation, self._per_tenant, self._as_they_fire)
         panes = windowed["panes"] | "PanesToText" >> to_text
-        late = windowed["late"] | "LateToText" >> LateToText(sources, self.config, self._scale, self._per_tenant)
+        late = windowed["late"] | "LateToText" >> LateToText(sources, self.config, self._scale, self._per_tenant,
+                                                             self._as_they_fire)
         counts = (windowed["counts"], panes["counts"]) | "WindowCounts" >> beam.Flatten()
         return {"windows": panes["chunks"], "late": late, "counts": counts}
