@@ -6,6 +6,8 @@ also its own process, turns them into ``mid_prices.log`` lines:
 
 * pipeline: ``python -m beam_pipeline --source live`` (FnApiRunner, splittable DoFn, normalize,
   mid price, appending sink);
+* prism: the same on ``--runner PrismRunner`` (``make prism``), its source reporting a watermark every
+  ``--watermark_interval`` (1 s) of arrival time;
 * bare: a plain loop in this file (websockets client, ``json.loads``, exact ``Decimal`` mid,
   one write and flush per message), the least any reader must do.
 
@@ -120,14 +122,17 @@ def start_feed(csv_path: Path, rate: int, sent_log: Path) -> tuple[subprocess.Po
     return feed, line.split()[1]
 
 
-def reader_command(reader: str, url: str, out_dir: Path) -> list[str]:
-    if reader == "pipeline":
+def reader_command(reader: str, url: str, out_dir: Path, interval: str | None = None) -> list[str]:
+    if reader in ("pipeline", "prism"):
+        runner = ["--runner", "PrismRunner"] if reader == "prism" else []
+        if reader == "prism" and interval:
+            runner += ["--watermark_interval", interval]
         return [sys.executable, "-m", "beam_pipeline", "--source", "live", "--live_url", url,
-                "--output_dir", str(out_dir)]
+                "--output_dir", str(out_dir), *runner]
     return [sys.executable, __file__, "--bare", url, str(out_dir / "mid_prices.log")]
 
 
-def run_one(reader: str, rate: int, seconds: float, workdir: Path) -> Result:
+def run_one(reader: str, rate: int, seconds: float, workdir: Path, interval: str | None = None) -> Result:
     quotes = int(rate * seconds)
     csv_path = live_quotes(workdir, quotes)
     out_dir = workdir / f"{reader}_{rate}"
@@ -140,7 +145,7 @@ def run_one(reader: str, rate: int, seconds: float, workdir: Path) -> Result:
     watcher = Watcher(out_dir / "mid_prices.log", quotes)
     watcher.start()
     try:
-        reader_process = subprocess.run(reader_command(reader, url, out_dir), cwd=ROOT, capture_output=True,
+        reader_process = subprocess.run(reader_command(reader, url, out_dir, interval), cwd=ROOT, capture_output=True,
                                         text=True, timeout=seconds * 10 + 120)
     finally:
         watcher.done.set()
@@ -201,7 +206,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rates", type=int, nargs="+", default=[10000, 20000, 30000, 40000, 50000, 60000])
     parser.add_argument("--seconds", type=float, default=5.0, help="how long each rate is fed (default 5)")
-    parser.add_argument("--readers", nargs="+", default=["pipeline", "bare"], choices=["pipeline", "bare"])
+    parser.add_argument("--readers", nargs="+", default=["pipeline", "bare"], choices=["pipeline", "prism", "bare"],
+                        help="pipeline: the DirectRunner; prism: --runner PrismRunner (make prism); bare: a plain client")
+    parser.add_argument("--watermark_interval", default=None,
+                        help="the prism reader's --watermark_interval (of arrival time: the generated quotes' "
+                        "timestamps advance about 200 s per second of sending at 10,000/s)")
     parser.add_argument("--workdir", type=Path, default=None, help="keep inputs and outputs here")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--bare", nargs=2, metavar=("URL", "OUTPUT"), help=argparse.SUPPRESS)
@@ -214,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for rate in args.rates:
         for reader in args.readers:
-            result = run_one(reader, rate, args.seconds, workdir)
+            result = run_one(reader, rate, args.seconds, workdir, args.watermark_interval)
             results.append(result)
             print(show(result), flush=True)
     for reader in args.readers:
