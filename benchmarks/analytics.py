@@ -62,7 +62,7 @@ import numpy as np
 import pandas as pd
 import psutil
 
-from replay_throughput import ROOT, make_workdir
+from replay_throughput import ROOT, exit_status, make_workdir
 from runner_comparison import measure  # sibling helpers
 
 LATENCY_THRESHOLD_MS = 20  # the pipeline's default --latency_threshold_ms
@@ -564,9 +564,7 @@ def main() -> int:
     print(f"pipeline / pandas end to end = {ratio:.3f} (acceptance: >= 0.5) -> {'met' if ratio >= 0.5 else 'NOT met'}")
     problems = content_check(pipeline_out, result)
     print("content check: ok" if not problems else "content check: DIFFERENT\n" + "\n".join(problems))
-    if not args.workdir:
-        print(f"(inputs and outputs left in {workdir})")
-    return 0 if not problems else 1
+    return exit_status(not problems, workdir, bool(args.workdir))
 
 
 if __name__ == "__main__":

@@ -60,6 +60,14 @@ def measure(label: str, rows: int, command: list[str]) -> Run:
     return Run(label, rows, seconds, usage.ru_maxrss / 1024)
 
 
+def exit_status(ok: bool, workdir: Path, kept: bool) -> int:
+    """The benchmark's exit status (0: every check passed), after saying where a temporary
+    ``workdir`` was left (``kept``: the user's own ``--workdir``)."""
+    if not kept:
+        print(f"(inputs and outputs left in {workdir})")
+    return 0 if ok else 1
+
+
 def make_workdir(path: Path | None, prefix: str) -> Path:
     """``--workdir`` if given (kept), else a new temporary folder."""
     workdir = path or Path(tempfile.mkdtemp(prefix=prefix))
@@ -135,9 +143,7 @@ def main() -> int:
         print(f"\npipeline peak RSS: {beam_run.peak_rss_mb:,.0f} MB at {args.rows:,} rows, "
               f"{big_run.peak_rss_mb:,.0f} MB at {args.memory_rows:,} rows: {ratio:.2f}x "
               f"({big_run.rows_per_second:,.0f} rows/s at {args.memory_rows:,})")
-    if not args.workdir:
-        print(f"(inputs and outputs left in {workdir})")
-    return 0 if ok else 1
+    return exit_status(ok, workdir, bool(args.workdir))
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import psutil
 
-from replay_throughput import OUTPUT_FILES, ROOT, make_workdir, quotes_file
+from replay_throughput import OUTPUT_FILES, ROOT, exit_status, make_workdir, quotes_file
 
 PIPELINE = [sys.executable, "-m", "beam_pipeline", "--progress", "off"]
 #: label -> the command's flags; {input} and {out} are filled in.
@@ -142,9 +142,7 @@ def main() -> int:
               f"{'yes' if identical[run.label] else 'NO':^9} |")
     print(f"counts: {metrics['records_in']:,} in = {metrics['mid_prices']:,} mid + {metrics['latency_filtered']:,} "
           f"filtered + {metrics['dead_lettered']:,} dead letters")
-    if not args.workdir:
-        print(f"(inputs and outputs left in {workdir})")
-    return 0 if all(identical.values()) else 1
+    return exit_status(all(identical.values()), workdir, bool(args.workdir))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import json
 import sys
 from pathlib import Path
 
-from replay_throughput import ROOT, make_workdir, measure, quotes_file
+from replay_throughput import ROOT, exit_status, make_workdir, measure, quotes_file
 
 WINDOW = ("--window", "fixed:1s")
 LATENESS = ("--allowed_lateness", "500ms")
@@ -109,9 +109,7 @@ def main() -> int:
         problems = check(csv_path, batch_out, out, interval)
         ok &= not problems
         print(f"{out.name}: {'outputs as batch and as the reference of the rule' if not problems else 'DIFFERS: ' + ', '.join(problems)}")
-    if not args.workdir:
-        print(f"(inputs and outputs left in {workdir})")
-    return 0 if ok else 1
+    return exit_status(ok, workdir, bool(args.workdir))
 
 
 if __name__ == "__main__":

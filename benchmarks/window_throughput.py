@@ -25,7 +25,7 @@ import json
 import sys
 from pathlib import Path
 
-from replay_throughput import ROOT, Run, make_workdir, measure, quotes_file
+from replay_throughput import ROOT, Run, exit_status, make_workdir, measure, quotes_file
 
 WINDOWS = ("fixed:1s", "sliding:10s,1s", "session:500ms")
 
@@ -89,9 +89,7 @@ def main() -> int:
     print(row(stream, f"{steps:,} watermark steps, {stream.seconds / max(steps, 1):.3f} s/step"))
     print(f"panes {metrics['panes_by_timing']}, late_dropped {metrics['late_dropped']:,}, "
           f"{'balanced' if metrics['balanced'] else 'NOT BALANCED'}")
-    if not args.workdir:
-        print(f"(inputs and outputs left in {workdir})")
-    return 0 if ok else 1
+    return exit_status(ok, workdir, bool(args.workdir))
 
 
 if __name__ == "__main__":
