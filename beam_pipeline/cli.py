@@ -22,7 +22,6 @@ from typing import Iterator, Sequence
 from urllib.parse import urlsplit
 
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import StandardOptions
 
 import runners
 from beam_pipeline import logs
@@ -292,8 +291,6 @@ def _quotes(job: QuotesJob, started_at: float) -> int:
             webhook, job = open_webhook(job)  # before the output folder: a port in use leaves none behind
         if deliver.metrics_port is not None:
             metrics_server = open_metrics(deliver.metrics_port)
-        if source.unbounded:
-            job.options.view_as(StandardOptions).streaming = True  # an unbounded source: say so to the runner
         runner = make_runner(job.options, unbounded_source=source.unbounded)
         prepare_output_dir(deliver.root_dir)  # the last checks: a usage error leaves no folder behind
         if deliver.avro_output:

@@ -249,6 +249,8 @@ def _resolve_quotes(options: PipelineOptions) -> QuotesJob:
                                      quotes.scale)
     if problems:
         raise OptionsError(problems)
+    if unbounded:
+        standard.streaming = True  # an unbounded source: the job's options say so to any runner and caller
     return QuotesJob(
         options=options,
         source=replace(source, inputs=tuple(quote_files)),

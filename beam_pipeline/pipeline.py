@@ -44,7 +44,7 @@ from transforms.sources.modes import SwitchingFeed
 from transforms.sources.stage import ReadFeed, ReplayAsStream, ReplayHistorical, plan_stream_replay
 from transforms.sources.webhook import WebhookFeed, endpoint_url
 from transforms.trades.stage import AnalyseTrades
-from transforms.windows.logic import WindowConfig, duration_text, parse_window
+from transforms.windows.logic import duration_text
 from transforms.windows.stage import WindowQuotes
 
 LOG = logging.getLogger(__name__)
@@ -202,7 +202,7 @@ def run_accounting(job: QuotesJob) -> tuple[Accounting, ...]:
     if job.source.dedup_horizon_us:
         parts.append(ReplayHistorical.DEDUP_ACCOUNTING)
     if job.window:
-        parts.append(WindowQuotes.accounting_for(job.window))
+        parts.append(WindowQuotes.accounting_for(job.window.accumulation))
     if job.analytics:
         parts.append(AnalyseTrades.accounting_for(scored=job.analytics.model is not None))
     return tuple(parts)
@@ -213,7 +213,7 @@ def every_stage_accounting() -> tuple[Accounting, ...]:
     words for whatever a finished run's ``metrics.json`` has, for a reader that has only the
     folder (the run report)."""
     return (ComputeMidPrices.ACCOUNTING, NormalizeQuotes.ACCOUNTING, ReplayHistorical.DEDUP_ACCOUNTING,
-            WriteToQueue.ACCOUNTING, WindowQuotes.accounting_for(WindowConfig(parse_window("fixed:1s"))),
+            WriteToQueue.ACCOUNTING, WindowQuotes.accounting_for(),
             AnalyseTrades.accounting_for(scored=True))
 
 

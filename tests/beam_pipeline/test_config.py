@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from apache_beam.options.pipeline_options import StandardOptions
 
 from beam_pipeline.config import (
     DEFAULT_GROUP,
@@ -49,6 +50,8 @@ def test_flags_become_their_configs(tmp_path):
 def test_a_queue_consumer_writes_to_its_own_folder_in_the_output_dir(tmp_path):
     job = resolved("--source", "redis://127.0.0.1:6390/quotes", "--consumer", "c1", "--output_dir", str(tmp_path))
     assert job.source.unbounded and job.source.streaming
+    # the job's own Beam options say so too, for any runner it is handed to (not only the CLI's)
+    assert job.options.view_as(StandardOptions).streaming is True
     assert (job.source.group, job.source.consumer) == (DEFAULT_GROUP, "c1")
     assert job.deliver.output_dir == str(tmp_path / "consumer=c1") and job.deliver.root_dir == str(tmp_path)
     assert job.source.inputs == ()  # a consumer reads no files

@@ -24,8 +24,8 @@ def test_stages_add_up_to_the_default_jobs_files_and_balance_in_their_order():
 
 def test_the_window_stage_balances_what_its_accumulation_counts():
     for accumulation, in_panes in (("discarding", "quotes_in_panes"), ("accumulating", "windowed_quotes")):
-        config = WindowConfig(parse_window("fixed:1s"), accumulation=accumulation)
-        accounting = WindowQuotes.accounting_for(config)
+        accounting = WindowQuotes.accounting_for(accumulation)
+        assert WindowQuotes(WindowConfig(parse_window("fixed:1s"), accumulation=accumulation), 8).accounting == accounting
         assert accounting.balances == {"windows_balanced": [in_panes, "late_dropped", "dead_lettered"]}
         assert accounting.tally_names == {"windows.jsonl": "panes_by_timing", "late.jsonl": "late_dropped_by_reason"}
 

@@ -563,10 +563,11 @@ class WindowQuotes(beam.PTransform):
     """
 
     @staticmethod
-    def accounting_for(config: WindowConfig) -> Accounting:
+    def accounting_for(accumulation: str = "discarding") -> Accounting:
         """Its files, and its balance: every quote read is in a pane (once, when discarding; or
-        counted as windowed, when accumulating panes repeat it), late, or a dead letter."""
-        in_panes = "quotes_in_panes" if config.accumulation == "discarding" else "windowed_quotes"
+        counted as windowed, when accumulating panes repeat it), late, or a dead letter. Only the
+        accumulation mode changes it."""
+        in_panes = "quotes_in_panes" if accumulation == "discarding" else "windowed_quotes"
         return Accounting(
             outputs=(
                 Output("windows.jsonl", "windows_emitted", "window panes",
@@ -584,7 +585,7 @@ class WindowQuotes(beam.PTransform):
                  partition_by_tenant: bool = False, as_they_fire: bool = False, source_watermarks: bool = False):
         super().__init__()
         self.config = config
-        self.accounting = self.accounting_for(config)
+        self.accounting = self.accounting_for(config.accumulation)
         self._as_they_fire = as_they_fire
         self._source_watermarks = source_watermarks
         self._scale = scale
