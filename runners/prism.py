@@ -22,7 +22,7 @@ import socket
 from typing import Callable
 from urllib.parse import urlsplit
 
-from apache_beam.options.pipeline_options import PipelineOptions, PortableOptions, PrismRunnerOptions
+from apache_beam.options.pipeline_options import DebugOptions, PipelineOptions, PortableOptions, PrismRunnerOptions
 from apache_beam.runners.runner import PipelineRunner
 from apache_beam.version import __version__ as BEAM_VERSION
 
@@ -90,6 +90,23 @@ def check(options: PipelineOptions) -> list[str]:
     return []
 
 
+#: Beam's experiment for a Prism job server of the run's own (see :func:`own_job_server`).
+OWN_JOB_SERVER = "disable_prism_server_singleton"
+
+
+def own_job_server(options: PipelineOptions) -> None:
+    """Ask Beam for a Prism job server of this run's own, not its process-wide singleton.
+
+    Beam keeps one Prism job server per process, and its ``DirectRunner`` tries Prism first: once a
+    ``--runner PrismRunner`` run has started the singleton from a local binary, every later pipeline
+    of the process that asks for Beam's DirectRunner would run on that Prism, not on the local runner
+    it gets offline. The run's own server stops when the process exits, as the singleton does.
+    """
+    debug = options.view_as(DebugOptions)
+    if not debug.lookup_experiment(OWN_JOB_SERVER):
+        debug.add_experiment(OWN_JOB_SERVER)
+
+
 def streaming_problems(options: PipelineOptions) -> list[str]:
     """A streaming run needs Prism itself (the fallback has no real watermark) and its SDK workers in
     this process (LOOPBACK, Beam's default for Prism), where the run's stop signal lives."""
@@ -116,6 +133,7 @@ def create(
         # Beam reads only --prism_location: point it at the binary found (it would look in its own cache)
         options.view_as(PrismRunnerOptions).prism_location = binary
         LOG.info("--runner PrismRunner: Prism binary %s", binary)
+        own_job_server(options)
         return PrismRunner()
     location = options.view_as(PrismRunnerOptions).prism_location
     try:

@@ -6,7 +6,13 @@ import logging
 from pathlib import Path
 
 import pytest
-from apache_beam.options.pipeline_options import PipelineOptions, PortableOptions, PrismRunnerOptions, SetupOptions
+from apache_beam.options.pipeline_options import (
+    DebugOptions,
+    PipelineOptions,
+    PortableOptions,
+    PrismRunnerOptions,
+    SetupOptions,
+)
 from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiRunner
 from apache_beam.runners.portability.prism_runner import PrismRunner
 
@@ -250,6 +256,8 @@ def test_prism_uses_the_binary_make_prism_built(tmp_path, monkeypatch):
     assert isinstance(runner, PrismRunner)
     # Beam reads only --prism_location: it must name the binary found, or Beam would download one
     assert options.view_as(PrismRunnerOptions).prism_location == str(built)
+    # and the run gets a job server of its own, not Beam's process-wide one (see prism.own_job_server)
+    assert options.view_as(DebugOptions).lookup_experiment(prism.OWN_JOB_SERVER)
 
 
 def test_prism_location_wins_over_the_built_binary(tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ for the PortableRunner (:func:`tests.runners.test_portable.assert_same_outputs`)
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections import Counter
@@ -221,3 +222,19 @@ def test_streaming_on_prism_without_its_binary_is_refused_not_run_without_waterm
     monkeypatch.setattr(prism, "BIN_CACHE", str(tmp_path / "no-cache"))
     rc = cli.main([*PRISM, "--streaming", "--window", "fixed:1s", "--output_dir", str(tmp_path / "out")])
     assert_usage_errors(rc, capsys.readouterr().err, ["make prism"])
+
+
+def test_a_prism_run_leaves_beams_direct_runner_to_later_pipelines(tmp_path, prism_binary, caplog):
+    # Beam's DirectRunner tries Prism first, through a job server it shares per process, and offline falls
+    # back to its local runner. A Prism run of ours must not leave that shared server behind for later
+    # pipelines of the process that ask for Beam's default.
+    import apache_beam as beam
+
+    assert cli.main(["--input", bundled_sample(), *PRISM, "--output_dir", str(tmp_path / "out"), "--progress", "off"]) == 0
+    caplog.clear()
+    caplog.set_level(logging.INFO, logger="apache_beam.runners.direct.direct_runner")
+    with beam.Pipeline() as pipeline:
+        _ = pipeline | beam.Create([1, 2]) | beam.Map(lambda x: x)
+    tried = [r.getMessage() for r in caplog.records if r.name == "apache_beam.runners.direct.direct_runner"]
+    assert "Running pipeline with PrismRunner." in tried  # Beam's own attempt, as in any process here
+    assert "Falling back to DirectRunner" in tried, "Beam's default DirectRunner ran on the Prism our run left"
