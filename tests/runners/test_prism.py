@@ -42,9 +42,10 @@ def run_both(tmp_path: Path, submitted: list[str], *args: str) -> tuple[Path, Pa
     folders = []
     for name, runner in (("direct", ()), ("prism", PRISM)):
         out = tmp_path / name
+        before = len(submitted)  # with --portable the DirectRunner's run is submitted to a job service too
         assert cli.main([*args, *runner, "--output_dir", str(out), "--progress", "off"]) == 0, name
         folders.append(out)
-    assert submitted == ["PrismRunner"], "the Prism run was not submitted to Prism's job service"
+    assert submitted[before:] == ["PrismRunner"], "the Prism run was not submitted to Prism's job service"
     return folders[0], folders[1]
 
 
