@@ -49,13 +49,13 @@ from transforms.blocks import QuoteBlock, QuoteBlockCoder
 from transforms.progress import Progress
 from transforms.sources.avro_input import DEAD_LETTERS, dead_letter, match_files, read_avro_file
 from transforms.sources.feeds import HistoricalFeed, QuoteFeed
-from transforms.sources.live import LiveFeed, newest_arrival
+from transforms.sources.live import LiveFeed
 from transforms.sources.modes import run_control
 from transforms.sources.replay import DEFAULT_BLOCK_BYTES, HistoricalReplay
 from transforms.sources.stream_replay import StreamPlan, plan_steps
-from transforms.sources.watermarks import NO_WATERMARK_YET, interval_pieces, newest, reported_watermark
+from transforms.sources.watermarks import NO_WATERMARK_YET, interval_pieces, next_watermark
 from transforms.tracing import TracedDoFn
-from transforms.windows.logic import WindowSpec, watermark_after
+from transforms.windows.logic import WindowSpec
 
 LOG = logging.getLogger(__name__)
 COUNTS = "counts"
@@ -237,17 +237,6 @@ class _FeedPositions(RestrictionProvider):
         return restriction.size()
 
 
-def next_watermark(current_us: int | None, batch, lag_us: int | float) -> int | None:
-    """The source watermark after a block: the newest arrival so far minus ``lag_us`` (whole ms)."""
-    newest = newest_arrival(batch)
-    if newest is None:
-        return current_us
-    candidate = watermark_after(newest, lag_us)
-    if candidate is None:
-        return current_us
-    return candidate if current_us is None else max(current_us, candidate)
-
-
 @dataclass
 class _OpenFeed:
     """A feed part-read by a bundle that ended at an interval's end, kept for the bundle that resumes
@@ -257,7 +246,7 @@ class _OpenFeed:
     blocks: Iterator
     pending: list  # Pieces read but not emitted yet, with their feed positions
     interval: int | None
-    newest_arrival: int | None
+    watermark_us: int | None  # after the rows emitted so far (next_watermark), reported at each interval's end
 
 
 #: Feeds waiting for their resuming bundle, by (run id, position).
@@ -355,9 +344,8 @@ class _ReadFeedFn(TracedDoFn):
             later = piece.interval is not None and state.interval is not None and piece.interval > state.interval
             if later and emitted:  # the interval is over: report its watermark, end the bundle
                 state.pending.insert(0, (piece_start, piece, sources))
-                reported = reported_watermark(state.newest_arrival, self._lag_us)
-                if reported is not None:
-                    watermark.set_watermark(Timestamp(micros=reported))
+                if state.watermark_us is not None:
+                    watermark.set_watermark(Timestamp(micros=state.watermark_us))
                 state.interval = piece.interval
                 _OPEN_FEEDS[(self._run_id, piece_start)] = state
                 self._checkpoints.inc()
@@ -369,8 +357,8 @@ class _ReadFeedFn(TracedDoFn):
                 _OPEN_FEEDS[(self._run_id, piece_start)] = state
                 return
             if piece.interval is not None:
-                state.interval = piece.interval if state.interval is None else max(state.interval, piece.interval)
-            state.newest_arrival = newest(piece.rows.column("arrival_us"), state.newest_arrival)
+                state.interval = piece.interval  # never goes back: interval_pieces carries it forward
+            state.watermark_us = next_watermark(state.watermark_us, piece.rows, self._lag_us)
             emitted = True
             yield self._emit(piece_start, piece.rows, sources, stamp)
         state.blocks.close()

@@ -28,6 +28,7 @@ from typing import Iterable, Iterator, NamedTuple
 import numpy as np
 import pyarrow as pa
 
+from transforms.sources.live import newest_arrival
 from transforms.windows.logic import watermark_after
 
 #: The watermark a source has before its first report: no window has ended under it.
@@ -66,19 +67,15 @@ def interval_pieces(batch: pa.RecordBatch, interval_us: int, current: int | None
             yield Piece(None if interval < 0 else interval, start, batch.slice(start, end - start))
 
 
-def newest(arrivals: pa.Array, so_far: int | None) -> int | None:
-    """The newest arrival of ``so_far`` and ``arrivals`` (nulls ignored)."""
-    top = pa.compute.max(arrivals).as_py()
-    if top is None:
-        return so_far
-    return top if so_far is None else max(so_far, top)
-
-
-def reported_watermark(newest_arrival_us: int | None, lag_us: int | float) -> int | None:
-    """What the source reports at the end of an interval (None: nothing to report)."""
-    if newest_arrival_us is None:
-        return None
-    return watermark_after(newest_arrival_us, lag_us)
+def next_watermark(current_us: int | None, batch: pa.RecordBatch, lag_us: int | float) -> int | None:
+    """The source watermark after a block: the newest arrival so far minus ``lag_us`` (whole ms)."""
+    newest = newest_arrival(batch)
+    if newest is None:
+        return current_us
+    candidate = watermark_after(newest, lag_us)
+    if candidate is None:
+        return current_us
+    return candidate if current_us is None else max(current_us, candidate)
 
 
 def watermarks_in_force(arrivals: Iterable[int | None], interval_us: int, lag_us: int | float) -> list[int | None]:
@@ -95,5 +92,5 @@ def watermarks_in_force(arrivals: Iterable[int | None], interval_us: int, lag_us
             current_interval = arrival // interval_us
         if arrival is not None:
             newest_in = arrival if newest_in is None else max(newest_in, arrival)
-        result.append(reported_watermark(newest_before, lag_us))
+        result.append(None if newest_before is None else watermark_after(newest_before, lag_us))
     return result

@@ -234,15 +234,14 @@ class _StampedBucketFn(_RouteLateFn):
     STAGE = "window_stamped_bucket"
 
     def process(self, block: QuoteBlock):
-        config = self._config
-        width = bucket_width(config.window)
+        width = bucket_width(self._config.window)
         buckets: dict[tuple, PaneStats] = {}
-        for quote in stamped_quotes(block, INFINITE):
-            if is_dropped(quote.event_us, quote.watermark_us, config):
-                self._late.inc()
-                yield beam.pvalue.TaggedOutput(LATE, quote)
-                continue
-            for key, stats in self._windowed_stats(quote):
+        for quote in stamped_quotes(block, INFINITE):  # INFINITE: unused, every quote takes the block's watermark
+            for routed in super().process(quote):  # a late quote, or its (key, stats)
+                if isinstance(routed, beam.pvalue.TaggedOutput):
+                    yield routed
+                    continue
+                key, stats = routed
                 moment = window_time(quote.event_us)
                 bucket = (key, moment - moment % width)
                 buckets[bucket] = merge_stats(buckets.get(bucket), stats)

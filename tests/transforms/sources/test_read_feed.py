@@ -20,7 +20,8 @@ from transforms.sinks.stage import when_input_ends
 from transforms.sources.feeds import FeedBlock, HistoricalFeed
 from transforms.sources.modes import forget_run, run_control
 from transforms.sources.replay import HistoricalReplay
-from transforms.sources.stage import END_OF_FEED, ReadFeed, _FeedTracker, next_watermark
+from transforms.sources.stage import END_OF_FEED, ReadFeed, _FeedTracker
+from transforms.sources.watermarks import next_watermark
 from transforms.windows.logic import INFINITE
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from transforms.sources.watermarks import interval_pieces, newest, watermarks_in_force
+from transforms.sources.watermarks import interval_pieces, next_watermark, watermarks_in_force
 from transforms.windows.logic import INFINITE
 
 MS = 1000
@@ -39,10 +39,10 @@ def test_an_interval_must_be_positive():
         list(interval_pieces(rows(1), 0, None))
 
 
-def test_newest_arrival_ignores_rows_without_one():
-    assert newest(pa.array([None, 5, 3]), None) == 5
-    assert newest(pa.array([None], type=pa.int64()), 7) == 7
-    assert newest(pa.array([4]), 9) == 9
+def test_the_watermark_after_a_piece_ignores_rows_without_arrival_and_never_goes_back():
+    assert next_watermark(None, rows(None, 5, 3), 0) == 5 * MS
+    assert next_watermark(7 * MS, rows(None), 0) == 7 * MS
+    assert next_watermark(9 * MS, rows(4), 0) == 9 * MS
 
 
 def test_each_row_is_judged_by_the_watermark_after_the_intervals_before_its_own():
@@ -62,14 +62,14 @@ def test_the_reference_rule_and_the_cuts_agree_row_by_row():
     # (report at the end of an interval), against the row-by-row reference.
     arrivals = [3, 3, 7, None, 12, 19, 19, None, 31, 44, 45, 90, None, 91]
     batches = [rows(*arrivals[:5]), rows(*arrivals[5:9]), rows(*arrivals[9:])]
-    emitted, interval, newest_so_far, in_force = [], None, None, None
+    emitted, interval, watermark, in_force = [], None, None, None
     for batch in batches:
         for piece in interval_pieces(batch, 10 * MS, interval):
             if interval is not None and piece.interval is not None and piece.interval > interval:
-                in_force = newest_so_far  # the report at the interval's end
+                in_force = watermark  # the report at the interval's end
             if piece.interval is not None:
                 interval = piece.interval
-            newest_so_far = newest(piece.rows.column("arrival_us"), newest_so_far)
+            watermark = next_watermark(watermark, piece.rows, 0)
             emitted += [in_force] * piece.rows.num_rows
     expected = watermarks_in_force([None if a is None else a * MS for a in arrivals], 10 * MS, 0)
     assert emitted == expected
