@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from transforms.arrays import numpy
 from transforms.quotes import rules
 from transforms.quotes.rules import Rejected
 
@@ -44,11 +45,11 @@ def _convert(
     try:
         values[:], ok[:] = fast(column)
         if column.null_count:  # a cast passes nulls through: the rules decide about them
-            ok &= column.is_valid().to_numpy(zero_copy_only=False)
+            ok &= numpy(column.is_valid())
     except _CAST_ERRORS:
         if fast_pattern is not None:
             plain = pc.fill_null(pc.match_substring_regex(column, fast_pattern), False)
-            picked = np.flatnonzero(plain.to_numpy(zero_copy_only=False))
+            picked = np.flatnonzero(numpy(plain))
             try:
                 values[picked], ok[picked] = fast(column.take(picked))
             except _CAST_ERRORS:
@@ -77,7 +78,7 @@ def _present(values: pa.Array, characters: bytes) -> bytes:
 
 def _as_int64(array: pa.Array) -> np.ndarray:
     as_int = array.cast(pa.int64())
-    return (as_int.fill_null(0) if as_int.null_count else as_int).to_numpy(zero_copy_only=False)
+    return numpy(as_int.fill_null(0) if as_int.null_count else as_int)
 
 
 # --------------------------------------------------------------------------- parsing
@@ -158,12 +159,12 @@ def parse_sizes(column: pa.Array, field: str) -> tuple[np.ndarray, Rejects]:
     """Optional sizes as float64, NaN where the field is empty (unknown)."""
 
     def fast(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-        empty = pc.fill_null(pc.equal(values, ""), False)
-        sizes = pc.cast(pc.if_else(empty, None, values), pa.float64()).to_numpy(zero_copy_only=False)
+        empty = pc.fill_null(pc.equal(values, pa.scalar("", values.type)), False)
+        sizes = numpy(pc.cast(pc.if_else(empty, pa.scalar(None, values.type), values), pa.float64()))
         known = ~np.isnan(sizes)
         with np.errstate(invalid="ignore"):
             ok = ~known | ((sizes >= 0) & np.isfinite(sizes))
-        return sizes, ok & (known | empty.to_numpy(zero_copy_only=False))
+        return sizes, ok & (known | numpy(empty))
 
     def slow(text: str | None) -> float:
         size = rules.parse_size(text, field)
@@ -175,7 +176,8 @@ def parse_sizes(column: pa.Array, field: str) -> tuple[np.ndarray, Rejects]:
 def parse_symbols(column: pa.Array) -> tuple[pa.Array, Rejects]:
     """Symbols with white space trimmed; an empty symbol is rejected."""
     trimmed = pc.utf8_trim_whitespace(column)
-    empty = np.flatnonzero(pc.equal(pc.utf8_length(trimmed), 0).to_numpy(zero_copy_only=False))
+    lengths = pc.utf8_length(trimmed)
+    empty = np.flatnonzero(numpy(pc.equal(lengths, pa.scalar(0, lengths.type))))  # typed: no pandas lookup
     rejects: Rejects = {}
     for index in empty.tolist():
         try:
@@ -189,11 +191,11 @@ def parse_tenants(column: pa.Array) -> tuple[pa.Array, Rejects]:
     """Tenants with white space trimmed; null or empty is the default tenant (see
     :func:`transforms.quotes.rules.parse_tenant`); a name that is not a safe directory name is rejected."""
     if column.null_count == len(column):  # no tenant column: every quote is the default tenant's
-        return pa.repeat(pa.scalar(rules.DEFAULT_TENANT), len(column)), {}
+        return pa.repeat(pa.scalar(rules.DEFAULT_TENANT, pa.string()), len(column)), {}
     trimmed = pc.utf8_trim_whitespace(column)
-    empty = pc.fill_null(pc.equal(trimmed, ""), True)
-    tenants = pc.if_else(empty, rules.DEFAULT_TENANT, trimmed)
-    ok = pc.match_substring_regex(tenants, rules.TENANT_PATTERN).to_numpy(zero_copy_only=False)
+    empty = pc.fill_null(pc.equal(trimmed, text("")), True)
+    tenants = pc.if_else(empty, text(rules.DEFAULT_TENANT), trimmed)
+    ok = numpy(pc.match_substring_regex(tenants, rules.TENANT_PATTERN))
     rejects: Rejects = {}
     for index in np.flatnonzero(~ok).tolist():
         try:
@@ -276,13 +278,19 @@ def _decimal_join(whole: np.ndarray, fraction: np.ndarray, scale: int) -> pa.Arr
     if not has_fraction.any():
         return whole_text
     fraction_text = pc.utf8_rtrim(pc.utf8_lpad(pc.cast(pa.array(fraction), pa.string()), scale, "0"), "0")
-    point = pc.if_else(pa.array(has_fraction), ".", "")
-    return pc.binary_join_element_wise(whole_text, point, fraction_text, "")
+    point = pc.if_else(pa.array(has_fraction), text("."), text(""))
+    return pc.binary_join_element_wise(whole_text, point, fraction_text, text(""))
+
+
+def text(value: str) -> pa.StringScalar:
+    """A string constant for a compute call, typed: an untyped Python value makes pyarrow infer its
+    type, and inference imports pandas (:mod:`beam_pipeline.startup`)."""
+    return pa.scalar(value, pa.string())
 
 
 def joined_lines(*parts: pa.Array | str) -> bytes:
     """Concatenate string columns and constants element-wise, one ``\\n``-terminated line per row."""
-    lines = pc.binary_join_element_wise(*parts, "\n", "")
+    lines = pc.binary_join_element_wise(*(text(p) if isinstance(p, str) else p for p in parts), text("\n"), text(""))
     if len(lines) == 0:
         return b""
     offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32, count=len(lines) + 1, offset=lines.offset * 4)

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from transforms.arrays import numpy
 from transforms.quotes import columns
 from transforms.quotes.rules import HISTORICAL, LATENCY_SCALE
 
@@ -30,17 +31,17 @@ def split_by_latency(valid: pa.RecordBatch, threshold_ms: int | None) -> np.ndar
     if threshold_ms is None:
         return np.zeros(valid.num_rows, dtype=bool)
     # Exact: the latency is in integer microseconds, the threshold whole milliseconds.
-    over = pc.greater(valid.column("latency_us"), threshold_ms * 10**LATENCY_SCALE)
-    late = pc.and_(over, pc.equal(valid.column("mode"), HISTORICAL))
-    return pc.fill_null(late, False).to_numpy(zero_copy_only=False)
+    over = pc.greater(valid.column("latency_us"), pa.scalar(threshold_ms * 10**LATENCY_SCALE, pa.int64()))
+    late = pc.and_(over, pc.equal(valid.column("mode"), pa.scalar(HISTORICAL, pa.string())))
+    return numpy(pc.fill_null(late, False))
 
 
 def mid_price_text(valid: pa.RecordBatch, scale: int) -> bytes:
     """``mid_prices.log`` lines for every row of a valid block."""
     if valid.num_rows == 0:
         return b""
-    times = columns.format_timestamps(valid.column("event_us").to_numpy(), valid.column("timestamp"))
-    mids = columns.mid_texts(valid.column("bid").to_numpy(), valid.column("ask").to_numpy(), scale)
+    times = columns.format_timestamps(numpy(valid.column("event_us")), valid.column("timestamp"))
+    mids = columns.mid_texts(numpy(valid.column("bid")), numpy(valid.column("ask")), scale)
     return columns.joined_lines(times, ", ", mids)
 
 
@@ -48,8 +49,8 @@ def latency_error_text(late: pa.RecordBatch, threshold_ms: int) -> bytes:
     """``errors.log`` lines for every row of a block of too-late quotes."""
     if late.num_rows == 0:
         return b""
-    times = columns.format_timestamps(late.column("event_us").to_numpy(), late.column("timestamp"))
-    latency = columns.decimal_texts(late.column("latency_us").to_numpy(), LATENCY_SCALE)  # 20500 µs: 20.5
+    times = columns.format_timestamps(numpy(late.column("event_us")), late.column("timestamp"))
+    latency = columns.decimal_texts(numpy(late.column("latency_us")), LATENCY_SCALE)  # 20500 µs: 20.5
     return columns.joined_lines(
         "No mid price at ", times, " as latency ", latency, f"ms is bigger than {threshold_ms}ms"
     )

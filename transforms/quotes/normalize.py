@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from schemas import FieldRule, SchemaError
+from transforms.arrays import numpy
 from transforms.blocks import TextChunk
 from transforms.quotes import columns
 from transforms.quotes.rules import PriceRule, dead_letter_json, reject_code
@@ -62,7 +63,7 @@ def price_rule(rules: Mapping[str, FieldRule]) -> PriceRule:
 
 def normalize_batch(batch: pa.RecordBatch, prices: PriceRule) -> tuple[pa.RecordBatch, pa.RecordBatch]:
     """Split replayed rows into valid typed quotes and rejected rows (``file, line, raw, reject``)."""
-    pre_rejected = batch.column("reject").is_valid().to_numpy(zero_copy_only=False)
+    pre_rejected = numpy(batch.column("reject").is_valid())
     rows = batch.filter(pa.array(~pre_rejected)) if pre_rejected.any() else batch
     count = rows.num_rows
     reasons: dict[int, str] = {}
@@ -116,7 +117,7 @@ def normalize_batch(batch: pa.RecordBatch, prices: PriceRule) -> tuple[pa.Record
         valid = valid.filter(pa.array(ok))
         indices = sorted(reasons)
         why = pa.array([reasons[i] for i in indices], type=pa.string())
-        dead_parts.append(_dead(rows.take(pa.array(indices)), why))
+        dead_parts.append(_dead(rows.take(pa.array(indices, pa.int64())), why))
     if not dead_parts:
         dead_parts.append(_dead(batch.slice(0, 0), pa.array([], type=pa.string())))
     dead = pa.concat_batches(dead_parts)
@@ -147,9 +148,9 @@ def dead_letter_chunks(
 
 def dead_letter_chunk(seq: int, dead: pa.RecordBatch, sources: tuple[str, ...], partition: str = "") -> TextChunk:
     """``dead_letter.jsonl`` lines sorted by (file, line), keyed so the sink can merge parts."""
-    order = np.lexsort((dead.column("line").to_numpy(), dead.column("file").to_numpy()))
-    files = dead.column("file").to_numpy()[order].tolist()
-    lines = dead.column("line").to_numpy()[order].tolist()
+    order = np.lexsort((numpy(dead.column("line")), numpy(dead.column("file"))))
+    files = numpy(dead.column("file"))[order].tolist()
+    lines = numpy(dead.column("line"))[order].tolist()
     raws = dead.column("raw").take(pa.array(order)).to_pylist()
     reasons = dead.column("reject").take(pa.array(order)).to_pylist()
     text = "".join(

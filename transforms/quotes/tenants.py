@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.io.filesystems import FileSystems
 
+from transforms.arrays import numpy
 from transforms.quotes import columns
 
 #: The tenant of dead letters that cannot be attributed (not a valid tenant name: it starts with "_").
@@ -49,9 +50,9 @@ def dead_letter_tenants(rows: pa.RecordBatch) -> pa.Array:
     """
     tenants, rejects = columns.parse_tenants(rows.column("tenant"))
     known = pc.or_(rows.column("timestamp").is_valid(), rows.column("tenant").is_valid())
-    known = known.to_numpy(zero_copy_only=False).copy()
+    known = numpy(known).copy()
     known[list(rejects)] = False
-    return pc.if_else(pa.array(known, type=pa.bool_()), tenants, UNATTRIBUTED)
+    return pc.if_else(pa.array(known, type=pa.bool_()), tenants, pa.scalar(UNATTRIBUTED, pa.string()))
 
 
 def split_by_tenant(batch: pa.RecordBatch, partitioned: bool) -> Iterator[tuple[str, pa.RecordBatch]]:
@@ -65,7 +66,7 @@ def split_by_tenant(batch: pa.RecordBatch, partitioned: bool) -> Iterator[tuple[
     if len(unique) == 1:
         yield partition_name(unique[0]), batch
         return
-    values = tenants.to_numpy(zero_copy_only=False)
+    values = numpy(tenants)
     for tenant in sorted(unique):
         yield partition_name(tenant), batch.filter(pa.array(values == tenant))
 

@@ -21,6 +21,7 @@ from typing import Any, Iterator
 import numpy as np
 import pyarrow as pa
 
+from transforms.arrays import numpy
 from transforms.quotes.rules import Rejected, format_timestamp
 
 #: A watermark before any timestamp: nothing can be released yet.
@@ -78,8 +79,8 @@ class BlockArrivalBuffer:
         held = self._held
         if held is None:
             return None
-        arrival = held.column("arrival_us").to_numpy()
-        order = np.lexsort((held.column("line").to_numpy(), held.column("file").to_numpy(), arrival))
+        arrival = numpy(held.column("arrival_us"))
+        order = np.lexsort((numpy(held.column("line")), numpy(held.column("file")), arrival))
         cut = int(np.searchsorted(arrival[order], watermark_us, side="left"))
         if cut == 0:
             return None

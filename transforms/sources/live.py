@@ -28,6 +28,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import numpy as np
 import pyarrow as pa
 
+from transforms.arrays import numpy
 from transforms.quotes import columns
 from transforms.quotes.rules import LIVE
 from transforms.resilience import backoff_delay
@@ -106,7 +107,7 @@ def frames_to_batch(messages: Sequence[Message], newest_arrival_us: int | None =
     text_columns = {name: pa.array(column, type=pa.string()) for name, column in values.items()}
     event_us, time_reasons = columns.parse_timestamps(text_columns["timestamp"])
     latency = np.zeros(count, dtype=np.int64)
-    has_latency = text_columns["latency_ms"].is_valid().to_numpy(zero_copy_only=False)
+    has_latency = numpy(text_columns["latency_ms"].is_valid())
     if has_latency.any():
         picked = np.flatnonzero(has_latency)
         parsed, latency_reasons = columns.parse_latencies(text_columns["latency_ms"].take(pa.array(picked)))

@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from transforms.arrays import numpy
 from transforms.quotes import columns
 from transforms.quotes.rules import DEFAULT_TENANT, HISTORICAL
 from transforms.sources.arrival import (
@@ -240,8 +241,8 @@ class QuoteDeduplicator:
     def times(self, batch: pa.RecordBatch) -> np.ndarray:
         """The time each row is checked at (see the class docstring)."""
         arrival = batch.column("arrival_us")
-        known = arrival.is_valid().to_numpy(zero_copy_only=False)
-        return np.where(known, arrival.fill_null(0).to_numpy(zero_copy_only=False), self._latest_us)
+        known = numpy(arrival.is_valid())
+        return np.where(known, numpy(arrival.fill_null(0)), self._latest_us)
 
     def drop_duplicates(self, batch: pa.RecordBatch) -> tuple[pa.RecordBatch, int]:
         """The batch without its duplicate rows, and how many were dropped."""

@@ -28,6 +28,7 @@ from typing import Iterable, Iterator, NamedTuple
 import numpy as np
 import pyarrow as pa
 
+from transforms.arrays import numpy
 from transforms.sources.live import newest_arrival
 from transforms.windows.logic import watermark_after
 
@@ -53,9 +54,9 @@ def interval_pieces(batch: pa.RecordBatch, interval_us: int, current: int | None
         raise ValueError(f"the watermark interval must be positive, got {interval_us}")
     arrivals = batch.column("arrival_us")
     ids = np.full(batch.num_rows, -1 if current is None else current, dtype=np.int64)
-    valid = arrivals.is_valid().to_numpy(zero_copy_only=False)
+    valid = numpy(arrivals.is_valid())
     if valid.any():
-        values = arrivals.fill_null(0).to_numpy(zero_copy_only=False)
+        values = numpy(arrivals.fill_null(0))
         ids = np.where(valid, values // interval_us, -1)
         ids = np.maximum.accumulate(np.where(ids < 0, -1 if current is None else current, ids))
     cuts = np.flatnonzero(np.diff(ids)) + 1
