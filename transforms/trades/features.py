@@ -378,6 +378,7 @@ def read_feature_lines(path: str | Path) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(arrays, schema=FEATURE_SCHEMA)
 
 
-# --------------------------------------------------------------------------- Beam
-
-
+def feature_range_chunk(r: int, rb: pa.RecordBatch) -> TextChunk:
+    """``features.jsonl`` lines of range ``r``'s windows, in their order (by window end, then symbol:
+    :mod:`transforms.trades.ranges`), unkeyed: the sink concatenates ranges in ``seq`` = ``r`` order."""
+    return TextChunk(r, feature_lines(rb), rb.num_rows)
