@@ -38,7 +38,9 @@ This is the *batch* path: :class:`ComputeFeatures` groups each symbol's blocks w
 ``CoGroupByKey`` and calls the pure, vectorized :func:`sliding_features` once per symbol (one
 element per symbol). The features are defined on Beam's sliding-window assignment, so a streaming
 version can window the same rows with ``WindowInto(SlidingWindows(size, period))`` and combine
-each window with the same pure function; the two give the same rows.
+each window with the same pure function; the two give the same rows. The command line's analytics
+call it once per symbol and event-time range instead (:mod:`transforms.trades.ranges`), which gives
+the same rows too.
 
 Output: ``features.jsonl`` lines (:func:`feature_chunk`), keyed by window end; :func:`read_feature_lines`
 reads them back into a :data:`~transforms.trades.market.FEATURE_SCHEMA` batch.

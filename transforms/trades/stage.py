@@ -1,9 +1,14 @@
-"""The trade analytics composites: ``ReadTrades``, ``QuotePoints``, ``JoinTradesWithMid``,
+"""The trade analytics composites: ``ReadTrades``, ``QuotePoints``, ``AnalyseRanges``, ``JoinTradesWithMid``,
 ``ComputeFeatures``, ``ScoreFeatures`` and ``AnalyseTrades``, which wires them::
 
-    valid quote blocks -> QuotePoints ----------+--> JoinTradesWithMid -> enriched, unmatched
-    trade CSVs -> ReadTrades (dedup, dead letters) -/          |
-                           by_symbol (quotes, enriched, unmatched) --> ComputeFeatures -> ScoreFeatures
+    valid quote blocks -> QuotePoints ----------+--> AnalyseRanges -> enriched, unmatched, features text
+    trade CSVs -> ReadTrades (dedup, dead letters) -/        |
+                                                  features by range --> ScoreFeatures -> scores text
+
+``AnalyseTrades`` runs the batch join and features per event-time range (:class:`AnalyseRanges`, the
+logic in :mod:`transforms.trades.ranges`), not per symbol whole: same results, bounded elements.
+``JoinTradesWithMid`` and ``ComputeFeatures`` below are the per-symbol library transforms (and the
+streaming join).
 
 ``AnalyseTrades`` returns one PCollection of :class:`~transforms.blocks.TextChunk` s per output file
 (see :data:`ACCOUNTING`) plus ``counts`` for ``metrics.json``. The quotes joined are the ones that make
