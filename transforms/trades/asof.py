@@ -282,12 +282,12 @@ def _sort_keys(event_us: np.ndarray) -> pa.Array:
     return pc.utf8_lpad(pc.cast(pa.array(event_us, type=pa.int64()), pa.string()), _KEY_WIDTH, "0")
 
 
-def _trade_fields(rows: pa.RecordBatch, scale: int) -> list:
-    """Key sort, tab and the trade's fields of a line, up to (and including) ``"side":...``."""
+def _trade_fields(rows: pa.RecordBatch, scale: int, keyed: bool = True) -> list:
+    """(Keyed: the sort key and a tab, then) the trade's fields of a line, up to (and including) ``"side":...``."""
     event_us = rows.column("event_us").to_numpy(zero_copy_only=False)
     return [
-        _sort_keys(event_us),
-        '\t{"trade_id":',
+        *((_sort_keys(event_us), "\t") if keyed else ()),
+        '{"trade_id":',
         *json_string_parts(rows.column("trade_id")),
         ',"timestamp":"',
         columns.format_timestamps(event_us, rows.column("timestamp")),
@@ -304,14 +304,19 @@ def _trade_fields(rows: pa.RecordBatch, scale: int) -> list:
 
 def enriched_text(rows: pa.RecordBatch, scale: int) -> bytes:
     """Keyed ``trades_enriched.jsonl`` lines of :data:`~transforms.trades.market.ENRICHED_SCHEMA` rows."""
-    rows = sorted_trades(rows)
+    return enriched_lines(sorted_trades(rows), scale, keyed=True)
+
+
+def enriched_lines(rows: pa.RecordBatch, scale: int, keyed: bool = False) -> bytes:
+    """``trades_enriched.jsonl`` lines of :data:`~transforms.trades.market.ENRICHED_SCHEMA` rows, in their
+    order (with ``keyed``, each behind its sort key and a tab)."""
     if rows.num_rows == 0:
         return b""
     bid = rows.column("bid").to_numpy(zero_copy_only=False)
     ask = rows.column("ask").to_numpy(zero_copy_only=False)
     quote_us = rows.column("quote_us").to_numpy(zero_copy_only=False)
     return columns.joined_lines(
-        *_trade_fields(rows, scale),
+        *_trade_fields(rows, scale, keyed),
         ',"sign":',
         json_ints(rows.column("sign")),
         ',"mid":',
@@ -330,11 +335,16 @@ def enriched_text(rows: pa.RecordBatch, scale: int) -> bytes:
 
 def unmatched_text(rows: pa.RecordBatch, scale: int) -> bytes:
     """Keyed ``unmatched_trades.jsonl`` lines of :data:`~transforms.trades.market.UNMATCHED_SCHEMA` rows."""
-    rows = sorted_trades(rows)
+    return unmatched_lines(sorted_trades(rows), scale, keyed=True)
+
+
+def unmatched_lines(rows: pa.RecordBatch, scale: int, keyed: bool = False) -> bytes:
+    """``unmatched_trades.jsonl`` lines of :data:`~transforms.trades.market.UNMATCHED_SCHEMA` rows, in their
+    order (with ``keyed``, each behind its sort key and a tab)."""
     if rows.num_rows == 0:
         return b""
     return columns.joined_lines(
-        *_trade_fields(rows, scale),
+        *_trade_fields(rows, scale, keyed),
         ',"reason":',
         *json_string_parts(rows.column("reason")),
         ',"detail":',
@@ -348,8 +358,23 @@ def enriched_chunk(symbol: str, rows: pa.RecordBatch, scale: int) -> TextChunk:
     return TextChunk(market.symbol_seq(symbol), enriched_text(rows, scale), rows.num_rows, keyed=True)
 
 
+def _reason_tally(rows: pa.RecordBatch) -> tuple[tuple[str, int], ...]:
+    reasons = pc.value_counts(rows.column("reason")).to_pylist() if rows.num_rows else []
+    return tuple(sorted((item["values"], item["counts"]) for item in reasons))
+
+
 def unmatched_chunk(symbol: str, rows: pa.RecordBatch, scale: int) -> TextChunk:
     """One symbol's ``unmatched_trades.jsonl`` lines, keyed by the trade's event time; tally by reason."""
-    reasons = pc.value_counts(rows.column("reason")).to_pylist() if rows.num_rows else []
-    tally = tuple(sorted((item["values"], item["counts"]) for item in reasons))
-    return TextChunk(market.symbol_seq(symbol), unmatched_text(rows, scale), rows.num_rows, tally, keyed=True)
+    return TextChunk(market.symbol_seq(symbol), unmatched_text(rows, scale), rows.num_rows, _reason_tally(rows),
+                     keyed=True)
+
+
+def enriched_range_chunk(r: int, rows: pa.RecordBatch, scale: int) -> TextChunk:
+    """``trades_enriched.jsonl`` lines of range ``r`` (rows already in file order, see
+    :mod:`transforms.trades.ranges`), unkeyed: the sink concatenates ranges in ``seq`` = ``r`` order."""
+    return TextChunk(r, enriched_lines(rows, scale), rows.num_rows)
+
+
+def unmatched_range_chunk(r: int, rows: pa.RecordBatch, scale: int) -> TextChunk:
+    """``unmatched_trades.jsonl`` lines of range ``r`` (as :func:`enriched_range_chunk`); tally by reason."""
+    return TextChunk(r, unmatched_lines(rows, scale), rows.num_rows, _reason_tally(rows))

@@ -38,7 +38,9 @@ This is the *batch* path: :class:`ComputeFeatures` groups each symbol's blocks w
 ``CoGroupByKey`` and calls the pure, vectorized :func:`sliding_features` once per symbol (one
 element per symbol). The features are defined on Beam's sliding-window assignment, so a streaming
 version can window the same rows with ``WindowInto(SlidingWindows(size, period))`` and combine
-each window with the same pure function; the two give the same rows.
+each window with the same pure function; the two give the same rows. The command line's analytics
+call it once per symbol and event-time range instead (:mod:`transforms.trades.ranges`), which gives
+the same rows too.
 
 Output: ``features.jsonl`` lines (:func:`feature_chunk`), keyed by window end; :func:`read_feature_lines`
 reads them back into a :data:`~transforms.trades.market.FEATURE_SCHEMA` batch.
@@ -378,6 +380,7 @@ def read_feature_lines(path: str | Path) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(arrays, schema=FEATURE_SCHEMA)
 
 
-# --------------------------------------------------------------------------- Beam
-
-
+def feature_range_chunk(r: int, rb: pa.RecordBatch) -> TextChunk:
+    """``features.jsonl`` lines of range ``r``'s windows, in their order (by window end, then symbol:
+    :mod:`transforms.trades.ranges`), unkeyed: the sink concatenates ranges in ``seq`` = ``r`` order."""
+    return TextChunk(r, feature_lines(rb), rb.num_rows)

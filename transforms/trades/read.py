@@ -374,11 +374,24 @@ def dedup_keys(valid: np.ndarray, trade_id: pa.Array, raw: pa.Array) -> pa.Array
 
 
 def find_duplicates(keys: pa.Array, time_us: np.ndarray, order: np.ndarray, horizon_us: int | None) -> np.ndarray:
-    """Rows (in input positions) that :class:`Deduplicator` drops when fed in ``order``."""
+    """Rows (in input positions) that :class:`Deduplicator` drops when fed in ``order``.
+
+    A key's verdicts depend on that key's rows alone, so only the rows whose key occurs more than
+    once are fed to the deduplicator (in ``order``); a key seen once is never a duplicate. With every
+    key distinct (the usual case), nothing goes through it.
+    """
     duplicate = np.zeros(len(keys), dtype=bool)
     deduplicator = Deduplicator(horizon_us)
-    if deduplicator.enabled and len(order):
-        duplicate[order] = deduplicator.duplicates(keys.take(pa.array(order)).to_pylist(), time_us[order])
+    if not deduplicator.enabled or not len(order):
+        return duplicate
+    encoded = pc.dictionary_encode(keys)
+    codes = encoded.indices.to_numpy(zero_copy_only=False)
+    repeated = np.bincount(codes, minlength=len(encoded.dictionary)) > 1
+    candidates = order[repeated[codes[order]]]  # in order, the rows of repeated keys only
+    if len(candidates):
+        duplicate[candidates] = deduplicator.duplicates(
+            keys.take(pa.array(candidates)).to_pylist(), time_us[candidates]
+        )
     return duplicate
 
 

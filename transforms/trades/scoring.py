@@ -579,12 +579,29 @@ def score_chunk(symbol: str, scores: pa.RecordBatch) -> TextChunk:
     """
     order = pc.sort_indices(scores, [("window_end_us", "ascending"), ("window_start_us", "ascending")])
     rows = scores.take(order)
+    data, anomalies = score_lines(rows, keyed=True)
+    return TextChunk(market.symbol_seq(symbol), data, rows.num_rows, (("anomalies", anomalies),), keyed=True)
+
+
+def score_range_chunk(r: int, scores: pa.RecordBatch) -> TextChunk:
+    """``scores.jsonl`` lines of range ``r``'s score rows, in their order (the features' order,
+    :mod:`transforms.trades.ranges`), unkeyed: the sink concatenates ranges in ``seq`` = ``r`` order."""
+    data, anomalies = score_lines(scores, keyed=False)
+    return TextChunk(r, data, scores.num_rows, (("anomalies", anomalies),))
+
+
+def score_lines(rows: pa.RecordBatch, keyed: bool) -> tuple[bytes, int]:
+    """``scores.jsonl`` lines of score rows in their order (with ``keyed``, behind ``window_end_us``
+    in 20 digits and a tab), and how many rows are anomalies."""
     start_us = rows.column("window_start_us").to_numpy(zero_copy_only=False)
     end_us = rows.column("window_end_us").to_numpy(zero_copy_only=False)
     anomalies = int(pc.sum(rows.column("anomaly")).as_py() or 0)
+    if rows.num_rows == 0:
+        return b"", 0
+    key = [pc.utf8_lpad(pc.cast(rows.column("window_end_us"), pa.string()), 20, "0"), "\t"] if keyed else []
     data = joined_lines(
-        pc.utf8_lpad(pc.cast(rows.column("window_end_us"), pa.string()), 20, "0"),
-        '\t{"symbol":',
+        *key,
+        '{"symbol":',
         _json_strings(rows.column("symbol")),
         ',"window_start":"',
         format_timestamps(start_us),
@@ -600,4 +617,4 @@ def score_chunk(symbol: str, scores: pa.RecordBatch) -> TextChunk:
         _json_strings(rows.column("model_version")),
         "}",
     )
-    return TextChunk(market.symbol_seq(symbol), data, rows.num_rows, (("anomalies", anomalies),), keyed=True)
+    return data, anomalies

@@ -1,9 +1,14 @@
-"""The trade analytics composites: ``ReadTrades``, ``QuotePoints``, ``JoinTradesWithMid``,
+"""The trade analytics composites: ``ReadTrades``, ``QuotePoints``, ``AnalyseRanges``, ``JoinTradesWithMid``,
 ``ComputeFeatures``, ``ScoreFeatures`` and ``AnalyseTrades``, which wires them::
 
-    valid quote blocks -> QuotePoints ----------+--> JoinTradesWithMid -> enriched, unmatched
-    trade CSVs -> ReadTrades (dedup, dead letters) -/          |
-                           by_symbol (quotes, enriched, unmatched) --> ComputeFeatures -> ScoreFeatures
+    valid quote blocks -> QuotePoints ----------+--> AnalyseRanges -> enriched, unmatched, features text
+    trade CSVs -> ReadTrades (dedup, dead letters) -/        |
+                                                  features by range --> ScoreFeatures -> scores text
+
+``AnalyseTrades`` runs the batch join and features per event-time range (:class:`AnalyseRanges`, the
+logic in :mod:`transforms.trades.ranges`), not per symbol whole: same results, bounded elements.
+``JoinTradesWithMid`` and ``ComputeFeatures`` below are the per-symbol library transforms (and the
+streaming join).
 
 ``AnalyseTrades`` returns one PCollection of :class:`~transforms.blocks.TextChunk` s per output file
 (see :data:`ACCOUNTING`) plus ``counts`` for ``metrics.json``. The quotes joined are the ones that make
@@ -65,7 +70,6 @@ Counters: ``trades_joined``, ``trades_unmatched``, ``late_quotes``.
 
 from __future__ import annotations
 
-import functools
 import logging
 from typing import Any, Iterator, Sequence
 
@@ -85,9 +89,9 @@ from transforms.blocks import QuoteBlock
 from transforms.quotes import columns
 from transforms.quotes.normalize import dead_letter_chunk
 from transforms.tracing import TracedDoFn
-from transforms.trades import asof, market
-from transforms.trades.asof import enriched_chunk, unmatched_chunk
-from transforms.trades.features import INPUT_SCHEMAS, check_windows, feature_chunk, sliding_features
+from transforms.trades import asof, market, ranges
+from transforms.trades.asof import enriched_range_chunk, unmatched_range_chunk
+from transforms.trades.features import INPUT_SCHEMAS, check_windows, feature_range_chunk, sliding_features
 from transforms.trades.read import COUNTS, DEAD_LETTERS, TRADES, by_symbol, read_trades
 from transforms.trades.scoring import FeatureModelHandler, ModelPath, load_model, model_id
 
@@ -544,6 +548,138 @@ class ScoreFeatures(beam.PTransform):
         )
 
 
+# --------------------------------------------------------------------------- batch, by range
+
+_RANGE_PART = tuple[int, tuple[int, str, pa.RecordBatch]]  # (range, (_QUOTE or _TRADE, symbol, rows))
+RANGE_FEATURES = "features"
+RANGE_TEXT = {ENRICHED: "enriched_text", UNMATCHED: "unmatched_text", RANGE_FEATURES: "features_text"}
+
+
+def _by_range(element: _Keyed, kind: int, plan: ranges.RangePlan) -> Iterator[_RANGE_PART]:
+    symbol, batch = element
+    for r, rows in ranges.split_rows(batch, plan):
+        yield r, (kind, symbol, rows)
+
+
+def _cell_witnesses(element: _Keyed, plan: ranges.RangePlan) -> pa.RecordBatch:
+    return ranges.last_quotes_by_cell(element[0], element[1], plan)
+
+
+class _WitnessTableFn(beam.CombineFn):
+    """Per-block :func:`~transforms.trades.ranges.last_quotes_by_cell` tables -> one
+    :func:`~transforms.trades.ranges.merge_witnesses` table (a row per symbol and cell: small)."""
+
+    _COMPACT_AT = 64
+
+    def create_accumulator(self) -> list:
+        return []
+
+    def add_input(self, accumulator: list, table: pa.RecordBatch) -> list:
+        accumulator.append(table)
+        if len(accumulator) >= self._COMPACT_AT:
+            accumulator[:] = [ranges.merge_witnesses(accumulator)]
+        return accumulator
+
+    def merge_accumulators(self, accumulators) -> list:
+        return [ranges.merge_witnesses([table for accumulator in accumulators for table in accumulator])]
+
+    def extract_output(self, accumulator: list) -> pa.RecordBatch:
+        return ranges.merge_witnesses(accumulator)
+
+
+class _RangeAnalysisFn(TracedDoFn):
+    """``(range, [(kind, symbol, rows)])`` -> the range's text chunks and its feature windows."""
+
+    STAGE = "analyse_range"
+
+    def __init__(self, plan: ranges.RangePlan, max_age_us: int, scale: int):
+        self._plan = plan
+        self._max_age_us = max_age_us
+        self._scale = scale
+        self._witnesses: tuple[int, ranges.Witnesses] | None = None
+        self._joined = telemetry.counter(_NAMESPACE, "trades_joined")
+        self._unmatched = telemetry.counter(_NAMESPACE, "trades_unmatched")
+        self._windows = telemetry.counter("_FeaturesFn", "feature_windows")
+        self._ranges = telemetry.counter(_NAMESPACE, "ranges")
+
+    def _lookup(self, table: pa.RecordBatch) -> ranges.Witnesses:
+        if self._witnesses is None or self._witnesses[0] != id(table):
+            self._witnesses = (id(table), ranges.Witnesses(table))
+        return self._witnesses[1]
+
+    def process(self, element, table: pa.RecordBatch) -> Iterator:
+        r, parts = element
+        sides: tuple[dict, dict] = ({}, {})
+        for kind, symbol, rows in parts:
+            sides[kind].setdefault(symbol, []).append(rows)
+        result = ranges.analyse_range(r, sides[_QUOTE], sides[_TRADE], self._lookup(table).before, self._plan,
+                                      max_age_us=self._max_age_us, scale=self._scale)
+        self._ranges.inc()
+        if result.enriched.num_rows:
+            self._joined.inc(result.enriched.num_rows)
+            yield beam.pvalue.TaggedOutput(RANGE_TEXT[ENRICHED], enriched_range_chunk(r, result.enriched, self._scale))
+        if result.unmatched.num_rows:
+            self._unmatched.inc(result.unmatched.num_rows)
+            yield beam.pvalue.TaggedOutput(
+                RANGE_TEXT[UNMATCHED], unmatched_range_chunk(r, result.unmatched, self._scale)
+            )
+        if result.features.num_rows:
+            self._windows.inc(result.features.num_rows)
+            yield beam.pvalue.TaggedOutput(RANGE_TEXT[RANGE_FEATURES], feature_range_chunk(r, result.features))
+            yield r, result.features
+
+
+class AnalyseRanges(beam.PTransform):
+    """Batch join and features by event-time range (:mod:`transforms.trades.ranges`).
+
+    ``{"quotes": (symbol, QUOTE_POINT batch), "trades": (symbol, TRADE batch)}`` -> ``{"enriched_text",
+    "unmatched_text", "features_text"}`` (:class:`~transforms.blocks.TextChunk` s, one per range, ``seq`` =
+    the range, unkeyed: the sink concatenates them in range order) and ``"features"`` (``(range,
+    FEATURE batch)``, for scoring). Every row is split by range where it is made (fused with its
+    source), one ``GroupByKey`` by range brings a range's rows of every symbol together, and the
+    witnesses (the last quote of each symbol and cell) are one small side input. Elements are
+    ranges, never whole symbols, so no element grows with the input. Counters: ``trades_joined``,
+    ``trades_unmatched``, ``feature_windows``, ``ranges``.
+
+    Args:
+        max_age_us: the oldest quote that still matches a trade (inclusive).
+        feature_size_us, feature_period_us: the sliding feature windows.
+        scale: the prices' decimal scale.
+        range_us: the length of a range (rounded up to a multiple of the period).
+    """
+
+    def __init__(self, max_age_us: int, *, feature_size_us: int, feature_period_us: int, scale: int,
+                 range_us: int = ranges.DEFAULT_RANGE_US):
+        super().__init__()
+        if max_age_us < 0:
+            raise ValueError(f"max_age_us must be >= 0, got {max_age_us}")
+        self._plan = ranges.plan_ranges(feature_size_us, feature_period_us, range_us)
+        self._max_age_us = max_age_us
+        self._scale = scale
+
+    def expand(self, inputs):
+        plan = self._plan
+        quotes = inputs["quotes"] | "QuotesGlobal" >> beam.WindowInto(window.GlobalWindows())
+        trades = inputs["trades"] | "TradesGlobal" >> beam.WindowInto(window.GlobalWindows())
+        witnesses = (
+            quotes
+            | "LastQuotePerCell" >> beam.Map(_cell_witnesses, plan).with_output_types(pa.RecordBatch)
+            | "WitnessTable" >> beam.CombineGlobally(_WitnessTableFn()).with_output_types(pa.RecordBatch)
+        )
+        parts = (
+            quotes | "QuotesByRange" >> beam.FlatMap(_by_range, _QUOTE, plan).with_output_types(_RANGE_PART),
+            trades | "TradesByRange" >> beam.FlatMap(_by_range, _TRADE, plan).with_output_types(_RANGE_PART),
+        ) | "QuotesAndTrades" >> beam.Flatten()
+        fn = _RangeAnalysisFn(plan, self._max_age_us, self._scale)
+        analysed = (
+            parts
+            | "ByRange" >> beam.GroupByKey()
+            | "JoinAndFeatures" >> beam.ParDo(fn, beam.pvalue.AsSingleton(witnesses)).with_outputs(
+                *RANGE_TEXT.values(), main=RANGE_FEATURES)
+        )
+        return {name: analysed[name] for name in (*RANGE_TEXT.values(), RANGE_FEATURES)}
+
+
 #: The analytics' files, and their balance: every trade read is joined, unmatched, dead-lettered
 #: or a duplicate (trades_in is their sum).
 ACCOUNTING = Accounting(
@@ -584,13 +720,15 @@ class AnalyseTrades(beam.PTransform):
         precision, scale: the price decimal (the quote and trade schemas must agree).
         dedup_horizon_us: drop a trade_id seen again within this much arrival time (0: off).
         open_file: opens a trade file (default Beam's ``FileSystems.open``).
+        range_us: the join and the features run per event-time range of this length (:class:`AnalyseRanges`).
     """
 
     def __init__(self, trade_sources: Sequence[str], *, latency_threshold_ms: int, max_age_us: int,
                  feature_size_us: int, feature_period_us: int, model_path: str | None, precision: int, scale: int,
-                 dedup_horizon_us: int = 0, open_file=None):
+                 dedup_horizon_us: int = 0, open_file=None, range_us: int = ranges.DEFAULT_RANGE_US):
         super().__init__()
         self._sources = tuple(trade_sources)
+        self._range_us = range_us
         self._threshold = latency_threshold_ms
         self._max_age_us = max_age_us
         self._size_us = feature_size_us
@@ -626,23 +764,20 @@ class AnalyseTrades(beam.PTransform):
             open_file=self._open_file,
         )
         quotes = valid_blocks | "QuotePoints" >> QuotePoints(self._threshold)
-        joined = {"quotes": quotes, "trades": trades.trades} | "JoinTradesWithMid" >> JoinTradesWithMid(
-            self._max_age_us, scale=scale
+        analysed = {"quotes": quotes, "trades": trades.trades} | "JoinAndFeaturesByRange" >> AnalyseRanges(
+            self._max_age_us, feature_size_us=self._size_us, feature_period_us=self._period_us, scale=scale,
+            range_us=self._range_us,
         )
-        # The join has grouped each symbol's quotes and trades already: the features use that.
-        features = joined[BY_SYMBOL] | "ComputeFeatures" >> ComputeFeatures(self._size_us, self._period_us, scale=scale)
         outputs = {
-            "trades_enriched.jsonl": joined["enriched"]
-            | "EnrichedText" >> beam.MapTuple(functools.partial(enriched_chunk, scale=scale)),
-            "unmatched_trades.jsonl": joined["unmatched"]
-            | "UnmatchedText" >> beam.MapTuple(functools.partial(unmatched_chunk, scale=scale)),
+            "trades_enriched.jsonl": analysed[RANGE_TEXT[ENRICHED]],
+            "unmatched_trades.jsonl": analysed[RANGE_TEXT[UNMATCHED]],
             "trades_dead_letter.jsonl": trades.dead_letters,
-            "features.jsonl": features | "FeatureText" >> beam.MapTuple(feature_chunk),
+            "features.jsonl": analysed[RANGE_TEXT[RANGE_FEATURES]],
             "counts": trades.counts,
         }
         if self._scorer is not None:
-            from transforms.trades.scoring import score_chunk
+            from transforms.trades.scoring import score_range_chunk
 
-            scores = features | "ScoreFeatures" >> self._scorer
-            outputs["scores.jsonl"] = scores | "ScoreText" >> beam.MapTuple(score_chunk)
+            scores = analysed[RANGE_FEATURES] | "ScoreFeatures" >> self._scorer
+            outputs["scores.jsonl"] = scores | "ScoreText" >> beam.MapTuple(score_range_chunk)
         return outputs

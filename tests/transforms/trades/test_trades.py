@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import random
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
@@ -14,6 +16,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from schemas import load_schema
 from transforms.quotes import rules as quotes
 from transforms.quotes.normalize import dead_letter_chunk
+from transforms.sources.dedup import Deduplicator
 from transforms.trades.market import TRADE_SCHEMA
 from transforms.trades.read import (
     DEAD_SCHEMA,
@@ -21,6 +24,7 @@ from transforms.trades.read import (
     by_symbol,
     check_trade_headers,
     fill_times,
+    find_duplicates,
     read_trades,
     trade_rules,
 )
@@ -319,3 +323,14 @@ def test_dead_letter_chunk_takes_the_dead_rows_as_they_are():
 def test_read_trades_needs_sources():
     with pytest.raises(ValueError, match="at least one"):
         ReadTrades([], precision=18, scale=8)
+
+
+def test_find_duplicates_feeds_only_repeated_keys_and_agrees_with_a_walk_of_every_row():
+    rng = random.Random(5)
+    keys = [f"id:{rng.randrange(300)}" if rng.random() < 0.5 else f"id:once{i}" for i in range(1000)]
+    time_us = np.array([rng.randrange(0, 10_000) for _ in keys], dtype=np.int64)
+    order = np.argsort(time_us, kind="stable")  # arrival order
+    walk = np.zeros(len(keys), dtype=bool)
+    walk[order] = Deduplicator(700).duplicates([keys[i] for i in order], time_us[order])
+    got = find_duplicates(pa.array(keys), time_us, order, 700)
+    assert walk.any() and not walk.all() and np.array_equal(got, walk)
