@@ -267,7 +267,12 @@ def mid_texts(bid: np.ndarray, ask: np.ndarray, scale: int) -> pa.Array:
     ``(bid + ask) * 5`` at ``scale + 1`` could overflow int64, so the whole part and the
     fraction are split off ``bid + ask`` first (``bid + ask < 2 * 10**18`` for decimal(18, s)).
     """
-    whole, remainder = np.divmod(bid + ask, 2 * 10**scale)
+    return half_texts(bid + ask, scale)
+
+
+def half_texts(doubled: np.ndarray, scale: int) -> pa.Array:
+    """:func:`transforms.quotes.rules.half_text` (``0.5 * doubled``, exact) for non-negative int64 values."""
+    whole, remainder = np.divmod(doubled, 2 * 10**scale)
     return _decimal_join(whole, remainder * 5, scale + 1)
 
 

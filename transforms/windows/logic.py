@@ -24,7 +24,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Hashable, NamedTuple, Sequence
+from typing import NamedTuple
 
 from transforms.quotes.rules import DEFAULT_TENANT
 
@@ -404,86 +404,6 @@ def bucket_width(window: WindowSpec) -> int:
     if window.kind == "sliding":
         return math.gcd(window.size_us, window.period_us)
     return 1000
-
-
-def bucket_stats(
-    window: WindowSpec,
-    keys: Sequence[Hashable],
-    events: Sequence[int],
-    files: Sequence[int],
-    lines: Sequence[int],
-    bids: Sequence[int],
-    asks: Sequence[int],
-) -> dict[tuple[str, int], PaneStats]:
-    """Pre-aggregated stats per ``(key, bucket start)`` (see :func:`bucket_width`); a key is what
-    windows are kept per, ``(tenant, symbol)`` in the pipeline.
-
-    A batch run has no watermark, so no quote can be late and a bucket's quotes can be combined
-    before Beam windows them: timestamped at its start, a bucket lands in exactly the windows
-    each of its quotes would. Merging the buckets gives the same stats as adding the quotes.
-    """
-    width = bucket_width(window)
-    sliding = window.kind == "sliding"
-    partial: dict[tuple[Hashable, int], list] = {}
-    for quote_key, event, file, line, bid, ask in zip(keys, events, files, lines, bids, asks):
-        moment = window_time(event)
-        key = (quote_key, moment - moment % width)
-        mid2, spread, order = bid + ask, ask - bid, (event, file, line)
-        acc = partial.get(key)
-        if acc is None:
-            partial[key] = [1, order, mid2, order, mid2, mid2, mid2, spread, spread]
-            continue
-        acc[0] += 1
-        if order < acc[1]:
-            acc[1], acc[2] = order, mid2
-        if order > acc[3]:
-            acc[3], acc[4] = order, mid2
-        if mid2 > acc[5]:
-            acc[5] = mid2
-        if mid2 < acc[6]:
-            acc[6] = mid2
-        acc[7] += spread
-        if spread > acc[8]:
-            acc[8] = spread
-    result = {}
-    for (quote_key, start), acc in partial.items():
-        home = window.windows(start)[-1][0] if sliding else ANY_WINDOW
-        result[(quote_key, start)] = PaneStats(*acc, ((home, acc[0]),))
-    return result
-
-
-class Session(NamedTuple):
-    """A session window ``[start, end)`` of one key (tenant and symbol) with the stats of its quotes."""
-
-    start_us: int
-    end_us: int
-    stats: PaneStats
-
-
-def merge_sessions(*groups: Sequence[Session]) -> list[Session]:
-    """Sessions that overlap, merged, as Beam's ``Sessions.merge`` does (touching ones stay apart).
-
-    Each group may be in any order; the result is sorted by start. Used by batch runs, where
-    every session fires once: its quotes arrive as pre-merged sessions of each block.
-    """
-    merged: list[Session] = []
-    for session in sorted((s for group in groups for s in group), key=lambda s: (s.start_us, s.end_us)):
-        if merged and session.start_us < merged[-1].end_us:
-            last = merged[-1]
-            merged[-1] = Session(last.start_us, max(last.end_us, session.end_us), merge_stats(last.stats, session.stats))
-        else:
-            merged.append(session)
-    return merged
-
-
-def block_sessions(
-    window: WindowSpec, buckets: dict[tuple[Hashable, int], PaneStats]
-) -> dict[Hashable, list[Session]]:
-    """Per key, the sessions of one block's millisecond buckets (see :func:`bucket_stats`)."""
-    by_key: dict[Hashable, list[Session]] = {}
-    for (key, moment), stats in buckets.items():
-        by_key.setdefault(key, []).append(Session(moment, moment + window.gap_us, stats))
-    return {key: merge_sessions(sessions) for key, sessions in by_key.items()}
 
 
 class Pane(NamedTuple):

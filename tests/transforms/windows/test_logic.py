@@ -743,91 +743,9 @@ class TestFoundBugs:
 # --------------------------------------------------------------------------- batch pre-aggregation
 
 
-QUOTE_ROWS = st.lists(
-    st.tuples(
-        st.sampled_from(["A", "B"]),
-        st.integers(T0, T0 + 5 * S),  # microseconds: several quotes share a millisecond or a bucket
-        st.integers(0, 1),
-        st.integers(2, 10_000),
-        st.integers(100, 200),
-        st.integers(0, 5),
-    ),
-    min_size=1,
-    max_size=60,
-)
-
-
-def _columns(rows):
-    symbols, events, files, lines, bids, spreads = zip(*rows)
-    return symbols, events, files, lines, bids, [b + s for b, s in zip(bids, spreads)]
-
-
-def _one_by_one(window, rows) -> dict:
-    """Oracle: every quote added to every window it falls in, one at a time."""
-    panes = {}
-    for symbol, event, file, line, bid, spread in rows:
-        windows = window.windows(event)
-        home = windows[-1][0] if window.kind == "sliding" else w.ANY_WINDOW
-        quote = w.PaneQuote(event, file, line, 2 * bid + spread, spread, home)
-        for start, end in windows:
-            panes[(symbol, start, end)] = w.add_quote(panes.get((symbol, start, end)), quote)
-    return panes
-
-
-class TestBatchPreAggregation:
-    @SETTINGS
-    @given(QUOTE_ROWS, st.sampled_from(["fixed:250ms", "fixed:1s", "sliding:1s,250ms", "sliding:1s,300ms"]))
-    def test_buckets_spread_over_their_windows_equal_adding_quotes_one_by_one(self, rows, spec):
-        window = w.parse_window(spec)
-        panes = {}
-        for (symbol, moment), stats in w.bucket_stats(window, *_columns(rows)).items():
-            for start, end in window.windows(moment):
-                panes[(symbol, start, end)] = w.merge_stats(panes.get((symbol, start, end)), stats)
-        assert panes == _one_by_one(window, rows)
-
+class TestBucketWidth:
     def test_bucket_width_is_where_no_window_boundary_falls(self):
         assert w.bucket_width(w.parse_window("fixed:250ms")) == 250 * MS
         assert w.bucket_width(w.parse_window("sliding:1s,300ms")) == 100 * MS
         assert w.bucket_width(w.parse_window("session:5s")) == MS
 
-    @SETTINGS
-    @given(QUOTE_ROWS, st.sampled_from([1, 20, 300]), st.data())
-    def test_sessions_merged_across_blocks_equal_beams_merge_of_every_quote(self, rows, gap_ms, data):
-        # Oracle: Beam's own Sessions.merge over every quote's proto-window, then stats per merged
-        # window; the pipeline merges block-level sessions instead, in any block split.
-        window = w.parse_window(f"session:{gap_ms}ms")
-        cut = sorted(data.draw(st.lists(st.integers(0, len(rows)), max_size=3)))
-        blocks = [rows[a:b] for a, b in zip([0, *cut], [*cut, len(rows)])]
-        per_symbol = {}
-        for block in filter(None, blocks):
-            for symbol, sessions in w.block_sessions(window, w.bucket_stats(window, *_columns(block))).items():
-                per_symbol[symbol] = w.merge_sessions(per_symbol.get(symbol, []), sessions)
-        got = {(sym, s.start_us, s.end_us): s.stats for sym, sessions in per_symbol.items() for s in sessions}
-
-        expected = {}
-        for symbol in {r[0] for r in rows}:
-            mine = [r for r in rows if r[0] == symbol]
-            proto = {IntervalWindow(Timestamp(micros=s), Timestamp(micros=e)) for r in mine for s, e in window.windows(r[1])}
-            merged = {}
-
-            class Context(WindowFn.MergeContext):
-                def merge(self, to_be_merged, merge_result):
-                    for old in to_be_merged:
-                        merged[old] = merge_result
-
-            Sessions(Duration(micros=window.gap_us)).merge(Context(proto))
-            for r in mine:
-                (start, end), = window.windows(r[1])
-                target = merged.get(IntervalWindow(Timestamp(micros=start), Timestamp(micros=end)))
-                key = (symbol, target.start.micros, target.end.micros) if target else (symbol, start, end)
-                bid, spread = r[4], r[5]
-                expected[key] = w.add_quote(expected.get(key), w.PaneQuote(r[1], r[2], r[3], 2 * bid + spread, spread, w.ANY_WINDOW))
-        assert got == expected
-
-    def test_touching_sessions_stay_apart_overlapping_ones_merge(self):
-        a = w.stats_of(w.PaneQuote(0, 0, 2, 10, 1, w.ANY_WINDOW))
-        b = w.stats_of(w.PaneQuote(MS, 0, 3, 12, 1, w.ANY_WINDOW))
-        assert w.merge_sessions([w.Session(0, MS, a)], [w.Session(MS, 2 * MS, b)]) == [
-            w.Session(0, MS, a), w.Session(MS, 2 * MS, b)]
-        assert w.merge_sessions([w.Session(MS, 3 * MS, b)], [w.Session(0, MS + 1, a)]) == [
-            w.Session(0, 3 * MS, w.merge_stats(a, b))]
