@@ -33,3 +33,20 @@ def numpy(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
     if data is None:
         return np.zeros(0, dtype=dtype)
     return np.frombuffer(data, dtype=dtype, count=length, offset=offset * np.dtype(dtype).itemsize)
+
+
+def string_offsets(values: pa.Array) -> np.ndarray:
+    """A ``string`` array's offsets (int32, ``len + 1`` of them): value i is ``data[o[i]:o[i + 1]]``
+    of its data buffer. A slice's offsets start where the slice does, not at 0."""
+    return np.frombuffer(values.buffers()[1], dtype=np.int32, count=len(values) + 1, offset=values.offset * 4)
+
+
+def string_bytes(values: pa.Array) -> tuple[np.ndarray, bytes]:
+    """All of a ``string`` array's values back to back, and where each starts in them (``len + 1``
+    int64 offsets from 0): nulls are empty, and a slice holds only its own values' bytes."""
+    if len(values) == 0:
+        return np.zeros(1, dtype=np.int64), b""
+    offsets = string_offsets(values)
+    first, last = int(offsets[0]), int(offsets[-1])
+    data = values.buffers()[2].to_pybytes()[first:last] if last > first else b""
+    return offsets.astype(np.int64) - first, data

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pytest
 
 from beam_pipeline.config import bundled_sample
-from transforms.arrays import numpy
+from transforms.arrays import numpy, string_bytes
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -147,3 +147,15 @@ def test_numpy_of_chunked_nulls_and_strings_falls_back_to_arrow():
     assert np.array_equal(numpy(with_nulls), with_nulls.to_numpy(zero_copy_only=False), equal_nan=True)
     assert numpy(pa.array(["a", "b"])).tolist() == ["a", "b"]
     assert numpy(pa.chunked_array([], pa.int64())).tolist() == []
+
+
+def test_string_bytes_holds_exactly_a_slices_values_and_their_starts():
+    array = pa.array(["ab", "", None, "cde", "é", "f"])
+    for start in range(len(array) + 1):
+        for stop in range(start, len(array) + 1):
+            part = array.slice(start, stop - start)
+            offsets, data = string_bytes(part)
+            values = [v or "" for v in part.to_pylist()]
+            assert data == "".join(values).encode(), (start, stop)
+            assert offsets.dtype == np.int64 and offsets[0] == 0 and len(offsets) == len(part) + 1
+            assert [data[a:b].decode() for a, b in zip(offsets[:-1], offsets[1:])] == values

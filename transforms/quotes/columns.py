@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from transforms.arrays import numpy
+from transforms.arrays import numpy, string_bytes, string_offsets
 from transforms.quotes import rules
 from transforms.quotes.rules import Rejected
 
@@ -229,7 +229,7 @@ def _already_canonical(texts: pa.Array) -> bool:
     """True if every value is ``YYYY-MM-DD HH:MM:SS.fff`` (the output form at millisecond precision)."""
     if texts.null_count or len(texts) == 0:
         return False
-    offsets = np.frombuffer(texts.buffers()[1], dtype=np.int32, count=len(texts) + 1, offset=texts.offset * 4)
+    offsets = string_offsets(texts)
     width = len(_CANONICAL_SHAPE)
     if offsets[-1] - offsets[0] != width * len(texts) or not np.all(np.diff(offsets) == width):
         return False
@@ -296,7 +296,4 @@ def text(value: str) -> pa.StringScalar:
 def joined_lines(*parts: pa.Array | str) -> bytes:
     """Concatenate string columns and constants element-wise, one ``\\n``-terminated line per row."""
     lines = pc.binary_join_element_wise(*(text(p) if isinstance(p, str) else p for p in parts), text("\n"), text(""))
-    if len(lines) == 0:
-        return b""
-    offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32, count=len(lines) + 1, offset=lines.offset * 4)
-    return lines.buffers()[2].to_pybytes()[offsets[0] : offsets[-1]]
+    return string_bytes(lines)[1]

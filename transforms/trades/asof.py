@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from transforms.arrays import string_offsets
 from transforms.blocks import TextChunk
 from transforms.quotes import columns
 from transforms.quotes.midprice import split_by_latency
@@ -230,7 +231,7 @@ def _may_need_escaping(values: pa.Array) -> bool:
     data = values.buffers()[2]
     if data is None or len(values) == 0:
         return False
-    offsets = np.frombuffer(values.buffers()[1], dtype=np.int32, count=len(values) + 1, offset=values.offset * 4)
+    offsets = string_offsets(values)
     raw = np.frombuffer(data, dtype=np.uint8)[offsets[0] : offsets[-1]]
     if len(raw) == 0:
         return False
