@@ -4,7 +4,7 @@ of many blocks merged, then fixed, sliding and session panes computed from them.
 This is the batch path of :class:`transforms.windows.stage.WindowQuoteBlocks`: every quote is on
 time, every window fires one ON_TIME pane, and the panes must equal those of Beam's windows and
 of the plain-Python reference byte for byte (tests compare them). Row at a time, the same work
-(:func:`transforms.windows.logic.bucket_stats`) was three quarters of a windowed run.
+(the former quote-by-quote pre-aggregation) was three quarters of a windowed run.
 
 A :class:`Spans` holds one key's intervals ``[start, end)`` with the statistics of their quotes,
 sorted by start:
@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from transforms.arrays import numpy
+from transforms.arrays import numpy, string_bytes
 from transforms.quotes.columns import decimal_texts, format_timestamps, half_texts, text
 from transforms.windows.logic import ANY_WINDOW, Pane, PaneStats, WindowSpec, bucket_width
 
@@ -211,13 +211,20 @@ def sliding_spans(window: WindowSpec, buckets: Spans) -> tuple[Spans, np.ndarray
 
 def panes(window: WindowSpec, key: tuple[str, str], merged: Spans) -> Iterator[Pane]:
     """The ON_TIME panes of one ``(tenant, symbol)`` key from its merged spans."""
-    tenant, symbol = key
     if window.kind == "sliding":
-        merged, home_counts = sliding_spans(window, merged)
-        homes = [((start, n),) if n else () for start, n in zip(merged.start.tolist(), home_counts.tolist())]
+        return window_panes(key, *sliding_spans(window, merged))
+    return window_panes(key, merged, None)
+
+
+def window_panes(key: tuple[str, str], spans: Spans, home_counts: np.ndarray | None) -> Iterator[Pane]:
+    """One pane per span of ``spans`` (one per window). ``home_counts``: for sliding windows, how
+    many quotes each window is home to (:func:`sliding_spans`); None when every quote is in one window."""
+    tenant, symbol = key
+    if home_counts is not None:
+        homes = [((start, n),) if n else () for start, n in zip(spans.start.tolist(), home_counts.tolist())]
     else:
-        homes = [((ANY_WINDOW, n),) for n in merged.count.tolist()]
-    columns = [getattr(merged, f.name).tolist() for f in fields(Spans)]
+        homes = [((ANY_WINDOW, n),) for n in spans.count.tolist()]
+    columns = [getattr(spans, f.name).tolist() for f in fields(Spans)]
     for (start, end, count, fe, ff, fl, open2, le, lf, ll, close2, high2, low2, spread_sum, spread_max), home in zip(
         zip(*columns), homes
     ):
@@ -254,10 +261,8 @@ class PaneLines:
     def from_lines(key: tuple[str, str], starts: np.ndarray, ends: np.ndarray, lines: pa.Array,
                    quotes_in_panes: int) -> "PaneLines":
         """From a string column of ``\\n``-terminated lines."""
-        offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32, count=len(lines) + 1, offset=lines.offset * 4)
-        first, last = int(offsets[0]), int(offsets[-1])
-        data = lines.buffers()[2].to_pybytes()[first:last] if last > first else b""
-        return PaneLines(key[0], key[1], starts, ends, offsets.astype(np.int64) - first, data, quotes_in_panes)
+        offsets, data = string_bytes(lines)
+        return PaneLines(key[0], key[1], starts, ends, offsets, data, quotes_in_panes)
 
     @staticmethod
     def of(key: tuple[str, str], panes_: list[Pane], line) -> "PaneLines":
@@ -331,8 +336,8 @@ def pane_lines(window: WindowSpec, key: tuple[str, str], merged: Spans, scale: i
         spans, home_counts = sliding_spans(window, merged)
         in_panes = int(home_counts.sum())
     else:
-        spans, in_panes = merged, int(merged.count.sum())
+        spans, home_counts, in_panes = merged, None, int(merged.count.sum())
     texts = pane_line_texts(key, spans, scale) if len(spans) else None
     if texts is None:
-        return PaneLines.of(key, list(panes(window, key, merged)), line)
+        return PaneLines.of(key, list(window_panes(key, spans, home_counts)), line)
     return PaneLines.from_lines(key, spans.start, spans.end, texts, in_panes)
