@@ -6,6 +6,10 @@ and releases rows through a :class:`transforms.sources.arrival.BlockArrivalBuffe
 placed in arrival order (unsplittable line, bad timestamp or latency, out of order) travel in the
 same blocks with a ``reject`` reason, so that the next stage can route them to the dead letters.
 
+Splitting and parsing a block depends only on its file (:func:`parse_block`), so by default a thread
+per file does it a couple of blocks ahead (:mod:`transforms.sources.read_ahead`) while the caller
+orders and processes the blocks before; ordering needs the replay's state and stays in the caller.
+
 The files are read in turns, always the one whose newest timestamp is oldest, so the watermark
 (the oldest of those newest timestamps) moves forward for all files together.
 """
@@ -29,8 +33,16 @@ from transforms.sources.arrival import (
     out_of_order_mask,
     out_of_order_reason,
 )
-from transforms.sources.csv_blocks import SPLIT_SCHEMA, CsvLayout, line_blocks, read_header, split_block
+from transforms.sources.csv_blocks import (
+    SPLIT_SCHEMA,
+    CsvLayout,
+    SplitBlock,
+    line_blocks,
+    read_header,
+    split_block,
+)
 from transforms.sources.dedup import Deduplicator
+from transforms.sources.read_ahead import ReadAhead
 
 #: The rows the replay yields: the raw fields, where they came from, and what ordering needs.
 BLOCK_SCHEMA = pa.schema(
@@ -46,6 +58,8 @@ BLOCK_SCHEMA = pa.schema(
 )
 
 DEFAULT_BLOCK_BYTES = 1 << 20
+DEFAULT_READ_AHEAD = 2  # blocks per file (see HistoricalReplay.read_ahead)
+DEFAULT_READ_AHEAD_FILES = 8
 
 
 def open_local(path: str) -> BinaryIO:
@@ -68,15 +82,54 @@ class ReplayStats:
 
 
 @dataclass
+class ParsedBlock:
+    """One block of a file, split into rows and with their times parsed: the part of the work
+    that depends only on the file (:func:`parsed_blocks`), which can run ahead of the ordering."""
+
+    size: int  # bytes of CSV
+    split: SplitBlock
+    event_us: np.ndarray
+    latency_us: np.ndarray  # zeros without a latency column
+    reasons: dict[int, str]  # row -> why its timestamp or latency is unusable
+
+
+def parse_block(data: bytes, first_line: int, layout: CsvLayout, default_symbol: str) -> ParsedBlock:
+    """Split one block of whole lines (the first is line ``first_line``) and parse its times."""
+    split = split_block(data, first_line, layout, default_symbol)
+    rows = split.rows
+    event_us, reasons = columns.parse_timestamps(rows.column("timestamp"))
+    if layout.has("latency_ms"):
+        latency, latency_reasons = columns.parse_latencies(rows.column("latency_ms"))
+        for index, reason in latency_reasons.items():
+            reasons.setdefault(index, reason)
+    else:
+        latency = np.zeros(rows.num_rows, dtype=np.int64)
+    return ParsedBlock(len(data), split, event_us, latency, reasons)
+
+
+def parsed_blocks(stream: BinaryIO, layout: CsvLayout, block_bytes: int, default_symbol: str) -> Iterator[ParsedBlock]:
+    """:func:`parse_block` of each block of the rest of ``stream`` (after its header line)."""
+    next_line = 2  # the header is line 1
+    for data in line_blocks(stream, block_bytes):
+        yield parse_block(data, next_line, layout, default_symbol)
+        next_line += data.count(b"\n")
+
+
+@dataclass
 class _Cursor:
     index: int
     source: str
     stream: BinaryIO
     layout: CsvLayout
-    blocks: Iterator[bytes]
-    next_line: int = 2  # the header is line 1
+    blocks: Iterator[ParsedBlock]
     newest_us: int = NOTHING_READ
     done: bool = False
+
+    def close(self) -> None:
+        """Stop reading ahead (if it does), then close the file."""
+        if isinstance(self.blocks, ReadAhead):
+            self.blocks.close()
+        self.stream.close()
 
 
 @dataclass
@@ -96,6 +149,11 @@ class HistoricalReplay:
             arriving from two files). Rows are checked in release order, each at its arrival
             time; a row rejected before it has one (unsplittable, bad timestamp, ...) is checked
             at the latest arrival seen so far (see :class:`QuoteDeduplicator`).
+        read_ahead: blocks per file to split and parse ahead, in a thread per file, while the
+            current block is ordered and the ones before it are processed downstream (0: none,
+            all in the caller's thread). Only when there are at most ``read_ahead_files`` files,
+            so that many files do not mean many threads and blocks held. The rows and their
+            order are the same either way.
     """
 
     sources: Sequence[str]
@@ -105,9 +163,19 @@ class HistoricalReplay:
     on_block: Callable[[int], None] | None = None
     stats: ReplayStats = field(default_factory=ReplayStats)
     dedup_horizon_us: int = 0
+    read_ahead: int = DEFAULT_READ_AHEAD
+    read_ahead_files: int = DEFAULT_READ_AHEAD_FILES
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
-        cursors = [self._open(index, source) for index, source in enumerate(self.sources)]
+        ahead = self.read_ahead if len(self.sources) <= self.read_ahead_files else 0
+        cursors: list[_Cursor] = []
+        try:
+            for index, source in enumerate(self.sources):
+                cursors.append(self._open(index, source, ahead))
+        except BaseException:
+            for cursor in cursors:
+                cursor.close()
+            raise
         self.stats.files = len(cursors)
         buffer = BlockArrivalBuffer()
         dedup = QuoteDeduplicator(self.dedup_horizon_us) if self.dedup_horizon_us else None
@@ -119,13 +187,13 @@ class HistoricalReplay:
                 if not active:
                     break
                 cursor = min(active, key=lambda c: (c.newest_us, c.index))
-                data = next(cursor.blocks, None)
+                parsed = next(cursor.blocks, None)
                 rejected = None
-                if data is None:
+                if parsed is None:
                     cursor.done = True
-                    cursor.stream.close()
+                    cursor.close()
                 else:
-                    accepted, rejected = self._read_block(cursor, data)
+                    accepted, rejected = self._read_block(cursor, parsed)
                     buffer.add(accepted)
                     if dedup is not None:
                         dedup.saw(accepted)
@@ -143,35 +211,30 @@ class HistoricalReplay:
         finally:
             for cursor in cursors:
                 if not cursor.done:
-                    cursor.stream.close()
+                    cursor.close()
 
-    def _open(self, index: int, source: str) -> _Cursor:
+    def _open(self, index: int, source: str, ahead: int) -> _Cursor:
         stream = self.open_file(source)
         try:
             layout = read_header(stream, source)
         except Exception:
             stream.close()
             raise
-        return _Cursor(index, source, stream, layout, line_blocks(stream, self.block_bytes))
+        blocks = parsed_blocks(stream, layout, self.block_bytes, self.default_symbol)
+        if ahead:
+            blocks = ReadAhead(blocks, ahead, name=f"replay-read-ahead-{index}")
+        return _Cursor(index, source, stream, layout, blocks)
 
-    def _read_block(self, cursor: _Cursor, data: bytes) -> tuple[pa.RecordBatch, pa.RecordBatch | None]:
-        split = split_block(data, cursor.next_line, cursor.layout, self.default_symbol)
-        cursor.next_line += data.count(b"\n")
+    def _read_block(self, cursor: _Cursor, parsed: ParsedBlock) -> tuple[pa.RecordBatch, pa.RecordBatch | None]:
+        split, event_us, latency, reasons = parsed.split, parsed.event_us, parsed.latency_us, parsed.reasons
         rows = split.rows
         count = rows.num_rows
-        self.stats.bytes_read += len(data)
+        self.stats.bytes_read += parsed.size
         self.stats.blank_lines += split.blank_lines
         self.stats.records_in += count + len(split.rejected_lines)
         if self.on_block is not None:
-            self.on_block(len(data))
+            self.on_block(parsed.size)
 
-        event_us, reasons = columns.parse_timestamps(rows.column("timestamp"))
-        if cursor.layout.has("latency_ms"):
-            latency, latency_reasons = columns.parse_latencies(rows.column("latency_ms"))
-            for index, reason in latency_reasons.items():
-                reasons.setdefault(index, reason)
-        else:
-            latency = np.zeros(count, dtype=np.int64)
         arrival_us = event_us + latency
         ok = np.ones(count, dtype=bool)
         ok[list(reasons)] = False
