@@ -9,10 +9,7 @@ final name, so a reader never sees a half-written output. :func:`balance` is the
 
 from __future__ import annotations
 
-import errno
 import heapq
-import logging
-import os
 import shutil
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
@@ -23,11 +20,6 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.quotes.tenants import partition_dir
-
-LOG = logging.getLogger(__name__)
-
-#: copy_file_range errors that mean "not here" (old kernel, other filesystems, special files).
-_NO_COPY_FILE_RANGE = {errno.ENOSYS, errno.EXDEV, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF, errno.ETXTBSY}
 
 _KEY_WIDTH = 20  # width of the sort key in keyed chunks (see TextChunk)
 
@@ -102,37 +94,7 @@ def _copy_in_order(parts: Sequence[PartFile], target) -> None:
         return
     for part in parts:
         with _open(part.path) as source:
-            copy_stream(source, target)
-
-
-def _descriptor(stream) -> int | None:
-    try:
-        return stream.fileno()
-    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
-        return None
-
-
-def copy_stream(source, target) -> None:
-    """Append the rest of ``source`` to ``target``. Between two local files the kernel copies
-    (``os.copy_file_range``: no round trip of every byte through Python, which was 7% of a replay);
-    any other pair, or a kernel that refuses, goes through ``shutil.copyfileobj``."""
-    source_fd, target_fd = _descriptor(source), _descriptor(target)
-    if source_fd is not None and target_fd is not None and hasattr(os, "copy_file_range"):
-        target.flush()  # the descriptor is now where the writer is
-        start = target.tell()
-        position = read_from = source.tell()  # where the reader is (its descriptor may be ahead, buffered)
-        try:
-            while copied := os.copy_file_range(source_fd, target_fd, 1 << 30, position):
-                position += copied
-            return
-        except OSError as error:
-            if error.errno not in _NO_COPY_FILE_RANGE:
-                raise
-            LOG.debug("copy_file_range refused (%s); copying through Python", error)
-        finally:
-            target.seek(start + position - read_from)  # the descriptor moved: bring both streams along
-            source.seek(position)
-    shutil.copyfileobj(source, target, 1 << 20)
+            shutil.copyfileobj(source, target, 1 << 20)
 
 
 def publish(
