@@ -60,33 +60,83 @@ class RowArrivalHeap:
             yield heapq.heappop(heap)[3]
 
 
+def _keys(rows: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return numpy(rows.column("arrival_us")), numpy(rows.column("file")), numpy(rows.column("line"))
+
+
+def arrival_order(arrival: np.ndarray, file: np.ndarray, line: np.ndarray) -> np.ndarray | None:
+    """The permutation that sorts rows by ``(arrival, file, line)``; None if they already are."""
+    if len(arrival) < 2:
+        return None
+    step = np.diff(arrival)
+    if np.all(step > 0):
+        return None
+    ties = step == 0
+    file_step = np.diff(file)
+    if np.all((step > 0) | (ties & ((file_step > 0) | ((file_step == 0) & (np.diff(line) > 0))))):
+        return None
+    return np.lexsort((line, file, arrival))
+
+
+def sort_by_arrival(rows: pa.RecordBatch) -> pa.RecordBatch:
+    """``rows`` sorted by ``(arrival_us, file, line)`` (the same batch if it already is)."""
+    order = arrival_order(*_keys(rows))
+    return rows if order is None else rows.take(pa.array(order))
+
+
+def merge_sorted(runs: list[pa.RecordBatch]) -> pa.RecordBatch:
+    """One batch sorted by ``(arrival_us, file, line)`` from batches that each are.
+
+    Runs read one after another overlap only where one block's latest arrivals meet the next
+    one's earliest, so only the rows between the first and the last that move are gathered;
+    the rest is copied as it is (a gather costs several times a copy).
+    """
+    merged = runs[0] if len(runs) == 1 else pa.concat_batches(runs)
+    order = arrival_order(*_keys(merged))
+    if order is None:
+        return merged
+    moved = np.flatnonzero(order != np.arange(len(order)))
+    first, stop = int(moved[0]), int(moved[-1]) + 1
+    middle = merged.slice(first, stop - first).take(pa.array(order[first:stop] - first))
+    return pa.concat_batches([merged.slice(0, first), middle, merged.slice(stop)])
+
+
 class BlockArrivalBuffer:
-    """Arrival order for Arrow record batches with ``arrival_us``, ``file`` and ``line`` columns."""
+    """Arrival order for Arrow record batches with ``arrival_us``, ``file`` and ``line`` columns.
+
+    Held rows are kept as runs, each sorted by ``(arrival, file, line)`` (:meth:`add` sorts a batch
+    that is not: the replay sorts blocks in its read-ahead thread, so that this is a check). A
+    release takes each run's prefix before the watermark and merges them.
+    """
+
+    #: Runs are merged into one when there are more than this (very long latencies): a release
+    #: visits every run, and each run's slice keeps its whole block in memory.
+    MAX_RUNS = 16
 
     def __init__(self) -> None:
-        self._held: pa.RecordBatch | None = None
+        self._runs: list[pa.RecordBatch] = []
 
     @property
     def held_rows(self) -> int:
-        return 0 if self._held is None else self._held.num_rows
+        return sum(run.num_rows for run in self._runs)
 
     def add(self, rows: pa.RecordBatch) -> None:
         if rows.num_rows:
-            self._held = rows if self._held is None else pa.concat_batches([self._held, rows])
+            self._runs.append(sort_by_arrival(rows))
+            if len(self._runs) > self.MAX_RUNS:
+                self._runs = [merge_sorted(self._runs)]
 
     def release_before(self, watermark_us: int) -> pa.RecordBatch | None:
         """Remove and return, sorted, the held rows arriving strictly before ``watermark_us``."""
-        held = self._held
-        if held is None:
-            return None
-        arrival = numpy(held.column("arrival_us"))
-        order = np.lexsort((numpy(held.column("line")), numpy(held.column("file")), arrival))
-        cut = int(np.searchsorted(arrival[order], watermark_us, side="left"))
-        if cut == 0:
-            return None
-        ordered = held.take(pa.array(order))
-        self._held = ordered.slice(cut) if cut < held.num_rows else None
-        return ordered.slice(0, cut)
+        released, kept = [], []
+        for run in self._runs:
+            cut = int(np.searchsorted(numpy(run.column("arrival_us")), watermark_us, side="left"))
+            if cut:
+                released.append(run.slice(0, cut))
+            if cut < run.num_rows:
+                kept.append(run.slice(cut) if cut else run)
+        self._runs = kept
+        return merge_sorted(released) if released else None
 
 
 def out_of_order_mask(event_us: np.ndarray, arrival_us: np.ndarray, newest_before_us: int) -> np.ndarray:

@@ -30,6 +30,7 @@ from transforms.sources.arrival import (
     ALL_READ,
     NOTHING_READ,
     BlockArrivalBuffer,
+    arrival_order,
     out_of_order_mask,
     out_of_order_reason,
 )
@@ -91,6 +92,8 @@ class ParsedBlock:
     event_us: np.ndarray
     latency_us: np.ndarray  # zeros without a latency column
     reasons: dict[int, str]  # row -> why its timestamp or latency is unusable
+    order: np.ndarray | None  # sorts the rows by (arrival, line); None: they already are
+    sorted_rows: pa.RecordBatch  # split.rows in that order (the same batch when order is None)
 
 
 def parse_block(data: bytes, first_line: int, layout: CsvLayout, default_symbol: str) -> ParsedBlock:
@@ -104,7 +107,12 @@ def parse_block(data: bytes, first_line: int, layout: CsvLayout, default_symbol:
             reasons.setdefault(index, reason)
     else:
         latency = np.zeros(rows.num_rows, dtype=np.int64)
-    return ParsedBlock(len(data), split, event_us, latency, reasons)
+    # Sorted here, ahead, so that the arrival buffer only has to merge blocks (rows with bad
+    # times land anywhere: they are taken out before the buffer).
+    count = rows.num_rows
+    order = arrival_order(event_us + latency, np.zeros(count, dtype=np.int8), np.arange(count))
+    sorted_rows = rows if order is None else rows.take(pa.array(order))
+    return ParsedBlock(len(data), split, event_us, latency, reasons, order, sorted_rows)
 
 
 def parsed_blocks(stream: BinaryIO, layout: CsvLayout, block_bytes: int, default_symbol: str) -> Iterator[ParsedBlock]:
@@ -246,23 +254,23 @@ class HistoricalReplay:
         if ok.any():
             cursor.newest_us = max(cursor.newest_us, int(event_us[ok].max()))
 
-        bad = ~ok
-        block = pa.RecordBatch.from_arrays(
-            [pa.array(np.full(count, cursor.index, dtype=np.int32))]
-            + rows.columns
-            + [
-                pa.array(event_us, mask=bad),
-                pa.array(latency, mask=bad) if cursor.layout.has("latency_ms") else pa.nulls(count, pa.int64()),
-                pa.array(arrival_us, mask=bad),
-                _reason_column(count, reasons),
-                mode_column(HISTORICAL, count),
-            ],
-            schema=BLOCK_SCHEMA,
-        )
-        accepted = block if not reasons else block.filter(pa.array(ok))
+        order = parsed.order
+        keep = None if not reasons else (ok if order is None else ok[order])
+        in_order = parsed.sorted_rows if keep is None else parsed.sorted_rows.filter(pa.array(keep))
+        timing = []
+        for values in (event_us, latency, arrival_us):
+            values = values if order is None else values[order]
+            timing.append(pa.array(values if keep is None else values[keep]))
+        if not cursor.layout.has("latency_ms"):
+            timing[1] = pa.nulls(in_order.num_rows, pa.int64())
+        accepted = _block(cursor.index, in_order, timing, pa.nulls(in_order.num_rows, pa.string()))
         rejected_parts = []
-        if reasons:
-            rejected_parts.append(block.filter(pa.array(bad)))
+        if reasons:  # in file order, without times
+            bad = np.flatnonzero(~ok)
+            failed = rows.take(pa.array(bad))
+            none = [pa.nulls(len(bad), pa.int64())] * 3
+            rejected_parts.append(_block(cursor.index, failed, none, pa.array([reasons[i] for i in bad.tolist()],
+                                                                              type=pa.string())))
         if split.rejected_lines:
             rejected_parts.append(
                 _unsplit_rows(
@@ -320,13 +328,14 @@ def mode_column(mode: str, count: int) -> pa.Array:
     return pa.repeat(pa.scalar(mode, type=pa.string()), count)
 
 
-def _reason_column(count: int, reasons: dict[int, str]) -> pa.Array:
-    if not reasons:
-        return pa.nulls(count, pa.string())
-    values: list[str | None] = [None] * count
-    for index, reason in reasons.items():
-        values[index] = reason
-    return pa.array(values, type=pa.string())
+def _block(file_index: int, rows: pa.RecordBatch, timing: list[pa.Array], reasons: pa.Array) -> pa.RecordBatch:
+    """A :data:`BLOCK_SCHEMA` batch: split rows of one file with their times and reject reasons."""
+    count = rows.num_rows
+    return pa.RecordBatch.from_arrays(
+        [pa.array(np.full(count, file_index, dtype=np.int32))] + rows.columns + timing
+        + [reasons, mode_column(HISTORICAL, count)],
+        schema=BLOCK_SCHEMA,
+    )
 
 
 def _unsplit_rows(

@@ -1,16 +1,21 @@
-"""Arrival ordering: the row heap, the block buffer and the out-of-order rule."""
+"""Arrival ordering: the row heap, the block buffer (sorted runs, merged) and the out-of-order rule."""
 
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from transforms.sources.arrival import (
     ALL_READ,
     NOTHING_READ,
     BlockArrivalBuffer,
     RowArrivalHeap,
+    arrival_order,
+    merge_sorted,
     out_of_order_mask,
+    sort_by_arrival,
 )
 
 
@@ -80,3 +85,80 @@ class TestOutOfOrderRule:
     def test_previous_blocks_count(self):
         assert out_of_order_mask(np.array([5]), np.array([5]), 6).tolist() == [True]
         assert out_of_order_mask(np.array([5]), np.array([6]), 6).tolist() == [False]
+
+
+# --- sorted runs: the buffer keeps each block sorted and merges them -----------------------------
+
+_ROW = st.tuples(st.integers(0, 30), st.integers(0, 2), st.integers(0, 10**6))
+
+
+def _unique(rows_):
+    seen, out = set(), []
+    for arrival, file, line in rows_:
+        if (file, line) not in seen:  # (file, line) names a row
+            seen.add((file, line))
+            out.append((arrival, file, line))
+    return out
+
+
+def _batch(rows_):
+    return rows(*map(list, zip(*rows_))) if rows_ else rows([], [], [])
+
+
+def _keys(batch):
+    return list(zip(*(batch.column(name).to_pylist() for name in ("arrival_us", "file", "line"))))
+
+
+@given(st.lists(_ROW, max_size=40).map(_unique))
+def test_arrival_order_is_none_exactly_when_already_sorted(rows_):
+    arrival, file, line = (np.array(column, dtype=np.int64) for column in zip(*rows_)) if rows_ else [np.zeros(0)] * 3
+    order = arrival_order(arrival, file, line)
+    if order is None:
+        assert rows_ == sorted(rows_)
+    else:
+        assert rows_ != sorted(rows_)
+        assert [rows_[i] for i in order] == sorted(rows_)
+    assert _keys(sort_by_arrival(_batch(rows_))) == sorted(rows_)
+
+
+@given(st.lists(st.lists(_ROW, max_size=15), max_size=5).map(lambda runs: [_unique(r) for r in runs]))
+def test_merge_sorted_equals_one_sort_of_everything(runs):
+    seen, distinct = set(), []
+    for run in runs:  # rows unique across runs too
+        run = [row for row in run if (row[1], row[2]) not in seen]
+        seen.update((row[1], row[2]) for row in run)
+        if run:
+            distinct.append(sorted(run))
+    if not distinct:
+        return
+    merged = merge_sorted([_batch(run) for run in distinct])
+    assert _keys(merged) == sorted(row for run in distinct for row in run)
+
+
+@settings(max_examples=50)
+@given(st.lists(st.lists(_ROW, min_size=1, max_size=12), max_size=25), st.lists(st.integers(0, 35), max_size=25))
+def test_the_buffer_releases_what_one_sort_would_whatever_the_blocks_and_watermarks(blocks, watermarks):
+    seen, buffer, held, out = set(), BlockArrivalBuffer(), [], []
+    for index, block in enumerate(blocks):
+        block = [row for row in _unique(block) if (row[1], row[2]) not in seen]
+        seen.update((row[1], row[2]) for row in block)
+        buffer.add(_batch(block))  # unsorted blocks are sorted on the way in
+        held += block
+        watermark = watermarks[index] if index < len(watermarks) else NOTHING_READ
+        released = buffer.release_before(watermark)
+        want = sorted(row for row in held if row[0] < watermark)
+        held = [row for row in held if row[0] >= watermark]
+        assert (_keys(released) if released is not None else []) == want
+        assert buffer.held_rows == len(held)
+        out += want
+    rest = buffer.release_before(ALL_READ)
+    assert (_keys(rest) if rest is not None else []) == sorted(held)
+
+
+def test_many_runs_are_merged_into_one():
+    buffer = BlockArrivalBuffer()
+    for index in range(BlockArrivalBuffer.MAX_RUNS + 1):
+        buffer.add(rows([100 - index, 200], [0, 0], [2 * index, 2 * index + 1]))
+    assert len(buffer._runs) == 1
+    released = buffer.release_before(ALL_READ)
+    assert _keys(released) == sorted(_keys(released)) and released.num_rows == 2 * (BlockArrivalBuffer.MAX_RUNS + 1)
