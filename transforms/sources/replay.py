@@ -324,8 +324,11 @@ class QuoteDeduplicator:
 
 
 def mode_column(mode: str, count: int) -> pa.Array:
-    """The ``mode`` column of ``count`` records from one source."""
-    return pa.repeat(pa.scalar(mode, type=pa.string()), count)
+    """The ``mode`` column of ``count`` records from one source. Built from its buffers:
+    ``pa.repeat`` of a string takes a millisecond per block, 2% of a replay."""
+    text = mode.encode("utf-8")
+    offsets = np.arange(0, (count + 1) * len(text), len(text), dtype=np.int32) if text else np.zeros(count + 1, np.int32)
+    return pa.Array.from_buffers(pa.string(), count, [None, pa.py_buffer(offsets), pa.py_buffer(text * count)])
 
 
 def _block(file_index: int, rows: pa.RecordBatch, timing: list[pa.Array], reasons: pa.Array) -> pa.RecordBatch:

@@ -12,7 +12,7 @@ from beam_pipeline.devtools.samples import generate
 from tests.conftest import WORKED_EXAMPLE
 from transforms.quotes import rules as quotes
 from transforms.sources.csv_blocks import HeaderError
-from transforms.sources.replay import BLOCK_SCHEMA, HistoricalReplay
+from transforms.sources.replay import BLOCK_SCHEMA, HistoricalReplay, mode_column
 
 
 def replay(files: dict[str, bytes], block_bytes: int = 1 << 20, **kwargs) -> tuple[pa.RecordBatch, HistoricalReplay]:
@@ -202,3 +202,12 @@ def test_historical_feed_and_replay_historical_count_duplicates(tmp_path):
         assert_that(off.counts | "OffCounts" >> beam.Map(rows_and_duplicates), equal_to([(600, None)]), label="Off")
         assert_that(on.blocks | "OnRows" >> beam.Map(lambda b: b.num_rows) | "SumOn" >> beam.CombineGlobally(sum),
                     equal_to([300]), label="OnRows")
+
+
+@pytest.mark.parametrize("mode", ["historical", "live", "", "é"])
+def test_mode_column_is_the_mode_repeated(mode):
+    for count in (0, 1, 5, 70000):
+        column = mode_column(mode, count)
+        column.validate(full=True)
+        assert column.type == pa.string() and len(column) == count and column.null_count == 0
+        assert column.equals(pa.array([mode] * count, pa.string()))
