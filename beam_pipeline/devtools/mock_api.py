@@ -816,18 +816,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _wait_for_signal() -> None:
-    """Block until Ctrl-C (SIGINT) or SIGTERM; both handled explicitly, even if SIGINT was ignored
-    by the parent (a background job of a non-interactive shell)."""
+@contextmanager
+def _stop_on_signal() -> Iterator[threading.Event]:
+    """Handle Ctrl-C (SIGINT) and SIGTERM by setting the event, from entry on (so a signal sent as
+    soon as the URLs are printed is not fatal), even if SIGINT was ignored by the parent (a
+    background job of a non-interactive shell); the previous handlers come back on exit."""
     stop = threading.Event()
     previous = {signum: signal.signal(signum, lambda number, frame: stop.set())
                 for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
-        while not stop.wait(0.5):
-            pass
+        yield stop
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def _wait(stop: threading.Event) -> None:
+    while not stop.wait(0.5):
+        pass
     LOG.info("signal received, stopping")
 
 
@@ -848,8 +854,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 servers = [stack.enter_context(MockDownstreamApi(
                     rate_limit=args.rate_limit, failure_rate=args.failure_rate, seed=args.seed,
                     delay=args.delay, port=args.port))]
-            print(",".join(server.url for server in servers), flush=True)
-            _wait_for_signal()
+            with _stop_on_signal() as stop:
+                print(",".join(server.url for server in servers), flush=True)
+                _wait(stop)
     except (ValueError, OSError) as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2

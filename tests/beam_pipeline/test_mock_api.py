@@ -545,3 +545,18 @@ def test_cli_serves_until_a_signal(command, stop):
             process.wait()
         process.stdout.close()
         process.stderr.close()
+
+
+def test_cli_handles_a_signal_sent_as_soon_as_it_printed_its_urls():
+    # The handlers are in place before the URLs are printed: a signal right after them stops it
+    # cleanly (once, the handlers came after the print, and such a signal killed it).
+    for _ in range(3):
+        process = start_cli("downstream", "--failure_rate", "0", "--rate_limit", "0", "--delay", "0")
+        try:
+            assert process.stdout.readline().strip().endswith("/records")
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(10) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
