@@ -2,9 +2,9 @@
 
 A trade file has the header ``timestamp,symbol,price,size,side,trade_id[,latency_ms]`` (columns in
 any order, names case-insensitive, ``latency``/``arrival_latency_ms`` accepted for ``latency_ms``,
-other columns ignored). :func:`read_trades` reads every file whole, splits the lines as the quote
-reader does (Arrow's CSV parser, the ``csv`` module for blocks Arrow cannot split) and checks each
-row, in the trade schema's field order (``schemas/trade.v1.avsc``):
+other columns ignored). :func:`stream_trades` reads the files block by block, splits the lines as
+the quote reader does (Arrow's CSV parser, the ``csv`` module for blocks Arrow cannot split) and
+checks each row, in the trade schema's field order (``schemas/trade.v1.avsc``):
 
 * ``timestamp``: as a quote's (ISO 8601 or ``YYYY-MM-DD HH:MM:SS[.ffffff]``, UTC);
 * ``symbol``: not empty (white space trimmed);
@@ -29,16 +29,24 @@ time as the original, as for valid rows); otherwise the arrival of the nearest s
 in its file (0 when there is none), which is where a copy of the file puts its copy too.
 Duplicates are counted, never dead-lettered, so ``records_in == valid + dead letters + duplicates``.
 
-``ReadTrades`` is the Beam source: one ``DoFn`` call reads every file (arrival order and
-deduplication need them all) and emits the valid trades per symbol, the dead letters as one
-``trades_dead_letter.jsonl`` chunk and one dict of counts.
+Arrival order and deduplication need every file, the rows themselves do not: :func:`stream_trades`
+yields each block's valid trades as soon as it is checked and keeps only what the verdicts need
+(the dead rows, a hash of each valid trade's id); once every file is read it names the valid trades
+that are duplicates, by file and line, for the consumer to drop (:func:`without_rows`).
+:func:`read_trades` gathers the stream whole: the valid trades without the duplicates, in arrival
+order.
+
+``ReadTrades`` is the Beam source: one ``DoFn`` call reads every file and emits the valid trades
+per symbol (whole, or with ``blocks=True`` block by block with the duplicates named apart), the
+dead letters as one ``trades_dead_letter.jsonl`` chunk and one dict of counts.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Callable, Iterator, Mapping, Sequence
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -424,33 +432,26 @@ def stream_trades(
     once exhausted, ``tally`` holds the counts, the dead letters and which valid trades are
     duplicates (see the module docstring for the rules and the order).
 
-    Only what arrival order and deduplication need stays in memory until the end: each valid
-    trade's arrival, file, line, trade id and its hash (:class:`SeenTrades`, when the horizon is
-    on), and the dead rows.
+    Only what arrival order and deduplication need stays in memory until the end: the dead rows,
+    and (when the horizon is on) a 64-bit hash of each valid trade's id. Ids whose hash occurs
+    more than once (copies, or distinct ids that share a hash) are looked at again, with their
+    arrival, file and line, in a second read of the files (:func:`duplicate_trades`); without such
+    ids (the usual case) the files are read once.
     """
-    rules = TradeRules(precision, scale)
+    read = functools.partial(trade_blocks, sources, open_file=open_file, rules=TradeRules(precision, scale),
+                             block_bytes=block_bytes)
     deduplicating = Deduplicator(horizon_us).enabled
     dead_parts: list[pa.RecordBatch] = []
-    seen: list[SeenTrades] = []
-    for index, source in enumerate(sources):
-        stream = open_file(source)
-        try:
-            layout = read_trade_header(stream, source)
-            next_line, carry = 2, None  # the header is line 1
-            for data in line_blocks(stream, block_bytes):
-                block = parse_trade_block(index, layout, split_lines(data, next_line, layout), rules, carry)
-                next_line += data.count(b"\n")
-                carry = block.carry
-                tally.records_in += block.records
-                if block.dead.num_rows:
-                    dead_parts.append(block.dead)
-                if block.valid.num_rows:
-                    if deduplicating:
-                        seen.append(SeenTrades.of(block.valid))
-                    yield block.valid
-                tally.valid += block.valid.num_rows
-        finally:
-            stream.close()
+    hashes: list[np.ndarray] = []
+    for block in read():
+        tally.records_in += block.records
+        if block.dead.num_rows:
+            dead_parts.append(block.dead)
+        if block.valid.num_rows:
+            if deduplicating:
+                hashes.append(string_hashes(block.valid.column("trade_id")))
+            yield block.valid
+        tally.valid += block.valid.num_rows
 
     dead = concat(dead_parts, TIMED_DEAD_SCHEMA)
     dead_time = dead.column("time_us").to_numpy(zero_copy_only=False)
@@ -461,51 +462,52 @@ def stream_trades(
     tally.dead = dead.select(DEAD_SCHEMA.names).take(pa.array(kept, type=pa.int64()))
     tally.duplicates = int(duplicate.sum())
 
-    tally.dropped = duplicate_trades(seen, horizon_us)
-    tally.duplicates += tally.dropped.num_rows
-    tally.valid -= tally.dropped.num_rows
+    if hashes:
+        all_hashes = np.concatenate(hashes)
+        del hashes
+        wanted = np.unique(all_hashes[repeated(all_hashes)])
+        del all_hashes
+        if len(wanted):
+            LOG.info("%s trade ids may repeat: reading the trade files again for their arrivals", len(wanted))
+            tally.dropped = duplicate_trades((block.valid for block in read()), wanted, horizon_us)
+            tally.duplicates += tally.dropped.num_rows
+            tally.valid -= tally.dropped.num_rows
 
 
-@dataclass(frozen=True)
-class SeenTrades:
-    """What deduplication needs of one block's valid trades: where they are, when they arrive, and
-    their trade ids (with a hash of each, to find the ids that occur more than once cheaply)."""
+def trade_blocks(sources: Sequence[str], *, open_file: Callable[[str], BinaryIO], rules: TradeRules,
+                 block_bytes: int = DEFAULT_BLOCK_BYTES) -> Iterator[TradeBlock]:
+    """Every block of every file (``file`` = its index in ``sources``), checked, in file order."""
+    for index, source in enumerate(sources):
+        stream = open_file(source)
+        try:
+            layout = read_trade_header(stream, source)
+            next_line, carry = 2, None  # the header is line 1
+            for data in line_blocks(stream, block_bytes):
+                block = parse_trade_block(index, layout, split_lines(data, next_line, layout), rules, carry)
+                next_line += data.count(b"\n")
+                carry = block.carry
+                yield block
+        finally:
+            stream.close()
 
-    file: np.ndarray  # int32
-    line: np.ndarray  # int64
-    arrival_us: np.ndarray
-    trade_id: pa.Array
-    hashes: np.ndarray  # uint64, :func:`transforms.arrays.string_hashes` of trade_id
 
-    @classmethod
-    def of(cls, valid: pa.RecordBatch) -> "SeenTrades":
-        trade_id = valid.column("trade_id")
-        return cls(*(valid.column(name).to_numpy(zero_copy_only=False) for name in ("file", "line", "arrival_us")),
-                   trade_id, string_hashes(trade_id))
+def duplicate_trades(valid_blocks: Iterable[pa.RecordBatch], wanted: np.ndarray,
+                     horizon_us: int | None) -> pa.RecordBatch:
+    """The valid trades (:data:`DROPPED_SCHEMA`) that :class:`Deduplicator` drops when fed every
+    trade in arrival order by trade id: what :func:`find_duplicates` finds over them all, holding less.
 
-
-def duplicate_trades(seen: Sequence[SeenTrades], horizon_us: int | None) -> pa.RecordBatch:
-    """The valid trades (:data:`DROPPED_SCHEMA`) that :class:`Deduplicator` drops, fed every trade in
-    arrival order by trade id: what :func:`find_duplicates` finds, holding less.
-
-    A trade whose id's hash occurs once has an id that occurs once: it is never a duplicate. Only the
-    others (the copies, and any distinct ids that share a hash) are fed to the deduplicator, with
-    their ids themselves, in arrival order.
+    ``wanted`` holds the id hashes (:func:`transforms.arrays.string_hashes`) that occur more than
+    once. A trade whose id's hash occurs once has an id that occurs once, so it is never a
+    duplicate; only the trades with a wanted hash are kept from ``valid_blocks`` and fed, with their
+    ids themselves (a shared hash is not a shared id), in arrival order.
     """
-    if not seen or not Deduplicator(horizon_us).enabled:
-        return empty(DROPPED_SCHEMA)
-    candidates = repeated(np.concatenate([part.hashes for part in seen]))
-    if not candidates.any():
-        return empty(DROPPED_SCHEMA)
-    picked, start = [], 0
-    for part in seen:
-        rows = np.flatnonzero(candidates[start:start + len(part.hashes)])
-        start += len(part.hashes)
+    picked = []
+    for valid in valid_blocks:
+        rows = np.flatnonzero(np.isin(string_hashes(valid.column("trade_id")), wanted))
         if len(rows):
-            picked.append(pa.RecordBatch.from_arrays(
-                [pa.array(part.file[rows]), pa.array(part.line[rows]), pa.array(part.arrival_us[rows]),
-                 part.trade_id.take(pa.array(rows, type=pa.int64()))],
-                names=["file", "line", "arrival_us", "trade_id"]))
+            picked.append(valid.select(["file", "line", "arrival_us", "trade_id"]).take(pa.array(rows, type=pa.int64())))
+    if not picked:
+        return empty(DROPPED_SCHEMA)
     rows = pa.concat_batches(picked)
     file, line, arrival = (rows.column(name).to_numpy(zero_copy_only=False) for name in ("file", "line", "arrival_us"))
     duplicate = find_duplicates(rows.column("trade_id"), arrival, arrival_order(arrival, file, line), horizon_us)
