@@ -97,6 +97,7 @@ from transforms.trades.read import (
     DEAD_LETTERS,
     DROPPED,
     TRADES,
+    DroppedRows,
     TradeTally,
     by_symbol,
     read_trades,
@@ -643,10 +644,16 @@ class _RangeAnalysisFn(TracedDoFn):
         self._max_age_us = max_age_us
         self._scale = scale
         self._witnesses: tuple[int, ranges.Witnesses] | None = None
+        self._dropped: tuple[int, DroppedRows] | None = None
         self._joined = telemetry.counter(_NAMESPACE, "trades_joined")
         self._unmatched = telemetry.counter(_NAMESPACE, "trades_unmatched")
         self._windows = telemetry.counter("_FeaturesFn", "feature_windows")
         self._ranges = telemetry.counter(_NAMESPACE, "ranges")
+
+    def _drop(self, dropped: pa.RecordBatch) -> DroppedRows:
+        if self._dropped is None or self._dropped[0] != id(dropped):
+            self._dropped = (id(dropped), DroppedRows(dropped))
+        return self._dropped[1]
 
     def _lookup(self, table: pa.RecordBatch) -> ranges.Witnesses:
         if self._witnesses is None or self._witnesses[0] != id(table):
@@ -662,7 +669,7 @@ class _RangeAnalysisFn(TracedDoFn):
                 spilled.append(rows)
                 rows = spill.read_part(rows)
             if kind == _TRADE and dropped is not None:
-                rows = without_rows(rows, dropped)
+                rows = without_rows(rows, self._drop(dropped))
             sides[kind].setdefault(symbol, []).append(rows)
         result = ranges.analyse_range(r, sides[_QUOTE], sides[_TRADE], self._lookup(table).before, self._plan,
                                       max_age_us=self._max_age_us, scale=self._scale)

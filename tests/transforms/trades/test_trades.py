@@ -22,6 +22,7 @@ from transforms.trades.market import TRADE_SCHEMA
 from transforms.trades.read import (
     DEAD_SCHEMA,
     DROPPED_SCHEMA,
+    DroppedRows,
     TradeInputError,
     TradeTally,
     by_symbol,
@@ -412,7 +413,10 @@ def test_without_rows_drops_exactly_the_named_file_and_line():
     dropped = pa.RecordBatch.from_pydict({"file": pa.array([1, 0], pa.int32()), "line": pa.array([2, 9])},
                                          schema=DROPPED_SCHEMA)
     assert without_rows(batch, dropped).column("v").to_pylist() == ["a", "b", "d"]
+    assert without_rows(batch, DroppedRows(dropped)).column("v").to_pylist() == ["a", "b", "d"]
     assert without_rows(batch, pa.RecordBatch.from_pylist([], schema=DROPPED_SCHEMA)) is batch
+    beyond = pa.RecordBatch.from_pydict({"file": pa.array([9], pa.int32()), "line": pa.array([99])}, schema=DROPPED_SCHEMA)
+    assert without_rows(batch, beyond) is batch  # a key past every row's
 
 
 def test_read_trades_by_blocks_on_the_direct_runner_names_the_copies(tmp_path):
