@@ -91,10 +91,19 @@ def string_hashes(values: pa.Array) -> np.ndarray:
     return hashes
 
 
+def members(values: np.ndarray, ordered: np.ndarray) -> np.ndarray:
+    """A mask over ``values``: True where the value is in ``ordered`` (sorted ascending). A binary
+    search per value: unlike ``np.isin``, nothing is sorted again for each call."""
+    if not len(ordered):
+        return np.zeros(len(values), dtype=bool)
+    at = np.minimum(np.searchsorted(ordered, values), len(ordered) - 1)
+    return ordered[at] == values
+
+
 def repeated(hashes: np.ndarray) -> np.ndarray:
     """A mask over ``hashes``: True where the value occurs more than once."""
     if len(hashes) < 2:
         return np.zeros(len(hashes), dtype=bool)
     ordered = np.sort(hashes)
     twice = ordered[1:][ordered[1:] == ordered[:-1]]
-    return np.isin(hashes, np.unique(twice)) if len(twice) else np.zeros(len(hashes), dtype=bool)
+    return members(hashes, np.unique(twice)) if len(twice) else np.zeros(len(hashes), dtype=bool)

@@ -33,3 +33,11 @@ def test_repeated_marks_every_copy_of_a_value_seen_twice():
     assert repeated(np.array([5, 1, 5, 2, 1, 7], dtype=np.uint64)).tolist() == [True, True, True, False, True, False]
     assert repeated(np.array([3], dtype=np.uint64)).tolist() == [False]
     assert repeated(np.array([1, 2], dtype=np.uint64)).tolist() == [False, False]
+
+
+def test_members_finds_each_value_in_a_sorted_set():
+    from transforms.arrays import members
+
+    ordered = np.array([2, 5, 9], dtype=np.int64)
+    assert members(np.array([9, 1, 5, 10, 2, 3]), ordered).tolist() == [True, False, True, False, True, False]
+    assert members(np.array([1, 2]), np.array([], dtype=np.int64)).tolist() == [False, False]

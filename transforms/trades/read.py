@@ -53,7 +53,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas import SchemaError, field_rules, load_schema
-from transforms.arrays import repeated, string_hashes
+from transforms.arrays import members, repeated, string_hashes
 from transforms.quotes import columns
 from transforms.sources.csv_blocks import (
     CsvLayout,
@@ -497,13 +497,13 @@ def duplicate_trades(valid_blocks: Iterable[pa.RecordBatch], wanted: np.ndarray,
     trade in arrival order by trade id: what :func:`find_duplicates` finds over them all, holding less.
 
     ``wanted`` holds the id hashes (:func:`transforms.arrays.string_hashes`) that occur more than
-    once. A trade whose id's hash occurs once has an id that occurs once, so it is never a
+    once, sorted. A trade whose id's hash occurs once has an id that occurs once, so it is never a
     duplicate; only the trades with a wanted hash are kept from ``valid_blocks`` and fed, with their
     ids themselves (a shared hash is not a shared id), in arrival order.
     """
     picked = []
     for valid in valid_blocks:
-        rows = np.flatnonzero(np.isin(string_hashes(valid.column("trade_id")), wanted))
+        rows = np.flatnonzero(members(string_hashes(valid.column("trade_id")), wanted))
         if len(rows):
             picked.append(valid.select(["file", "line", "arrival_us", "trade_id"]).take(pa.array(rows, type=pa.int64())))
     if not picked:
@@ -533,9 +533,7 @@ class DroppedRows:
 
     def named(self, file: np.ndarray, line: np.ndarray) -> np.ndarray:
         """A mask: True where ``(file, line)`` is one of the rows named."""
-        mine = row_keys(file, line)
-        at = np.minimum(np.searchsorted(self.keys, mine), max(len(self.keys) - 1, 0))
-        return self.keys[at] == mine if len(self.keys) else np.zeros(len(mine), dtype=bool)
+        return members(row_keys(file, line), self.keys)
 
 
 def without_rows(trades: pa.RecordBatch, dropped: pa.RecordBatch | DroppedRows) -> pa.RecordBatch:
