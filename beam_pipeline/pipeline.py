@@ -18,6 +18,7 @@ import time
 import uuid
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 
 from beam_pipeline.config import QuotesJob
 from beam_pipeline.options import (
@@ -30,6 +31,7 @@ from transforms.queue.stage import WriteToQueue
 from transforms.queue.streams import QueueAddress, QueueFeed
 from transforms.quotes.stage import ComputeMidPrices, NormalizeQuotes
 from transforms.sinks.avro_output import mid_price_records, quote_records
+from transforms.sinks.files import staging_dir
 from transforms.sinks.stage import (
     AppendText,
     MergeCounts,
@@ -43,6 +45,7 @@ from transforms.sources.live import LiveFeed
 from transforms.sources.modes import SwitchingFeed
 from transforms.sources.stage import ReadFeed, ReplayAsStream, ReplayHistorical, plan_stream_replay
 from transforms.sources.webhook import WebhookFeed, endpoint_url
+from transforms.trades.spill import SPILL_FOLDER
 from transforms.trades.stage import AnalyseTrades
 from transforms.windows.logic import duration_text
 from transforms.windows.stage import WindowQuotes
@@ -170,7 +173,8 @@ def build_pipeline(
 
     analytics = job.analytics
     if analytics:
-        stage = analyse_trades(job)
+        # Batch output is staged under the sink's folder (deleted once published): the range parts wait there too.
+        stage = analyse_trades(job, spill_dir=None if live else trade_spill_dir(deliver.output_dir, run_id))
         analysed = normalized.valid | "AnalyseTrades" >> stage
         counts.append(analysed.pop("counts"))
         outputs.update(analysed)
@@ -217,8 +221,15 @@ def every_stage_accounting() -> tuple[Accounting, ...]:
             AnalyseTrades.accounting_for(scored=True))
 
 
-def analyse_trades(job: QuotesJob) -> AnalyseTrades:
-    """The ``--trades`` stage (resolve checked that trade and quote prices have the same decimal)."""
+def trade_spill_dir(output_dir: str, run_id: str) -> str:
+    """Where the trade analytics' range parts wait for their range: inside the run's staging folder,
+    which the sink deletes once it has published (:mod:`transforms.trades.spill`)."""
+    return FileSystems.join(staging_dir(output_dir, run_id), SPILL_FOLDER)
+
+
+def analyse_trades(job: QuotesJob, spill_dir: str | None = None) -> AnalyseTrades:
+    """The ``--trades`` stage (resolve checked that trade and quote prices have the same decimal);
+    ``spill_dir``: see :class:`transforms.trades.stage.AnalyseRanges`."""
     analytics, prices = job.analytics, job.quotes.prices
     return AnalyseTrades(
         job.trade_inputs,
@@ -230,6 +241,7 @@ def analyse_trades(job: QuotesJob) -> AnalyseTrades:
         precision=prices.precision,
         scale=prices.scale,
         dedup_horizon_us=job.source.dedup_horizon_us,
+        spill_dir=spill_dir,
     )
 
 

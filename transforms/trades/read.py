@@ -2,9 +2,9 @@
 
 A trade file has the header ``timestamp,symbol,price,size,side,trade_id[,latency_ms]`` (columns in
 any order, names case-insensitive, ``latency``/``arrival_latency_ms`` accepted for ``latency_ms``,
-other columns ignored). :func:`read_trades` reads every file whole, splits the lines as the quote
-reader does (Arrow's CSV parser, the ``csv`` module for blocks Arrow cannot split) and checks each
-row, in the trade schema's field order (``schemas/trade.v1.avsc``):
+other columns ignored). :func:`stream_trades` reads the files block by block, splits the lines as
+the quote reader does (Arrow's CSV parser, the ``csv`` module for blocks Arrow cannot split) and
+checks each row, in the trade schema's field order (``schemas/trade.v1.avsc``):
 
 * ``timestamp``: as a quote's (ISO 8601 or ``YYYY-MM-DD HH:MM:SS[.ffffff]``, UTC);
 * ``symbol``: not empty (white space trimmed);
@@ -29,22 +29,31 @@ time as the original, as for valid rows); otherwise the arrival of the nearest s
 in its file (0 when there is none), which is where a copy of the file puts its copy too.
 Duplicates are counted, never dead-lettered, so ``records_in == valid + dead letters + duplicates``.
 
-``ReadTrades`` is the Beam source: one ``DoFn`` call reads every file (arrival order and
-deduplication need them all) and emits the valid trades per symbol, the dead letters as one
-``trades_dead_letter.jsonl`` chunk and one dict of counts.
+Arrival order and deduplication need every file, the rows themselves do not: :func:`stream_trades`
+yields each block's valid trades as soon as it is checked and keeps only what the verdicts need
+(the dead rows, a hash of each valid trade's id); once every file is read it names the valid trades
+that are duplicates, by file and line, for the consumer to drop (:func:`without_rows`).
+:func:`read_trades` gathers the stream whole: the valid trades without the duplicates, in arrival
+order.
+
+``ReadTrades`` is the Beam source: one ``DoFn`` call reads every file and emits the valid trades
+per symbol (whole, or with ``blocks=True`` block by block with the duplicates named apart), the
+dead letters as one ``trades_dead_letter.jsonl`` chunk and one dict of counts.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-from dataclasses import dataclass
-from typing import Any, BinaryIO, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas import SchemaError, field_rules, load_schema
+from transforms.arrays import members, repeated, string_hashes
 from transforms.quotes import columns
 from transforms.sources.csv_blocks import (
     CsvLayout,
@@ -56,7 +65,7 @@ from transforms.sources.csv_blocks import (
 )
 from transforms.sources.dedup import Deduplicator
 from transforms.sources.replay import open_local
-from transforms.trades.market import TRADE_SCHEMA, empty
+from transforms.trades.market import TRADE_SCHEMA, concat, empty
 
 LOG = logging.getLogger(__name__)
 
@@ -81,7 +90,7 @@ DEAD_SCHEMA = pa.schema(
      pa.field("reject", pa.string())]
 )
 
-TRADES, DEAD_LETTERS, COUNTS = "trades", "dead_letters", "counts"
+TRADES, DEAD_LETTERS, COUNTS, DROPPED = "trades", "dead_letters", "counts", "dropped"
 DEFAULT_BLOCK_BYTES = 1 << 20
 
 
@@ -150,29 +159,6 @@ def check_trade_headers(paths: Sequence[str], open_file: Callable[[str], BinaryI
             read_trade_header(stream, path)
         finally:
             stream.close()
-
-
-def read_trade_file(
-    stream: BinaryIO, source: str, block_bytes: int = DEFAULT_BLOCK_BYTES
-) -> tuple[TradeLayout, SplitTrades]:
-    """Header and every line of one open trade file."""
-    layout = read_trade_header(stream, source)
-    parts = []
-    next_line = 2  # the header is line 1
-    for data in line_blocks(stream, block_bytes):
-        parts.append(split_lines(data, next_line, layout))
-        next_line += data.count(b"\n")
-    if not parts:
-        parts.append(split_lines(b"", next_line, layout))
-    return layout, SplitTrades(
-        np.concatenate([p.line for p in parts]),
-        pa.concat_arrays([p.raw for p in parts]),
-        {name: pa.concat_arrays([p.fields[name] for p in parts]) for name in layout.positions},
-        [n for p in parts for n in p.rejected_lines],
-        [r for p in parts for r in p.rejected_raw],
-        [r for p in parts for r in p.rejected_reasons],
-        sum(p.blank_lines for p in parts),
-    )
 
 
 # --------------------------------------------------------------------------- the rules, by column
@@ -319,58 +305,73 @@ class TradeRead:
         return {"trades_in": self.records_in, "trades_duplicates": self.duplicates}
 
 
-@dataclass
-class TradeLines:
-    """Every line of every file: the split rows (string columns) and the lines that could not be split."""
+#: A dead row of one block, with the time deduplication and arrival order use (see :func:`parse_trade_block`).
+TIMED_DEAD_SCHEMA = pa.schema(list(DEAD_SCHEMA) + [pa.field("time_us", pa.int64())])
 
-    file: np.ndarray  # int32, index of the source
-    line: np.ndarray  # int64
-    raw: pa.Array  # without its line break
-    has_latency: np.ndarray  # bool: the row's file has a latency column
-    fields: dict[str, pa.Array]  # every name of FIELDS; null where the file lacks the column
-    unsplit_file: np.ndarray
-    unsplit_line: np.ndarray
-    unsplit_raw: pa.Array
-    unsplit_reasons: list[str]
-
-    @property
-    def records(self) -> int:
-        return len(self.line) + len(self.unsplit_line)
+#: The valid trades that deduplication drops, by where they were read (see :func:`without_rows`).
+DROPPED_SCHEMA = pa.schema([pa.field("file", pa.int32()), pa.field("line", pa.int64())])
 
 
-def gather_lines(files: Sequence[tuple[TradeLayout, SplitTrades]]) -> TradeLines:
-    """The split lines of each file (``file`` = its index), as one set of columns."""
+@dataclass(frozen=True)
+class TradeBlock:
+    """One block of one file, checked (:func:`parse_trade_block`).
 
-    def each(make, empty_value):
-        return [make(i, layout, split) for i, (layout, split) in enumerate(files)] or [empty_value]
+    Attributes:
+        valid: the rows that pass every rule (:data:`~transforms.trades.market.TRADE_SCHEMA`), in file order;
+            duplicates are not dropped yet (that needs every file).
+        dead: the rows that break a rule or cannot be split (:data:`TIMED_DEAD_SCHEMA`), any order.
+        records: data rows in the block (blank lines are not rows).
+        carry: the time of the block's last timed row (by line), else the ``carry`` it was given.
+    """
 
-    no_strings = pa.array([], pa.string())
-    return TradeLines(
-        file=np.concatenate(each(lambda i, _, s: np.full(len(s.line), i, dtype=np.int32), np.zeros(0, np.int32))),
-        line=np.concatenate(each(lambda i, _, s: s.line, np.zeros(0, np.int64))).astype(np.int64),
-        raw=pc.utf8_rtrim(pa.concat_arrays(each(lambda i, _, s: s.raw, no_strings)), "\r\n"),
-        has_latency=np.concatenate(each(lambda i, layout, s: np.full(len(s.line), layout.has("latency_ms")),
-                                        np.zeros(0, bool))),
-        fields={
-            name: pa.concat_arrays(each(lambda i, _, s: s.fields.get(name, pa.nulls(len(s.line), pa.string())),
-                                        no_strings))
-            for name in FIELDS
-        },
-        unsplit_file=np.concatenate(
-            each(lambda i, _, s: np.full(len(s.rejected_lines), i, dtype=np.int32), np.zeros(0, np.int32))),
-        unsplit_line=np.array([n for _, s in files for n in s.rejected_lines], dtype=np.int64),
-        unsplit_raw=pc.utf8_rtrim(pa.array([r for _, s in files for r in s.rejected_raw], type=pa.string()), "\r\n"),
-        unsplit_reasons=[r for _, s in files for r in s.rejected_reasons],
+    valid: pa.RecordBatch
+    dead: pa.RecordBatch
+    records: int
+    carry: int | None
+
+
+def parse_trade_block(file: int, layout: TradeLayout, split: SplitTrades, rules: TradeRules,
+                      carry: int | None = None) -> TradeBlock:
+    """Check one block of a file's split lines (:func:`transforms.sources.csv_blocks.split_lines`).
+
+    ``carry`` is the time of the last timed row of the file's earlier blocks (None: there is none),
+    which a row of this block without a time of its own takes when no timed row precedes it here
+    (:func:`fill_times` over the whole file gives the same). The rules are row by row, so checking a
+    file block by block gives each row the verdict and reason of checking it whole.
+    """
+    count = len(split.line)
+    fields = {name: split.fields.get(name, pa.nulls(count, pa.string())) for name in FIELDS}
+    has_latency = np.full(count, layout.has("latency_ms"))
+    parsed = parse_trade_columns(fields, has_latency, rules)
+    ok = np.ones(count, dtype=bool)
+    ok[list(parsed.reasons)] = False
+    files = np.full(count, file, dtype=np.int32)
+    line = split.line.astype(np.int64)
+    valid = _valid_batch(parsed, files, line, fields["timestamp"], np.flatnonzero(ok))
+
+    unsplit = len(split.rejected_lines)
+    all_line = np.concatenate([line, np.array(split.rejected_lines, dtype=np.int64)])
+    timed = np.concatenate([parsed.timed, np.zeros(unsplit, dtype=bool)])
+    own = np.concatenate([np.where(parsed.timed, parsed.arrival_us, 0), np.zeros(unsplit, dtype=np.int64)])
+    before = [] if carry is None else [carry]  # a timed row ahead of the block (line 0) stands for the carry
+    time_us = fill_times(np.zeros(len(before) + len(all_line), dtype=np.int32),
+                         np.concatenate([np.zeros(len(before), dtype=np.int64), all_line]),
+                         np.concatenate([np.array(before, dtype=np.int64), own]),
+                         np.concatenate([np.ones(len(before), dtype=bool), timed]))[len(before):]
+    if timed.any():
+        carry = int(own[np.flatnonzero(timed)[np.argmax(all_line[timed])]])
+
+    bad = np.flatnonzero(~ok)
+    reasons = [parsed.reasons[i] for i in bad.tolist()] + list(split.rejected_reasons)
+    dead_rows = np.concatenate([bad, np.arange(count, count + unsplit)])
+    raw = pc.utf8_rtrim(split.raw.take(pa.array(bad, type=pa.int64())), "\r\n")
+    dead = pa.RecordBatch.from_arrays(
+        [pa.array(np.full(len(dead_rows), file, dtype=np.int32)), pa.array(all_line[dead_rows]),
+         pa.concat_arrays([raw, pc.utf8_rtrim(pa.array(split.rejected_raw, type=pa.string()), "\r\n")]),
+         pa.array(reasons, type=pa.string()), pa.array(time_us[dead_rows], type=pa.int64())],
+        schema=TIMED_DEAD_SCHEMA,
     )
-
-
-def dedup_keys(valid: np.ndarray, trade_id: pa.Array, raw: pa.Array) -> pa.Array:
-    """A valid row's key is its trade id, a rejected row's its raw line (prefixed apart)."""
-    return pc.if_else(
-        pa.array(valid),
-        pc.binary_join_element_wise("id:", trade_id, ""),
-        pc.binary_join_element_wise("raw:", raw, ""),
-    )
+    return TradeBlock(valid, dead, count + unsplit, carry)
 
 
 def find_duplicates(keys: pa.Array, time_us: np.ndarray, order: np.ndarray, horizon_us: int | None) -> np.ndarray:
@@ -395,6 +396,157 @@ def find_duplicates(keys: pa.Array, time_us: np.ndarray, order: np.ndarray, hori
     return duplicate
 
 
+@dataclass
+class TradeTally:
+    """What :func:`stream_trades` found, complete once its blocks are all read.
+
+    Attributes:
+        records_in: data rows read (blank lines are not rows).
+        valid: valid trades kept (not duplicates).
+        dead: the dead letters kept (:data:`DEAD_SCHEMA`), in arrival order.
+        dropped: the valid trades that are duplicates (:data:`DROPPED_SCHEMA`), to drop from the blocks.
+        duplicates: rows dropped as copies (valid ones and dead ones).
+    """
+
+    records_in: int = 0
+    valid: int = 0
+    dead: pa.RecordBatch = field(default_factory=lambda: empty(DEAD_SCHEMA))
+    dropped: pa.RecordBatch = field(default_factory=lambda: empty(DROPPED_SCHEMA))
+    duplicates: int = 0
+
+    def counts(self) -> dict[str, int]:
+        return {"trades_in": self.records_in, "trades_duplicates": self.duplicates}
+
+
+def stream_trades(
+    sources: Sequence[str],
+    tally: TradeTally,
+    *,
+    open_file: Callable[[str], BinaryIO] = open_local,
+    precision: int,
+    scale: int,
+    horizon_us: int | None = 0,
+    block_bytes: int = DEFAULT_BLOCK_BYTES,
+) -> Iterator[pa.RecordBatch]:
+    """The valid trades of every file, block by block as read (file order), duplicates included;
+    once exhausted, ``tally`` holds the counts, the dead letters and which valid trades are
+    duplicates (see the module docstring for the rules and the order).
+
+    Only what arrival order and deduplication need stays in memory until the end: the dead rows,
+    and (when the horizon is on) a 64-bit hash of each valid trade's id. Ids whose hash occurs
+    more than once (copies, or distinct ids that share a hash) are looked at again, with their
+    arrival, file and line, in a second read of the files (:func:`duplicate_trades`); without such
+    ids (the usual case) the files are read once.
+    """
+    read = functools.partial(trade_blocks, sources, open_file=open_file, rules=TradeRules(precision, scale),
+                             block_bytes=block_bytes)
+    deduplicating = Deduplicator(horizon_us).enabled
+    dead_parts: list[pa.RecordBatch] = []
+    hashes: list[np.ndarray] = []
+    for block in read():
+        tally.records_in += block.records
+        if block.dead.num_rows:
+            dead_parts.append(block.dead)
+        if block.valid.num_rows:
+            if deduplicating:
+                hashes.append(string_hashes(block.valid.column("trade_id")))
+            yield block.valid
+        tally.valid += block.valid.num_rows
+
+    dead = concat(dead_parts, TIMED_DEAD_SCHEMA)
+    dead_time = dead.column("time_us").to_numpy(zero_copy_only=False)
+    dead_file, dead_line = (dead.column(name).to_numpy(zero_copy_only=False) for name in ("file", "line"))
+    order = arrival_order(dead_time, dead_file, dead_line)
+    duplicate = find_duplicates(dead.column("raw"), dead_time, order, horizon_us)
+    kept = order[~duplicate[order]]
+    tally.dead = dead.select(DEAD_SCHEMA.names).take(pa.array(kept, type=pa.int64()))
+    tally.duplicates = int(duplicate.sum())
+
+    if hashes:
+        all_hashes = np.concatenate(hashes)
+        del hashes
+        wanted = np.unique(all_hashes[repeated(all_hashes)])
+        del all_hashes
+        if len(wanted):
+            LOG.info("%s trade ids may repeat: reading the trade files again for their arrivals", len(wanted))
+            tally.dropped = duplicate_trades((block.valid for block in read()), wanted, horizon_us)
+            tally.duplicates += tally.dropped.num_rows
+            tally.valid -= tally.dropped.num_rows
+
+
+def trade_blocks(sources: Sequence[str], *, open_file: Callable[[str], BinaryIO], rules: TradeRules,
+                 block_bytes: int = DEFAULT_BLOCK_BYTES) -> Iterator[TradeBlock]:
+    """Every block of every file (``file`` = its index in ``sources``), checked, in file order."""
+    for index, source in enumerate(sources):
+        stream = open_file(source)
+        try:
+            layout = read_trade_header(stream, source)
+            next_line, carry = 2, None  # the header is line 1
+            for data in line_blocks(stream, block_bytes):
+                block = parse_trade_block(index, layout, split_lines(data, next_line, layout), rules, carry)
+                next_line += data.count(b"\n")
+                carry = block.carry
+                yield block
+        finally:
+            stream.close()
+
+
+def duplicate_trades(valid_blocks: Iterable[pa.RecordBatch], wanted: np.ndarray,
+                     horizon_us: int | None) -> pa.RecordBatch:
+    """The valid trades (:data:`DROPPED_SCHEMA`) that :class:`Deduplicator` drops when fed every
+    trade in arrival order by trade id: what :func:`find_duplicates` finds over them all, holding less.
+
+    ``wanted`` holds the id hashes (:func:`transforms.arrays.string_hashes`) that occur more than
+    once, sorted. A trade whose id's hash occurs once has an id that occurs once, so it is never a
+    duplicate; only the trades with a wanted hash are kept from ``valid_blocks`` and fed, with their
+    ids themselves (a shared hash is not a shared id), in arrival order.
+    """
+    picked = []
+    for valid in valid_blocks:
+        rows = np.flatnonzero(members(string_hashes(valid.column("trade_id")), wanted))
+        if len(rows):
+            picked.append(valid.select(["file", "line", "arrival_us", "trade_id"]).take(pa.array(rows, type=pa.int64())))
+    if not picked:
+        return empty(DROPPED_SCHEMA)
+    rows = pa.concat_batches(picked)
+    file, line, arrival = (rows.column(name).to_numpy(zero_copy_only=False) for name in ("file", "line", "arrival_us"))
+    duplicate = find_duplicates(rows.column("trade_id"), arrival, arrival_order(arrival, file, line), horizon_us)
+    return pa.RecordBatch.from_arrays(
+        [pa.array(file[duplicate], type=pa.int32()), pa.array(line[duplicate], type=pa.int64())], schema=DROPPED_SCHEMA)
+
+
+def row_keys(file: np.ndarray, line: np.ndarray) -> np.ndarray:
+    """One int64 per (file, line) (lines below 2**40, files below 2**23)."""
+    return (np.asarray(file, dtype=np.int64) << 40) | np.asarray(line, dtype=np.int64)
+
+
+class DroppedRows:
+    """The rows a :data:`DROPPED_SCHEMA` batch names, sorted once, for :func:`without_rows` to look
+    up (a binary search per row) however many batches it filters."""
+
+    def __init__(self, dropped: pa.RecordBatch):
+        self.keys = np.unique(row_keys(*(dropped.column(name).to_numpy(zero_copy_only=False)
+                                         for name in ("file", "line"))))
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def named(self, file: np.ndarray, line: np.ndarray) -> np.ndarray:
+        """A mask: True where ``(file, line)`` is one of the rows named."""
+        return members(row_keys(file, line), self.keys)
+
+
+def without_rows(trades: pa.RecordBatch, dropped: pa.RecordBatch | DroppedRows) -> pa.RecordBatch:
+    """``trades`` (any schema with ``file`` and ``line``) without the rows named in ``dropped``
+    (:data:`DROPPED_SCHEMA`, or its :class:`DroppedRows`); the others keep their order."""
+    if not len(dropped) or not trades.num_rows:
+        return trades
+    if not isinstance(dropped, DroppedRows):
+        dropped = DroppedRows(dropped)
+    gone = dropped.named(*(trades.column(name).to_numpy(zero_copy_only=False) for name in ("file", "line")))
+    return trades.filter(pa.array(~gone)) if gone.any() else trades
+
+
 def read_trades(
     sources: Sequence[str],
     *,
@@ -404,7 +556,8 @@ def read_trades(
     horizon_us: int | None = 0,
     block_bytes: int = DEFAULT_BLOCK_BYTES,
 ) -> TradeRead:
-    """Read, check, order and deduplicate every trade file (see the module docstring).
+    """Read, check, order and deduplicate every trade file (see the module docstring), all in memory:
+    :func:`stream_trades` with its blocks gathered, the duplicates dropped and the rows in arrival order.
 
     Args:
         sources: file paths; a row's ``file`` is its file's index here (ties break in this order).
@@ -413,42 +566,13 @@ def read_trades(
         horizon_us: deduplication horizon in microseconds (0 or None: no deduplication).
         block_bytes: about how much CSV is split at a time.
     """
-    files = []
-    for source in sources:
-        stream = open_file(source)
-        try:
-            files.append(read_trade_file(stream, source, block_bytes))
-        finally:
-            stream.close()
-    lines = gather_lines(files)
-    parsed = parse_trade_columns(lines.fields, lines.has_latency, TradeRules(precision, scale))
-    split_ok = np.ones(len(lines.line), dtype=bool)
-    split_ok[list(parsed.reasons)] = False
-
-    # All rows: split ones, then unsplit ones.
-    unsplit = len(lines.unsplit_line)
-    file = np.concatenate([lines.file, lines.unsplit_file])
-    line = np.concatenate([lines.line, lines.unsplit_line])
-    raw = pa.concat_arrays([lines.raw, lines.unsplit_raw])
-    ok = np.concatenate([split_ok, np.zeros(unsplit, dtype=bool)])
-    timed = np.concatenate([parsed.timed, np.zeros(unsplit, dtype=bool)])
-    arrival = np.concatenate([np.where(parsed.timed, parsed.arrival_us, 0), np.zeros(unsplit, dtype=np.int64)])
-    time_us = fill_times(file, line, arrival, timed)
-    order = arrival_order(time_us, file, line)
-    keys = dedup_keys(ok, pa.concat_arrays([parsed.trade_id, lines.unsplit_raw]), raw)
-    duplicate = find_duplicates(keys, time_us, order, horizon_us)
-
-    kept_valid = order[ok[order] & ~duplicate[order]]
-    kept_dead = order[~ok[order] & ~duplicate[order]]
-    reasons = [parsed.reasons.get(i) if i < len(lines.line) else lines.unsplit_reasons[i - len(lines.line)]
-               for i in kept_dead.tolist()]
-    dead = pa.RecordBatch.from_arrays(
-        [pa.array(file[kept_dead], type=pa.int32()), pa.array(line[kept_dead], type=pa.int64()),
-         raw.take(pa.array(kept_dead, type=pa.int64())), pa.array(reasons, type=pa.string())],
-        schema=DEAD_SCHEMA,
-    )
-    valid = _valid_batch(parsed, lines.file, lines.line, lines.fields["timestamp"], kept_valid)
-    return TradeRead(valid, dead, lines.records, int(duplicate.sum()))
+    tally = TradeTally()
+    blocks = list(stream_trades(sources, tally, open_file=open_file, precision=precision, scale=scale,
+                                horizon_us=horizon_us, block_bytes=block_bytes))
+    valid = without_rows(concat(blocks, TRADE_SCHEMA), tally.dropped)
+    order = arrival_order(*(valid.column(name).to_numpy(zero_copy_only=False) for name in ("arrival_us", "file", "line")))
+    valid = valid.take(pa.array(order, type=pa.int64())) if valid.num_rows else valid
+    return TradeRead(valid, tally.dead, tally.records_in, tally.duplicates)
 
 
 def _valid_batch(parsed: ParsedTrades, file: np.ndarray, line: np.ndarray, timestamp: pa.Array,

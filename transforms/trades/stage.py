@@ -89,10 +89,21 @@ from transforms.blocks import QuoteBlock
 from transforms.quotes import columns
 from transforms.quotes.normalize import dead_letter_chunk
 from transforms.tracing import TracedDoFn
-from transforms.trades import asof, market, ranges
+from transforms.trades import asof, market, ranges, spill
 from transforms.trades.asof import enriched_range_chunk, unmatched_range_chunk
 from transforms.trades.features import INPUT_SCHEMAS, check_windows, feature_range_chunk, sliding_features
-from transforms.trades.read import COUNTS, DEAD_LETTERS, TRADES, by_symbol, read_trades
+from transforms.trades.read import (
+    COUNTS,
+    DEAD_LETTERS,
+    DROPPED,
+    TRADES,
+    DroppedRows,
+    TradeTally,
+    by_symbol,
+    read_trades,
+    stream_trades,
+    without_rows,
+)
 from transforms.trades.scoring import FeatureModelHandler, ModelPath, load_model, model_id
 
 LOG = logging.getLogger(__name__)
@@ -394,11 +405,12 @@ class JoinTradesWithMid(beam.PTransform):
 class _ReadTradesFn(TracedDoFn):
     STAGE = "read_trades"
 
-    def __init__(self, precision: int, scale: int, horizon_us: int, open_file):
+    def __init__(self, precision: int, scale: int, horizon_us: int, open_file, blocks: bool = False):
         self._precision = precision
         self._scale = scale
         self._horizon_us = horizon_us
         self._open_file = open_file
+        self._blocks = blocks
         self._records = telemetry.counter(self.__class__, "trades_in")
         self._valid = telemetry.counter(self.__class__, "valid_trades")
         self._dead = telemetry.counter(self.__class__, "dead_lettered_trades")
@@ -406,20 +418,27 @@ class _ReadTradesFn(TracedDoFn):
 
     def process(self, sources: Sequence[str]) -> Iterator[Any]:
         sources = tuple(sources)
-        read = read_trades(
-            sources, open_file=self._open_file, precision=self._precision, scale=self._scale,
-            horizon_us=self._horizon_us,
-        )
-        self._records.inc(read.records_in)
-        self._valid.inc(read.valid.num_rows)
-        self._dead.inc(read.dead.num_rows)
-        self._duplicates.inc(read.duplicates)
+        options = dict(open_file=self._open_file, precision=self._precision, scale=self._scale,
+                       horizon_us=self._horizon_us)
+        if self._blocks:
+            tally = TradeTally()
+            for block in stream_trades(sources, tally, **options):
+                yield from by_symbol(block)
+            valid, dead, counts = tally.valid, tally.dead, tally.counts()
+            yield beam.pvalue.TaggedOutput(DROPPED, tally.dropped)
+        else:
+            read = read_trades(sources, **options)
+            yield from by_symbol(read.valid)
+            valid, dead, counts = read.valid.num_rows, read.dead, read.counts()
+        self._records.inc(counts["trades_in"])
+        self._valid.inc(valid)
+        self._dead.inc(dead.num_rows)
+        self._duplicates.inc(counts["trades_duplicates"])
         LOG.info("read %s trades from %s files: %s valid, %s dead letters, %s duplicates",
-                 read.records_in, len(sources), read.valid.num_rows, read.dead.num_rows, read.duplicates)
-        yield from by_symbol(read.valid)
-        if read.dead.num_rows:
-            yield beam.pvalue.TaggedOutput(DEAD_LETTERS, dead_letter_chunk(0, read.dead, sources))
-        yield beam.pvalue.TaggedOutput(COUNTS, read.counts())
+                 counts["trades_in"], len(sources), valid, dead.num_rows, counts["trades_duplicates"])
+        if dead.num_rows:
+            yield beam.pvalue.TaggedOutput(DEAD_LETTERS, dead_letter_chunk(0, dead, sources))
+        yield beam.pvalue.TaggedOutput(COUNTS, counts)
 
 
 class ReadTrades(beam.PTransform):
@@ -430,27 +449,35 @@ class ReadTrades(beam.PTransform):
     ``trades_dead_letter.jsonl`` lines) and ``counts`` (one dict: ``trades_in``,
     ``trades_duplicates``; ``trades_in`` = valid + dead letters + duplicates).
 
+    With ``blocks=True`` the files are read block by block and the trades go out as they are read
+    (:func:`~transforms.trades.read.stream_trades`), never whole: ``trades`` then has one element per
+    symbol and block (rows in file order, not arrival order), duplicates still in, and ``dropped``
+    one :data:`~transforms.trades.read.DROPPED_SCHEMA` batch naming the duplicates, which the
+    consumer must drop (:func:`~transforms.trades.read.without_rows`), as :class:`AnalyseRanges` does.
+
     Args:
         sources: file paths; FileSystems paths and compressed files work.
         precision, scale: the price decimal (:func:`trade_rules`).
         horizon_us: drop a trade whose ``trade_id`` was kept within this many microseconds
             before (0: keep every copy).
         open_file: opens a path for binary reading (default Beam's ``FileSystems.open``).
+        blocks: emit the trades block by block, and the duplicates apart (see above).
     """
 
     def __init__(self, sources: Sequence[str], *, precision: int, scale: int, horizon_us: int = 0,
-                 open_file=None):
+                 open_file=None, blocks: bool = False):
         super().__init__()
         if not sources:
             raise ValueError("ReadTrades needs at least one input file")
         self._sources = tuple(sources)
-        self._fn = _ReadTradesFn(precision, scale, horizon_us, open_file or FileSystems.open)
+        self._outputs = (DEAD_LETTERS, COUNTS, DROPPED) if blocks else (DEAD_LETTERS, COUNTS)
+        self._fn = _ReadTradesFn(precision, scale, horizon_us, open_file or FileSystems.open, blocks)
 
     def expand(self, pbegin):
         return (
             pbegin
             | "TradeFiles" >> beam.Create([self._sources])
-            | "ReadTradesInArrivalOrder" >> beam.ParDo(self._fn).with_outputs(DEAD_LETTERS, COUNTS, main=TRADES)
+            | "ReadTradesInArrivalOrder" >> beam.ParDo(self._fn).with_outputs(*self._outputs, main=TRADES)
         )
 
 
@@ -561,6 +588,26 @@ def _by_range(element: _Keyed, kind: int, plan: ranges.RangePlan) -> Iterator[_R
         yield r, (kind, symbol, rows)
 
 
+_SPILLED_PART = tuple[int, tuple[int, str, str]]  # (range, (_QUOTE or _TRADE, symbol, path of the rows))
+
+
+class _SpillPartsFn(TracedDoFn):
+    """``(range, (kind, symbol, rows))`` -> ``(range, (kind, symbol, path))``, the rows written to a
+    file (:mod:`transforms.trades.spill`), so the shuffle by range carries paths only."""
+
+    STAGE = "spill_range_parts"
+
+    def __init__(self, directory: str):
+        self._directory = directory
+
+    def setup(self):
+        spill.ensure_folder(self._directory)
+
+    def process(self, element: _RANGE_PART) -> Iterator[_SPILLED_PART]:
+        r, (kind, symbol, rows) = element
+        yield r, (kind, symbol, spill.write_part(self._directory, r, kind, symbol, rows))
+
+
 def _cell_witnesses(element: _Keyed, plan: ranges.RangePlan) -> pa.RecordBatch:
     return ranges.last_quotes_by_cell(element[0], element[1], plan)
 
@@ -597,20 +644,32 @@ class _RangeAnalysisFn(TracedDoFn):
         self._max_age_us = max_age_us
         self._scale = scale
         self._witnesses: tuple[int, ranges.Witnesses] | None = None
+        self._dropped: tuple[int, DroppedRows] | None = None
         self._joined = telemetry.counter(_NAMESPACE, "trades_joined")
         self._unmatched = telemetry.counter(_NAMESPACE, "trades_unmatched")
         self._windows = telemetry.counter("_FeaturesFn", "feature_windows")
         self._ranges = telemetry.counter(_NAMESPACE, "ranges")
+
+    def _drop(self, dropped: pa.RecordBatch) -> DroppedRows:
+        if self._dropped is None or self._dropped[0] != id(dropped):
+            self._dropped = (id(dropped), DroppedRows(dropped))
+        return self._dropped[1]
 
     def _lookup(self, table: pa.RecordBatch) -> ranges.Witnesses:
         if self._witnesses is None or self._witnesses[0] != id(table):
             self._witnesses = (id(table), ranges.Witnesses(table))
         return self._witnesses[1]
 
-    def process(self, element, table: pa.RecordBatch) -> Iterator:
+    def process(self, element, table: pa.RecordBatch, dropped: pa.RecordBatch | None = None) -> Iterator:
         r, parts = element
         sides: tuple[dict, dict] = ({}, {})
+        spilled = []
         for kind, symbol, rows in parts:
+            if isinstance(rows, str):  # a path (AnalyseRanges with spill_dir)
+                spilled.append(rows)
+                rows = spill.read_part(rows)
+            if kind == _TRADE and dropped is not None:
+                rows = without_rows(rows, self._drop(dropped))
             sides[kind].setdefault(symbol, []).append(rows)
         result = ranges.analyse_range(r, sides[_QUOTE], sides[_TRADE], self._lookup(table).before, self._plan,
                                       max_age_us=self._max_age_us, scale=self._scale)
@@ -627,12 +686,15 @@ class _RangeAnalysisFn(TracedDoFn):
             self._windows.inc(result.features.num_rows)
             yield beam.pvalue.TaggedOutput(RANGE_TEXT[RANGE_FEATURES], feature_range_chunk(r, result.features))
             yield r, result.features
+        spill.delete_parts(spilled)  # once the range's outputs are out
 
 
 class AnalyseRanges(beam.PTransform):
     """Batch join and features by event-time range (:mod:`transforms.trades.ranges`).
 
-    ``{"quotes": (symbol, QUOTE_POINT batch), "trades": (symbol, TRADE batch)}`` -> ``{"enriched_text",
+    ``{"quotes": (symbol, QUOTE_POINT batch), "trades": (symbol, TRADE batch)}``, and optionally
+    ``"dropped"`` (one :data:`~transforms.trades.read.DROPPED_SCHEMA` batch: trades to leave out,
+    the duplicates of ``ReadTrades(blocks=True)``) -> ``{"enriched_text",
     "unmatched_text", "features_text"}`` (:class:`~transforms.blocks.TextChunk` s, one per range, ``seq`` =
     the range, unkeyed: the sink concatenates them in range order) and ``"features"`` (``(range,
     FEATURE batch)``, for scoring). Every row is split by range where it is made (fused with its
@@ -646,16 +708,20 @@ class AnalyseRanges(beam.PTransform):
         feature_size_us, feature_period_us: the sliding feature windows.
         scale: the prices' decimal scale.
         range_us: the length of a range (rounded up to a multiple of the period).
+        spill_dir: write each range part to a file in this folder (:mod:`transforms.trades.spill`)
+            and group only their paths; None: the rows themselves go through the ``GroupByKey``
+            (held in memory, whole, on the FnApiRunner).
     """
 
     def __init__(self, max_age_us: int, *, feature_size_us: int, feature_period_us: int, scale: int,
-                 range_us: int = ranges.DEFAULT_RANGE_US):
+                 range_us: int = ranges.DEFAULT_RANGE_US, spill_dir: str | None = None):
         super().__init__()
         if max_age_us < 0:
             raise ValueError(f"max_age_us must be >= 0, got {max_age_us}")
         self._plan = ranges.plan_ranges(feature_size_us, feature_period_us, range_us)
         self._max_age_us = max_age_us
         self._scale = scale
+        self._spill_dir = spill_dir
 
     def expand(self, inputs):
         plan = self._plan
@@ -666,15 +732,23 @@ class AnalyseRanges(beam.PTransform):
             | "LastQuotePerCell" >> beam.Map(_cell_witnesses, plan).with_output_types(pa.RecordBatch)
             | "WitnessTable" >> beam.CombineGlobally(_WitnessTableFn()).with_output_types(pa.RecordBatch)
         )
-        parts = (
-            quotes | "QuotesByRange" >> beam.FlatMap(_by_range, _QUOTE, plan).with_output_types(_RANGE_PART),
-            trades | "TradesByRange" >> beam.FlatMap(_by_range, _TRADE, plan).with_output_types(_RANGE_PART),
-        ) | "QuotesAndTrades" >> beam.Flatten()
+        quote_parts = quotes | "QuotesByRange" >> beam.FlatMap(_by_range, _QUOTE, plan).with_output_types(_RANGE_PART)
+        trade_parts = trades | "TradesByRange" >> beam.FlatMap(_by_range, _TRADE, plan).with_output_types(_RANGE_PART)
+        if self._spill_dir is not None:
+            quote_parts = quote_parts | "SpillQuoteParts" >> beam.ParDo(
+                _SpillPartsFn(self._spill_dir)).with_output_types(_SPILLED_PART)
+            trade_parts = trade_parts | "SpillTradeParts" >> beam.ParDo(
+                _SpillPartsFn(self._spill_dir)).with_output_types(_SPILLED_PART)
+        parts = (quote_parts, trade_parts) | "QuotesAndTrades" >> beam.Flatten()
         fn = _RangeAnalysisFn(plan, self._max_age_us, self._scale)
+        side = {}
+        if "dropped" in inputs:
+            side["dropped"] = beam.pvalue.AsSingleton(
+                inputs["dropped"] | "DroppedGlobal" >> beam.WindowInto(window.GlobalWindows()))
         analysed = (
             parts
             | "ByRange" >> beam.GroupByKey()
-            | "JoinAndFeatures" >> beam.ParDo(fn, beam.pvalue.AsSingleton(witnesses)).with_outputs(
+            | "JoinAndFeatures" >> beam.ParDo(fn, beam.pvalue.AsSingleton(witnesses), **side).with_outputs(
                 *RANGE_TEXT.values(), main=RANGE_FEATURES)
         )
         return {name: analysed[name] for name in (*RANGE_TEXT.values(), RANGE_FEATURES)}
@@ -721,14 +795,17 @@ class AnalyseTrades(beam.PTransform):
         dedup_horizon_us: drop a trade_id seen again within this much arrival time (0: off).
         open_file: opens a trade file (default Beam's ``FileSystems.open``).
         range_us: the join and the features run per event-time range of this length (:class:`AnalyseRanges`).
+        spill_dir: where the range parts wait for their range (:class:`AnalyseRanges`); None: in the shuffle.
     """
 
     def __init__(self, trade_sources: Sequence[str], *, latency_threshold_ms: int, max_age_us: int,
                  feature_size_us: int, feature_period_us: int, model_path: str | None, precision: int, scale: int,
-                 dedup_horizon_us: int = 0, open_file=None, range_us: int = ranges.DEFAULT_RANGE_US):
+                 dedup_horizon_us: int = 0, open_file=None, range_us: int = ranges.DEFAULT_RANGE_US,
+                 spill_dir: str | None = None):
         super().__init__()
         self._sources = tuple(trade_sources)
         self._range_us = range_us
+        self._spill_dir = spill_dir
         self._threshold = latency_threshold_ms
         self._max_age_us = max_age_us
         self._size_us = feature_size_us
@@ -761,19 +838,20 @@ class AnalyseTrades(beam.PTransform):
         scale = self._scale
         trades = valid_blocks.pipeline | "ReadTrades" >> ReadTrades(
             self._sources, precision=self._precision, scale=scale, horizon_us=self._horizon_us,
-            open_file=self._open_file,
+            open_file=self._open_file, blocks=True,
         )
         quotes = valid_blocks | "QuotePoints" >> QuotePoints(self._threshold)
-        analysed = {"quotes": quotes, "trades": trades.trades} | "JoinAndFeaturesByRange" >> AnalyseRanges(
+        inputs = {"quotes": quotes, "trades": trades[TRADES], "dropped": trades[DROPPED]}
+        analysed = inputs | "JoinAndFeaturesByRange" >> AnalyseRanges(
             self._max_age_us, feature_size_us=self._size_us, feature_period_us=self._period_us, scale=scale,
-            range_us=self._range_us,
+            range_us=self._range_us, spill_dir=self._spill_dir,
         )
         outputs = {
             "trades_enriched.jsonl": analysed[RANGE_TEXT[ENRICHED]],
             "unmatched_trades.jsonl": analysed[RANGE_TEXT[UNMATCHED]],
-            "trades_dead_letter.jsonl": trades.dead_letters,
+            "trades_dead_letter.jsonl": trades[DEAD_LETTERS],
             "features.jsonl": analysed[RANGE_TEXT[RANGE_FEATURES]],
-            "counts": trades.counts,
+            "counts": trades[COUNTS],
         }
         if self._scorer is not None:
             from transforms.trades.scoring import score_range_chunk

@@ -226,3 +226,62 @@ def test_witness_tables_keep_the_last_quote_of_each_cell_in_as_of_order():
     assert witnesses.before("A", 5).column("line").to_pylist() == [4]
     assert witnesses.before("A", 0).num_rows == 0 and witnesses.before("Z", 9).num_rows == 0
     assert np.array_equal(ranges.window_range(np.array([-3 * S, -S]), plan), [-1, 0])
+
+
+# --------------------------------------------------------------------------- AnalyseRanges on Beam
+
+
+def _analyse_on_beam(quotes, trades, spill_dir, expected, dropped=None, block=97):
+    """Runs AnalyseRanges on the quotes and trades (in blocks of ``block`` rows, per symbol) and
+    checks that each text output, its chunks in range order, is ``expected[name]``."""
+    import apache_beam as beam
+    from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
+    from apache_beam.testing.util import assert_that
+
+    from transforms.trades.stage import RANGE_TEXT, AnalyseRanges
+
+    def elements(rows, make):
+        return [(symbol, batch) for start in range(0, len(rows), block)
+                for symbol, batch in sorted(by_symbol(rows[start:start + block], make).items())]
+
+    def is_file(data):
+        def check(chunks):
+            got = b"".join(c.data for c in sorted(chunks, key=lambda c: c.seq))
+            assert got == data, (len(got), len(data))
+        return check
+
+    with BeamTestPipeline() as pipeline:
+        inputs = {"quotes": pipeline | "Q" >> beam.Create(elements(quotes, quote_rb)),
+                  "trades": pipeline | "T" >> beam.Create(elements(trades, trade_rb))}
+        if dropped is not None:
+            inputs["dropped"] = pipeline | "D" >> beam.Create([dropped])
+        out = inputs | AnalyseRanges(400 * MS, feature_size_us=3 * S, feature_period_us=S, scale=SCALE,
+                                     range_us=5 * S, spill_dir=spill_dir)
+        for name, tag in (("enriched", RANGE_TEXT["enriched"]), ("unmatched", RANGE_TEXT["unmatched"]),
+                          ("features", RANGE_TEXT["features"])):
+            assert_that(out[tag], is_file(expected[name]), label=f"Check{name}")
+
+
+def test_analyse_ranges_spilled_or_shuffled_gives_the_whole_symbol_files(tmp_path):
+    import os
+
+    quotes, trades = random_market(4)
+    reference = whole_symbol(quotes, trades, max_age_us=400 * MS, size_us=3 * S, period_us=S)
+    spill_dir = str(tmp_path / "ranges")
+    assert all(reference.values())
+    _analyse_on_beam(quotes, trades, spill_dir, reference)
+    assert os.path.isdir(spill_dir) and not os.listdir(spill_dir)  # every part read, then deleted
+    _analyse_on_beam(quotes, trades, None, reference)
+
+
+def test_analyse_ranges_leaves_out_the_dropped_trades(tmp_path):
+    from transforms.trades.read import DROPPED_SCHEMA
+
+    quotes, trades = random_market(5)
+    gone = trades[::7]
+    kept = [t for t in trades if t not in gone]
+    dropped = pa.RecordBatch.from_pylist([{"file": t["file"], "line": t["line"]} for t in gone], schema=DROPPED_SCHEMA)
+    reference = whole_symbol(quotes, kept, max_age_us=400 * MS, size_us=3 * S, period_us=S)
+    assert reference != whole_symbol(quotes, trades, max_age_us=400 * MS, size_us=3 * S, period_us=S)
+    _analyse_on_beam(quotes, trades, str(tmp_path), reference, dropped)
+    _analyse_on_beam(quotes, trades, None, reference, dropped)

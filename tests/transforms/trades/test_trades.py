@@ -16,17 +16,25 @@ from apache_beam.testing.util import assert_that, equal_to
 from schemas import load_schema
 from transforms.quotes import rules as quotes
 from transforms.quotes.normalize import dead_letter_chunk
+from transforms.sources.csv_blocks import split_lines
 from transforms.sources.dedup import Deduplicator
 from transforms.trades.market import TRADE_SCHEMA
 from transforms.trades.read import (
     DEAD_SCHEMA,
+    DROPPED_SCHEMA,
+    DroppedRows,
     TradeInputError,
+    TradeTally,
     by_symbol,
     check_trade_headers,
     fill_times,
     find_duplicates,
+    parse_trade_block,
+    parse_trade_header,
     read_trades,
+    stream_trades,
     trade_rules,
+    without_rows,
 )
 from transforms.trades.stage import ReadTrades
 
@@ -334,3 +342,99 @@ def test_find_duplicates_feeds_only_repeated_keys_and_agrees_with_a_walk_of_ever
     walk[order] = Deduplicator(700).duplicates([keys[i] for i in order], time_us[order])
     got = find_duplicates(pa.array(keys), time_us, order, 700)
     assert walk.any() and not walk.all() and np.array_equal(got, walk)
+
+
+# --------------------------------------------------------------------------- block by block
+
+
+def stream(horizon_us: int = 0, block_bytes: int = 1 << 20, **named: str | bytes):
+    tally = TradeTally()
+    blocks = list(stream_trades(list(named), tally, open_file=files(**named), precision=RULES.precision,
+                                scale=RULES.scale, horizon_us=horizon_us, block_bytes=block_bytes))
+    return blocks, tally
+
+
+def test_blocks_come_in_file_order_with_the_duplicates_named_apart():
+    from beam_pipeline.config import bundled_sample
+    from beam_pipeline.devtools.samples import make_trades
+
+    data = make_trades(bundled_sample(), 300, seed=3, malformed=True)
+    blocks, tally = stream(horizon_us=SECOND, block_bytes=2_000, **{"a.csv": data, "b.csv": data})
+    assert len(blocks) > 4 and all(b.schema == TRADE_SCHEMA for b in blocks)
+    for block in blocks:  # one block of one file, lines ascending
+        assert len(set(block.column("file").to_pylist())) == 1
+        assert block.column("line").to_pylist() == sorted(block.column("line").to_pylist())
+    streamed = sum(b.num_rows for b in blocks)
+    assert tally.dropped.schema == DROPPED_SCHEMA and tally.dropped.num_rows == streamed // 2  # the copy of each
+    assert tally.valid == streamed - tally.dropped.num_rows
+    whole = read(horizon_us=SECOND, **{"a.csv": data, "b.csv": data})
+    left = without_rows(pa.concat_batches(blocks), tally.dropped)
+    key = lambda batch: sorted(zip(batch.column("file").to_pylist(), batch.column("line").to_pylist()))  # noqa: E731
+    assert key(left) == key(whole.valid)
+    assert tally.dead.equals(whole.dead) and tally.counts() == whole.counts()
+
+
+def test_an_untimed_row_at_a_block_start_takes_the_time_of_the_file_before_it():
+    text = HEADER + "2024-01-01 00:00:00.100,AAPL,1,1,buy,T1,5\n" + "not-a-time,AAPL,1,1,buy,B1,0\n"
+    layout = parse_trade_header(HEADER, "t.csv")
+    lines = split_lines(text.split("\n", 1)[1].encode(), 2, layout)
+    first = parse_trade_block(0, layout, lines, RULES)
+    assert first.carry == 1_704_067_200_105_000 and first.dead.column("time_us").to_pylist() == [first.carry]
+    alone = split_lines(b"not-a-time,AAPL,1,1,buy,B1,0\nx,y\n", 3, layout)
+    assert parse_trade_block(0, layout, alone, RULES, carry=42).dead.column("time_us").to_pylist() == [42, 42]
+    untimed = parse_trade_block(0, layout, alone, RULES)
+    assert untimed.dead.column("time_us").to_pylist() == [0, 0] and untimed.carry is None
+    assert parse_trade_block(0, layout, alone, RULES, carry=42).carry == 42  # no timed row: the carry goes on
+
+
+@pytest.mark.parametrize("block_bytes", [60, 1 << 20])
+def test_dead_rows_across_blocks_are_deduplicated_as_in_one_file(block_bytes):
+    bad = "not-a-time,AAPL,1,1,buy,B2,0\n2024-01-01 00:00:00.110,AAPL,abc,1,buy,B1,0\n"
+    far = read(horizon_us=SECOND, block_bytes=block_bytes,
+               **{"t.csv": GOOD + bad + "2024-01-01 00:00:05,AAPL,1,1,buy,T9,0\n" + bad})
+    assert codes(far) == {5: "bad_timestamp", 6: "bad_price", 8: "bad_timestamp"} and far.duplicates == 1
+
+
+def test_ids_that_share_a_hash_are_told_apart_by_the_ids_themselves(monkeypatch):
+    import transforms.trades.read as read_module
+
+    text = (HEADER + "2024-01-01 00:00:00,AAPL,1,1,buy,T1,0\n" "2024-01-01 00:00:00.200,AAPL,2,1,buy,T2,0\n"
+            "2024-01-01 00:00:00.500,AAPL,3,1,buy,T1,0\n")
+    honest = read(horizon_us=SECOND, **{"t.csv": text})
+    monkeypatch.setattr(read_module, "string_hashes", lambda ids: np.zeros(len(ids), dtype=np.uint64))
+    colliding = read(horizon_us=SECOND, **{"t.csv": text})
+    assert colliding.valid.equals(honest.valid) and colliding.duplicates == honest.duplicates == 1
+    assert colliding.valid.column("trade_id").to_pylist() == ["T1", "T2"]
+
+
+def test_without_rows_drops_exactly_the_named_file_and_line():
+    batch = pa.RecordBatch.from_pydict({"file": pa.array([0, 0, 1, 1], pa.int32()), "line": [2, 3, 2, 3],
+                                        "v": ["a", "b", "c", "d"]})
+    dropped = pa.RecordBatch.from_pydict({"file": pa.array([1, 0], pa.int32()), "line": pa.array([2, 9])},
+                                         schema=DROPPED_SCHEMA)
+    assert without_rows(batch, dropped).column("v").to_pylist() == ["a", "b", "d"]
+    assert without_rows(batch, DroppedRows(dropped)).column("v").to_pylist() == ["a", "b", "d"]
+    assert without_rows(batch, pa.RecordBatch.from_pylist([], schema=DROPPED_SCHEMA)) is batch
+    beyond = pa.RecordBatch.from_pydict({"file": pa.array([9], pa.int32()), "line": pa.array([99])}, schema=DROPPED_SCHEMA)
+    assert without_rows(batch, beyond) is batch  # a key past every row's
+
+
+def test_read_trades_by_blocks_on_the_direct_runner_names_the_copies(tmp_path):
+    text = GOOD + "2024-01-01 00:00:00.110,AAPL,abc,1,buy,B1,0\n"
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    a.write_text(text)
+    b.write_text(text)
+
+    def rows(keyed):
+        symbol, batch = keyed
+        return [(symbol, f, line) for f, line in zip(batch.column("file").to_pylist(), batch.column("line").to_pylist())]
+
+    def named(dropped):
+        return sorted(zip(dropped.column("file").to_pylist(), dropped.column("line").to_pylist()))
+
+    with BeamTestPipeline() as pipeline:
+        read_ = pipeline | ReadTrades([str(a), str(b)], precision=18, scale=8, horizon_us=SECOND, blocks=True)
+        every = [(s, f, n) for f in (0, 1) for s, n in (("AAPL", 2), ("MSFT", 3), ("AAPL", 4))]
+        assert_that(read_.trades | beam.FlatMap(rows), equal_to(every), label="EveryTradeRead")
+        assert_that(read_.dropped | beam.Map(named), equal_to([[(1, 2), (1, 3), (1, 4)]]), label="TheCopies")
+        assert_that(read_.counts, equal_to([{"trades_in": 8, "trades_duplicates": 4}]), label="Counts")
