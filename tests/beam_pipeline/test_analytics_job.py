@@ -135,6 +135,12 @@ def test_trade_counts_balance_and_every_window_is_scored(sample_run):
         metrics["duplicates"]
 
 
+def test_a_trades_run_leaves_no_spilled_range_parts_behind(sample_run):
+    out, _ = sample_run
+    # The range parts live in the sink's staging folder until the outputs are published.
+    assert not [path for path in out.rglob("*") if path.name.startswith(".tmp-") or path.suffix == ".arrow"]
+
+
 def metrics_model_version(metrics: dict) -> str:
     return json.loads(Path(metrics["model"]).read_text())["version"]
 

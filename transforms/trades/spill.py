@@ -9,15 +9,15 @@ only ``(range, (kind, symbol, path))`` goes through the shuffle.
 
 A part's file name is a digest of its content (and of its range, kind and symbol), so a retried
 bundle rewrites the same file with the same bytes, and two equal parts share one file: reading a
-path twice gives the same rows twice, as the two elements would have. The range that reads its
-parts deletes them (:func:`delete_parts`) once it is done; what is left of the folder goes with the
-sink's staging folder it lives in.
+path twice gives the same rows twice, as the two elements would have. Parts are not deleted by the
+range that reads them: a runner that retries a failed bundle (Flink, Dataflow) hands the range the
+same paths again, so they stay until the sink deletes the staging folder they live in, when it
+publishes. (The shuffle is a barrier anyway: every part is on disk before the first range is read.)
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import Iterable
 
 import pyarrow as pa
 from apache_beam.io.filesystem import CompressionTypes
@@ -60,13 +60,6 @@ def read_part(path: str) -> pa.RecordBatch:
     """The rows :func:`write_part` wrote to ``path``."""
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as stream:
         return decode_part(stream.read())
-
-
-def delete_parts(paths: Iterable[str]) -> None:
-    """Delete the parts at ``paths`` (each once, however often it is named)."""
-    unique = sorted(set(paths))
-    if unique:
-        FileSystems.delete(unique)
 
 
 def ensure_folder(directory: str) -> None:

@@ -663,10 +663,8 @@ class _RangeAnalysisFn(TracedDoFn):
     def process(self, element, table: pa.RecordBatch, dropped: pa.RecordBatch | None = None) -> Iterator:
         r, parts = element
         sides: tuple[dict, dict] = ({}, {})
-        spilled = []
         for kind, symbol, rows in parts:
-            if isinstance(rows, str):  # a path (AnalyseRanges with spill_dir)
-                spilled.append(rows)
+            if isinstance(rows, str):  # a path (AnalyseRanges with spill_dir); left for a retry to read again
                 rows = spill.read_part(rows)
             if kind == _TRADE and dropped is not None:
                 rows = without_rows(rows, self._drop(dropped))
@@ -686,7 +684,6 @@ class _RangeAnalysisFn(TracedDoFn):
             self._windows.inc(result.features.num_rows)
             yield beam.pvalue.TaggedOutput(RANGE_TEXT[RANGE_FEATURES], feature_range_chunk(r, result.features))
             yield r, result.features
-        spill.delete_parts(spilled)  # once the range's outputs are out
 
 
 class AnalyseRanges(beam.PTransform):

@@ -30,14 +30,6 @@ def test_equal_parts_share_a_file_and_any_difference_names_another(tmp_path):
     assert len(others) == 4 and first not in others
 
 
-def test_delete_parts_removes_each_path_once_even_if_named_twice(tmp_path):
-    a = spill.write_part(str(tmp_path), 1, 0, "A", ROWS)
-    b = spill.write_part(str(tmp_path), 1, 1, "A", ROWS)
-    spill.delete_parts([a, b, a])
-    assert not os.listdir(tmp_path)
-    spill.delete_parts([])  # nothing to do
-
-
 def test_ensure_folder_creates_it_once(tmp_path):
     directory = str(tmp_path / "staging" / spill.SPILL_FOLDER)
     spill.ensure_folder(directory)
