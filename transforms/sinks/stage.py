@@ -216,7 +216,8 @@ class _MetricsFn(TracedDoFn):
         metrics: dict = {"records_in": read_counts.get("records_in", 0)}
         for file_name, metric in self._metric_names.items():
             metrics[metric] = summary[file_name]["lines"]
-        metrics.update({k: v for k, v in read_counts.items() if k != "records_in"})
+        # Sorted: the counts dicts of several sources arrive in whatever order the runner ran them.
+        metrics.update({k: read_counts[k] for k in sorted(read_counts) if k != "records_in"})
         checks = {name: balance(metrics, terms, self._totals.get(name, "records_in"))
                   for name, terms in self._balances.items()}
         metrics["balanced"] = all(checks.values())

@@ -126,3 +126,18 @@ def test_metrics_with_two_balances_name_the_one_that_fails(tmp_path, caplog):
 def test_balance():
     assert balance({"records_in": 3, "a": 1, "b": 2}, ["a", "b"])
     assert not balance({"records_in": 4, "a": 1, "b": 2}, ["a", "b"])
+
+
+def test_metrics_json_is_the_same_whatever_order_the_sources_counts_came_in(tmp_path):
+    from transforms.sinks.stage import _MetricsFn
+
+    summary = {"mid_prices.log": {"lines": 3, "tally": {}}}
+    counts = {"records_in": 3, "trades_in": 5, "duplicates": 0, "blank_lines": 1, "trades_duplicates": 2}
+    texts = []
+    for order in (list(counts), list(reversed(counts))):
+        path = str(tmp_path / f"metrics-{len(texts)}.json")
+        fn = _MetricsFn(path, {"mid_prices.log": "mid_prices"}, {"balanced": ["mid_prices"]}, {}, {}, 0.0, lambda: 1.0)
+        list(fn.process(summary, {key: counts[key] for key in order}))
+        texts.append(open(path).read())
+    assert texts[0] == texts[1]
+    assert '"blank_lines": 1,\n  "duplicates": 0,\n  "trades_duplicates": 2,\n  "trades_in": 5' in texts[0]
