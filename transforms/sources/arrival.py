@@ -69,12 +69,11 @@ def arrival_order(arrival: np.ndarray, file: np.ndarray, line: np.ndarray) -> np
     if len(arrival) < 2:
         return None
     step = np.diff(arrival)
-    if np.all(step > 0):
-        return None
-    ties = step == 0
-    file_step = np.diff(file)
-    if np.all((step > 0) | (ties & ((file_step > 0) | ((file_step == 0) & (np.diff(line) > 0))))):
-        return None
+    if not (step < 0).any():
+        tied = np.flatnonzero(step == 0)  # only there do file and line decide
+        file_step = file[tied + 1] - file[tied].astype(np.int64)
+        if np.all((file_step > 0) | ((file_step == 0) & (line[tied + 1] > line[tied]))):
+            return None
     return np.lexsort((line, file, arrival))
 
 
@@ -91,7 +90,9 @@ def merge_sorted(runs: list[pa.RecordBatch]) -> pa.RecordBatch:
     one's earliest, so only the rows between the first and the last that move are gathered;
     the rest is copied as it is (a gather costs several times a copy).
     """
-    merged = runs[0] if len(runs) == 1 else pa.concat_batches(runs)
+    if len(runs) == 1:
+        return runs[0]
+    merged = pa.concat_batches(runs)
     order = arrival_order(*_keys(merged))
     if order is None:
         return merged
